@@ -1,0 +1,5 @@
+"""Callbacks: they measure and draw through the model's public sample / encode / reconstruct."""
+from gan_lightning.callbacks.images import SampleGrid
+from gan_lightning.callbacks.summary import RunSummary
+
+__all__ = ["SampleGrid", "RunSummary"]

@@ -1,0 +1,37 @@
+"""A start-up summary and a closing line that say what runs and where its outputs go."""
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+from gan_lightning.callbacks.images import SampleGrid
+
+
+class RunSummary(L.Callback):
+    """Prints the model's networks and parameter counts, the data, the devices and the output folders."""
+
+    def _outputs(self, trainer: L.Trainer) -> list[str]:
+        lines = []
+        for cb in trainer.callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+                lines.append(f"  checkpoints -> {cb.dirpath}")
+            if isinstance(cb, SampleGrid):
+                lines.append(f"  samples     -> {cb.dirpath(trainer)}")
+        lines += [f"  logs        -> {logger.log_dir or logger.save_dir}" for logger in trainer.loggers]
+        return lines
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        nets = [f"{name} {sum(p.numel() for p in m.parameters()):,}" for name, m in pl_module.named_children()
+                if name != "ema" and any(True for _ in m.parameters())]
+        data = trainer.datamodule
+        rank_zero_info("\n".join([
+            f"gan_lightning: {type(pl_module).__name__} ({', '.join(nets)} parameters)",
+            f"  data        : {data.hparams.dataset} {tuple(data.data_shape)}, {len(data.splits['train']):,} train / "
+            f"{len(data.splits['val']):,} val examples, batch {data.hparams.batch_size} per device"
+            if data is not None and hasattr(data, "splits") and data.splits else "  data        : (not a GANDataModule)",
+            f"  devices     : {trainer.world_size} x {trainer.strategy.root_device.type}, precision {trainer.precision}",
+            *self._outputs(trainer),
+        ]))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rank_zero_info("\n".join([f"gan_lightning: finished at iteration {getattr(pl_module, 'iteration', '?')}",
+                                  *self._outputs(trainer)]))

@@ -1,0 +1,162 @@
+"""What every adversarial model shares: players, their optimizers, the iteration counter, noise, EMA.
+
+A *player* is a set of networks behind one optimizer (e.g. BiGAN: the discriminator D, and the
+generator G with the encoder E). Subclasses declare their players with ``add_player`` and write
+``training_step`` as their paper's algorithm box, one block per player:
+
+    with self.toggled_optimizer(opt):   # only this player's parameters require grad
+        loss = ...
+        self.step(opt, loss, player="discriminator")
+"""
+import contextlib
+from typing import Iterator, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Evaluate with batch-norm running statistics and no dropout, then restore each module's mode."""
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(modules, was_training):
+            m.train(mode)
+
+
+class AdversarialModule(L.LightningModule):
+    """Base class of GAN, ALI/BiGAN and AAE: manual optimisation of several players in turn.
+
+    Args:
+        n_critic: discriminator steps per generator step; the generator steps on every
+            ``n_critic``-th iteration, so each discriminator step sees a fresh batch.
+        ema_decay: decay of an exponential moving average of the generator (and encoder) weights;
+            ``sample``, ``encode`` and ``reconstruct`` then use the averaged weights. None: off.
+        gradient_clip_val: clip each player's gradient norm to this value (after AMP unscaling). None: off.
+        seed: seed of the training noise; noise is drawn from a generator re-seeded from
+            (seed, iteration, rank), so ranks draw different noise and a resumed run draws the same.
+        stop_on_nonfinite: raise, naming the player and iteration, when a loss becomes NaN or Inf.
+    """
+
+    iteration: int      # training iterations (batches) completed: the step users see
+    images_seen: int    # training examples consumed, summed over all ranks
+
+    def __init__(
+        self,
+        n_critic: int = 1,
+        ema_decay: Optional[float] = None,
+        gradient_clip_val: Optional[float] = None,
+        seed: int = 0,
+        stop_on_nonfinite: bool = True,
+    ):
+        super().__init__()
+        if n_critic < 1:
+            raise ValueError(f"model.n_critic must be >= 1, got {n_critic}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        self.automatic_optimization = False
+        self.n_critic, self.ema_decay, self.gradient_clip_val = n_critic, ema_decay, gradient_clip_val
+        self.seed, self.stop_on_nonfinite = seed, stop_on_nonfinite
+        self.iteration = 0
+        self.images_seen = 0
+        self._players: dict[str, tuple[list[str], Optional[OptimizerCallable], Optional[LRSchedulerCallable]]] = {}
+        self.ema = nn.ModuleDict()
+        self.noise: Optional[torch.Generator] = None  # the training noise; see on_train_batch_start
+
+    # --- players and their optimizers -------------------------------------------------------
+
+    def add_player(self, name: str, networks: list[str], optimizer: OptimizerCallable,
+                   scheduler: Optional[LRSchedulerCallable] = None) -> None:
+        """Declare a player: the attribute names of its networks, its optimizer and optional scheduler."""
+        self._players[name] = (networks, optimizer, scheduler)
+
+    def add_ema(self, *networks: str) -> None:
+        """Keep an exponential moving average of these networks when ``ema_decay`` is set."""
+        if self.ema_decay is None:
+            return
+        for name in networks:
+            averaged = AveragedModel(getattr(self, name), multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay),
+                                     use_buffers=True)
+            self.ema[name] = averaged.requires_grad_(False)
+
+    def configure_optimizers(self):
+        optimizers, schedulers = [], []
+        for networks, make_optimizer, make_scheduler in self._players.values():
+            params = [p for name in networks for p in getattr(self, name).parameters()]
+            optimizers.append(make_optimizer(params))
+            if make_scheduler is not None:
+                schedulers.append({"scheduler": make_scheduler(optimizers[-1]), "interval": "epoch"})
+        return optimizers, schedulers
+
+    def optimizer(self, player: str):
+        """The LightningOptimizer of a player, by name."""
+        return self.optimizers()[list(self._players).index(player)]
+
+    def step(self, optimizer, loss: torch.Tensor, player: str) -> None:
+        """One update of a player: zero its gradients, backpropagate, step."""
+        if self.stop_on_nonfinite and not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the {player} loss is {loss.item()} at iteration {self.iteration}. Lower the learning rate, "
+                f"set model.gradient_clip_val, or use a stabler loss; the last checkpoint on disk is intact.")
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Runs after the mixed-precision scaler has unscaled the gradients (Lightning #18089).
+        if self.gradient_clip_val is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+
+    @property
+    def generator_steps_now(self) -> bool:
+        """Whether this iteration ends with a generator update (every ``n_critic``-th iteration)."""
+        return (self.iteration + 1) % self.n_critic == 0
+
+    # --- noise, counters, EMA ----------------------------------------------------------------
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.noise is None or self.noise.device != self.device:
+            self.noise = torch.Generator(device=self.device)
+        # Tuples of ints hash the same in every process and every Python run (no hash randomisation).
+        self.noise.manual_seed(hash((self.seed, self.iteration, self.global_rank)) & (2**63 - 1))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.generator_steps_now:
+            for name, averaged in self.ema.items():
+                averaged.update_parameters(getattr(self, name))
+        self.iteration += 1
+        self.images_seen += len(batch[0]) * self.trainer.world_size
+        self.log_dict({"iteration": float(self.iteration), "images_seen": float(self.images_seen)},
+                      prog_bar=False, on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self) -> None:
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+            scheduler.step()
+
+    def net(self, name: str) -> nn.Module:
+        """The network to evaluate: its moving average when there is one, else the trained weights."""
+        return self.ema[name].module if name in self.ema else getattr(self, name)
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["gan_lightning"] = {"model": type(self).__name__, "iteration": self.iteration,
+                                       "images_seen": self.images_seen}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("gan_lightning", {})
+        if saved.get("model", type(self).__name__) != type(self).__name__:
+            raise ValueError(f"this checkpoint holds a {saved['model']} model, but the config builds a "
+                             f"{type(self).__name__}: pass the checkpoint of a {type(self).__name__} run, "
+                             f"or set model.class_path to {saved['model']}.")
+        self.iteration = saved.get("iteration", 0)
+        self.images_seen = saved.get("images_seen", 0)

@@ -1,0 +1,72 @@
+"""Fully connected G, E and joint D(x, z): the BiGAN paper's MNIST networks (Donahue et al. 2017).
+
+Official setting: G 1024-1024-out with BN+ReLU; E and D 1024-1024 with LeakyReLU(0.2) and batch norm
+on the second layer. Data live in [-1, 1], so G ends in tanh.
+"""
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def _hidden(n_in: int, n_out: int, act: nn.Module, batch_norm: bool) -> list[nn.Module]:
+    return [nn.Linear(n_in, n_out, bias=not batch_norm), *([nn.BatchNorm1d(n_out)] if batch_norm else []), act]
+
+
+class MLPGenerator(nn.Module):
+    """G: z -> x.  (B, Z) -> (B, *data_shape), values in [-1, 1]."""
+
+    def __init__(self, latent_dim: int, data_shape: Sequence[int], hidden_dim: int = 1024):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        self.net = nn.Sequential(
+            *_hidden(latent_dim, hidden_dim, nn.ReLU(), batch_norm=True),
+            *_hidden(hidden_dim, hidden_dim, nn.ReLU(), batch_norm=True),
+            nn.Linear(hidden_dim, math.prod(self.data_shape)),
+            nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, Z) -> (B, C, H, W)
+        return self.net(z).view(len(z), *self.data_shape)
+
+
+class MLPEncoder(nn.Module):
+    """Deterministic E: x -> z.  (B, *data_shape) -> (B, Z)."""
+
+    def __init__(self, latent_dim: int, data_shape: Sequence[int], hidden_dim: int = 1024):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            *_hidden(math.prod(data_shape), hidden_dim, nn.LeakyReLU(0.2), batch_norm=False),
+            *_hidden(hidden_dim, hidden_dim, nn.LeakyReLU(0.2), batch_norm=True),
+            nn.Linear(hidden_dim, latent_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, Z)
+        return self.net(x)
+
+
+class JointDiscriminator(nn.Module):
+    """D(x, z): an x-branch and a z-branch, concatenated, then a joint branch to one logit.
+
+    Batch norm only on the x-branch's second layer, never on layers that see z (ALI/BiGAN practice).
+    """
+
+    def __init__(self, latent_dim: int, data_shape: Sequence[int], hidden_dim: int = 1024, dropout: float = 0.0):
+        super().__init__()
+        act = nn.LeakyReLU(0.2)
+        self.x_branch = nn.Sequential(
+            nn.Flatten(),
+            *_hidden(math.prod(data_shape), hidden_dim, act, batch_norm=False),
+            *_hidden(hidden_dim, hidden_dim, act, batch_norm=True),
+            nn.Dropout(dropout),
+        )
+        self.z_branch = nn.Sequential(*_hidden(latent_dim, hidden_dim, act, batch_norm=False), nn.Dropout(dropout))
+        self.joint = nn.Sequential(
+            *_hidden(2 * hidden_dim, hidden_dim, act, batch_norm=False), nn.Dropout(dropout), nn.Linear(hidden_dim, 1)
+        )
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (B, C, H, W), (B, Z) -> (B,)
+        h = torch.cat([self.x_branch(x), self.z_branch(z)], dim=1)  # (B, 2 * hidden)
+        return self.joint(h).squeeze(1)
