@@ -1,12 +1,25 @@
 """The command line: ``python -m gan_lightning fit --config configs/bigan.yaml`` (also validate, test)."""
+import logging
 import sys
+import warnings
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import gan_lightning.callbacks  # noqa: F401  (makes the callbacks' short names known to configs)
 import gan_lightning.models  # noqa: F401  (makes the models' short names known to configs)
+from gan_lightning.cli_errors import shorten
 from gan_lightning.data import DatasetNotFoundError, GANDataModule
+
+
+class ShortErrorParser(LightningArgumentParser):
+    """Reports a bad config in one line naming the key and the accepted values, not a page of usage."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # jsonargparse is trying alternatives and expects an exception
+            return super().error(message, ex)
+        sys.stderr.write(f"gan_lightning: config error: {shorten(message, list(self._option_string_actions))}\n")
+        sys.exit(2)
 
 
 class GANLightningCLI(LightningCLI):
@@ -22,7 +35,14 @@ class GANLightningCLI(LightningCLI):
             self.parser.error(str(err))
 
 
+def silence_noise() -> None:
+    """Drop messages the stack prints on every run that a user can do nothing about."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # torch 2.14 vs lightning 2.6
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+
+
 def main(args: list[str] | None = None) -> None:
+    silence_noise()
     try:
         GANLightningCLI(
             L.LightningModule,
@@ -31,7 +51,7 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # each model builds one optimizer per player
             save_config_kwargs={"overwrite": True},  # resumes and requeues rerun in the same folder
-            parser_kwargs={"parser_mode": "omegaconf"},
+            parser_class=ShortErrorParser,
             args=args,
         )
     except (DatasetNotFoundError, FloatingPointError) as err:

@@ -1,0 +1,28 @@
+"""Small models, trainers and data for fast tests."""
+import math
+from pathlib import Path
+
+import lightning as L
+
+from gan_lightning.data import GANDataModule
+from gan_lightning.models import BiGAN
+
+
+def tiny_bigan(**kwargs) -> BiGAN:
+    """A BiGAN small enough for unit tests, on 8x8 digits."""
+    kwargs = {"data_shape": (1, 8, 8), "latent_dim": 4, "hidden_dim": 32, **kwargs}
+    return BiGAN(**kwargs)
+
+
+def tiny_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    kwargs = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "limit_train_batches": 3, "limit_val_batches": 0,
+              "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+              "enable_model_summary": False, "default_root_dir": tmp_path, **kwargs}
+    return L.Trainer(**kwargs)
+
+
+def digits(batch_size: int = 16, **kwargs) -> GANDataModule:
+    return GANDataModule("digits", batch_size=batch_size, **kwargs)
+
+
+LOG4 = 2 * math.log(2)

@@ -1,0 +1,157 @@
+"""BiGAN and the adversarial base module: each player's step touches only that player."""
+import copy
+
+import lightning as L
+import pytest
+import torch
+
+from gan_lightning.models import BiGAN
+from tests.helpers import digits, tiny_bigan, tiny_trainer
+
+
+def params(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.named_parameters() if k.startswith(prefix)}
+
+
+class Snapshots(L.Callback):
+    """Parameters at the start of each batch and just before each optimizer step."""
+
+    def __init__(self):
+        self.events: list[tuple[str, dict]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.events.append(("batch_start", params(pl_module, "")))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        player = "discriminator" if optimizer is trainer.optimizers[0] else "generator_encoder"
+        grads = {k: None if p.grad is None else p.grad.clone() for k, p in pl_module.named_parameters()}
+        self.events.append((player, params(pl_module, ""), grads))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.events.append(("batch_end", params(pl_module, "")))
+
+
+def changed(before: dict, after: dict, prefix: str) -> bool:
+    return any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix))
+
+
+def same_grads(a: dict, b: dict, prefixes: tuple[str, ...]) -> bool:
+    keys = [k for k in a if k.startswith(prefixes)]
+    return all((a[k] is None and b[k] is None) or (a[k] is not None and b[k] is not None and torch.equal(a[k], b[k]))
+               for k in keys)
+
+
+def test_each_player_step_leaves_the_other_players_bitwise_unchanged(tmp_path):
+    spy = Snapshots()
+    tiny_trainer(tmp_path, callbacks=[spy], limit_train_batches=2).fit(tiny_bigan(), digits())
+    kinds = [e[0] for e in spy.events]
+    assert kinds == ["batch_start", "discriminator", "generator_encoder", "batch_end"] * 2
+    ge_grads_before = {k: None for k in spy.events[0][1]}  # no player has a gradient before the first step
+    for start in (0, 4):
+        at_start, before_d, before_ge, at_end = spy.events[start: start + 4]
+        # The D step ran between before_d and before_ge: only D moved; its backward left G/E gradients alone.
+        assert not changed(at_start[1], before_d[1], "")
+        assert changed(before_d[1], before_ge[1], "discriminator")
+        assert not changed(before_d[1], before_ge[1], "generator") and not changed(before_d[1], before_ge[1], "encoder")
+        assert same_grads(before_d[2], ge_grads_before, ("generator", "encoder"))
+        # The G/E step: G and E moved, D did not; its backward left D's gradients alone.
+        assert changed(before_ge[1], at_end[1], "generator") and changed(before_ge[1], at_end[1], "encoder")
+        assert not changed(before_ge[1], at_end[1], "discriminator")
+        assert same_grads(before_ge[2], before_d[2], ("discriminator",))
+        ge_grads_before = before_ge[2]
+
+
+def test_n_critic_steps_the_generator_every_nth_iteration(tmp_path):
+    spy = Snapshots()
+    model = tiny_bigan(n_critic=3)
+    trainer = tiny_trainer(tmp_path, callbacks=[spy], limit_train_batches=6)
+    trainer.fit(model, digits())
+    players = [e[0] for e in spy.events if e[0] not in ("batch_start", "batch_end")]
+    assert players == ["discriminator", "discriminator", "discriminator", "generator_encoder"] * 2
+    assert model.iteration == 6 and trainer.global_step == 8  # Lightning counts optimizer steps, we count batches
+
+
+def test_iteration_counter_and_images_seen_survive_a_checkpoint(tmp_path):
+    model = tiny_bigan()
+    trainer = tiny_trainer(tmp_path, limit_train_batches=5)
+    trainer.fit(model, digits(batch_size=16))
+    assert (model.iteration, model.images_seen, trainer.global_step) == (5, 80, 10)
+    trainer.save_checkpoint(tmp_path / "bigan.ckpt")
+    restored = BiGAN.load_from_checkpoint(tmp_path / "bigan.ckpt")
+    assert (restored.iteration, restored.images_seen) == (5, 80)
+    assert torch.equal(restored.generator.net[0].weight, model.generator.net[0].weight)
+
+
+def test_a_checkpoint_of_another_model_is_refused_with_both_names(tmp_path):
+    class OtherGAN(BiGAN):
+        pass
+
+    trainer = tiny_trainer(tmp_path, limit_train_batches=1)
+    trainer.fit(tiny_bigan(), digits())
+    trainer.save_checkpoint(tmp_path / "bigan.ckpt")
+    with pytest.raises(ValueError, match="holds a BiGAN model, but the config builds a OtherGAN"):
+        OtherGAN.load_from_checkpoint(tmp_path / "bigan.ckpt")
+
+
+def test_ema_follows_the_update_rule_and_is_what_sample_uses(tmp_path):
+    decay = 0.75
+    after_step = []
+
+    class Record(L.Callback):  # runs before the module's own on_train_batch_end, which updates the EMA
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            after_step.append(copy.deepcopy(pl_module.generator.state_dict()))
+
+    model = tiny_bigan(ema_decay=decay)
+    tiny_trainer(tmp_path, callbacks=[Record()], limit_train_batches=3).fit(model, digits())
+    key = "net.0.weight"
+    expected = (decay * (decay * after_step[0][key] + (1 - decay) * after_step[1][key])
+                + (1 - decay) * after_step[2][key])  # the first update copies, later ones interpolate
+    averaged = model.ema["generator"].module
+    assert torch.allclose(averaged.state_dict()[key], expected, atol=1e-6)
+    assert not torch.equal(averaged.state_dict()[key], model.generator.state_dict()[key])
+    z = torch.rand(4, 4) * 2 - 1
+    assert torch.equal(model.sample(z=z), averaged.eval()(z))
+    assert not any(p.requires_grad for p in averaged.parameters())
+
+
+def test_training_noise_is_a_function_of_the_iteration():
+    model = tiny_bigan(seed=7)
+    draws = []
+    for it in (0, 1, 0):
+        model.iteration = it
+        model.on_train_batch_start(None, 0)
+        draws.append(model.draw_prior(3, model.noise))
+    assert torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])
+    # ... and of the seed; different ranks are checked in the two-process test (test_ddp.py)
+    other = tiny_bigan(seed=8)
+    other.on_train_batch_start(None, 0)
+    assert not torch.equal(other.draw_prior(3, other.noise), draws[0])
+
+
+def test_public_api_shapes_and_training_mode_restored():
+    model = tiny_bigan().train()
+    x = torch.rand(5, 1, 8, 8) * 2 - 1
+    assert model.sample(6).shape == (6, 1, 8, 8)
+    assert model.encode(x).shape == (5, 4)
+    assert model.reconstruct(x).shape == x.shape
+    assert model.generator.training and model.encoder.training  # evaluated in eval mode, restored after
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(model.sample(3, generator=g), model.sample(3, generator=torch.Generator().manual_seed(0)))
+
+
+def test_a_nan_loss_stops_training_naming_the_player_and_keeps_the_checkpoint(tmp_path):
+    model = tiny_bigan()
+    trainer = tiny_trainer(tmp_path, limit_train_batches=2, enable_checkpointing=True)
+    trainer.fit(model, digits())
+    trainer.save_checkpoint(tmp_path / "good.ckpt")
+    model.discriminator.joint[-1].bias.data.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="discriminator loss is nan at iteration 2"):
+        tiny_trainer(tmp_path, limit_train_batches=2, max_epochs=2).fit(model, digits())
+    assert BiGAN.load_from_checkpoint(tmp_path / "good.ckpt").iteration == 2
+
+
+def test_bad_model_values_name_the_key():
+    with pytest.raises(ValueError, match="model.n_critic"):
+        tiny_bigan(n_critic=0)
+    with pytest.raises(ValueError, match="model.ema_decay"):
+        tiny_bigan(ema_decay=1.5)
