@@ -44,6 +44,7 @@ class AdversarialModule(L.LightningModule):
         seed: seed of the training noise; noise is drawn from a generator re-seeded from
             (seed, iteration, rank), so ranks draw different noise and a resumed run draws the same.
         stop_on_nonfinite: raise, naming the player and iteration, when a loss becomes NaN or Inf.
+        compile: compile every network with ``torch.compile`` (in place: checkpoints keep their keys).
     """
 
     iteration: int      # training iterations (batches) completed: the step users see
@@ -56,6 +57,7 @@ class AdversarialModule(L.LightningModule):
         gradient_clip_val: Optional[float] = None,
         seed: int = 0,
         stop_on_nonfinite: bool = True,
+        compile: bool = False,
     ):
         super().__init__()
         if n_critic < 1:
@@ -64,7 +66,7 @@ class AdversarialModule(L.LightningModule):
             raise ValueError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
         self.automatic_optimization = False
         self.n_critic, self.ema_decay, self.gradient_clip_val = n_critic, ema_decay, gradient_clip_val
-        self.seed, self.stop_on_nonfinite = seed, stop_on_nonfinite
+        self.seed, self.stop_on_nonfinite, self.compile_networks = seed, stop_on_nonfinite, compile
         self.iteration = 0
         self.images_seen = 0
         self._players: dict[str, tuple[list[str], Optional[OptimizerCallable], Optional[LRSchedulerCallable]]] = {}
@@ -86,6 +88,12 @@ class AdversarialModule(L.LightningModule):
             averaged = AveragedModel(getattr(self, name), multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay),
                                      use_buffers=True)
             self.ema[name] = averaged.requires_grad_(False)
+
+    def configure_model(self) -> None:
+        if self.compile_networks:
+            for networks, _, _ in self._players.values():
+                for name in networks:
+                    getattr(self, name).compile()
 
     def configure_optimizers(self):
         optimizers, schedulers = [], []

@@ -40,6 +40,7 @@ class BiGAN(AdversarialModule):
         gradient_clip_val: Optional[float] = None,
         seed: int = 0,
         stop_on_nonfinite: bool = True,
+        compile: bool = False,
     ):
         """BiGAN with a deterministic encoder and MLP networks.
 
@@ -55,7 +56,7 @@ class BiGAN(AdversarialModule):
             scheduler_ge: optional learning-rate schedule of G and E, stepped once per epoch.
         """
         super().__init__(n_critic=n_critic, ema_decay=ema_decay, gradient_clip_val=gradient_clip_val, seed=seed,
-                         stop_on_nonfinite=stop_on_nonfinite)
+                         stop_on_nonfinite=stop_on_nonfinite, compile=compile)
         if latent_dim < 1 or hidden_dim < 1:
             raise ValueError(f"model.latent_dim and model.hidden_dim must be >= 1, got {latent_dim}, {hidden_dim}")
         self.save_hyperparameters(ignore=["optimizer_d", "optimizer_ge", "scheduler_d", "scheduler_ge"])
