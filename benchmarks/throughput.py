@@ -99,7 +99,7 @@ def framework(data_root: str, device: str, precision: str, warmup: int, iteratio
                   optimizer_d=lambda p: torch.optim.Adam(p, **adam), optimizer_ge=lambda p: torch.optim.Adam(p, **adam))
     data = GANDataModule("fashion_mnist", data_dir=data_root, batch_size=BATCH, on_device=fast)
     timer = Timer(warmup, iterations)
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # the progress bar
         trainer = L.Trainer(accelerator="cuda" if device.startswith("cuda") else "cpu", devices=1, precision=precision,
                             max_epochs=1, limit_train_batches=warmup + iterations, limit_val_batches=0,
                             logger=CSVLogger(tmp), log_every_n_steps=50, enable_checkpointing=False,

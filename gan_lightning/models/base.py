@@ -7,6 +7,7 @@ generator G with the encoder E). Subclasses declare their players with ``add_pla
     with self.toggled_optimizer(opt):   # only this player's parameters require grad
         loss = ...
         self.step(opt, loss, player="discriminator")
+    return {"train/d_loss": loss.detach()}   # logged every trainer.log_every_n_steps iterations
 """
 import contextlib
 from typing import Iterator, Optional
@@ -136,16 +137,25 @@ class AdversarialModule(L.LightningModule):
         # Tuples of ints hash the same in every process and every Python run (no hash randomisation).
         self.noise.manual_seed(hash((self.seed, self.iteration, self.global_rank)) & (2**63 - 1))
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, outputs: Optional[dict], batch, batch_idx: int) -> None:
+        """Advance the counters and the moving averages; log ``training_step``'s returned dict.
+
+        Logging happens every ``trainer.log_every_n_steps`` iterations only: Lightning's ``self.log``
+        costs about 2 ms a call, a few per cent of a small GAN's iteration on a CPU.
+        """
         if self.generator_steps_now:
             for name, averaged in self.ema.items():
                 averaged.update_parameters(getattr(self, name))
         self.iteration += 1
         self.images_seen += len(batch[0]) * self.trainer.world_size
-        self.log_dict({"iteration": float(self.iteration), "images_seen": float(self.images_seen)},
-                      prog_bar=False, on_step=True, on_epoch=False)
+        if self.iteration % max(self.trainer.log_every_n_steps, 1) == 0:  # Lightning writes logs on these batches
+            self.log_dict({**(outputs or {}), **self._counters()}, prog_bar=True, on_step=True, on_epoch=False)
+
+    def _counters(self) -> dict[str, float]:
+        return {"iteration": float(self.iteration), "images_seen": float(self.images_seen)}
 
     def on_train_epoch_end(self) -> None:
+        self.log_dict(self._counters(), on_step=False, on_epoch=True)  # checkpoint names use {iteration}
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
             scheduler.step()

@@ -68,7 +68,7 @@ class BiGAN(AdversarialModule):
         self.add_player("generator_encoder", ["generator", "encoder"], optimizer_ge or paper_adam, scheduler_ge)
         self.add_ema("generator", "encoder")
 
-    def training_step(self, batch, batch_idx: int) -> None:
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x = batch[0]
         z = self.draw_prior(len(x), self.noise)
         opt_d, opt_ge = self.optimizer("discriminator"), self.optimizer("generator_encoder")
@@ -90,7 +90,7 @@ class BiGAN(AdversarialModule):
                 ge_loss = bigan_encoder_generator_loss(d_real, d_fake, self.loss)
                 self.step(opt_ge, ge_loss, player="generator_encoder")
             logs["train/ge_loss"] = ge_loss.detach()
-        self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=False)
+        return logs
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x = batch[0]
