@@ -2,8 +2,10 @@
 
 The plain loop runs the same networks and the same updates as ``BiGAN.training_step`` (G(z) and E(x)
 once per iteration, a D step on detached pairs, then a G/E step against the updated D with D frozen),
-written as a careful engineer would write it. Variants run alternately, several repeats each, and
-the table reports the median images/s.
+written as a careful engineer would write it. Variants run alternately, several repeats each. Each run
+times every iteration (batch start to batch start, data loading included); a run's figure is
+128 / its median iteration time, which bursts of load from other processes on a shared machine do
+not move, and the table reports the median over repeats.
 
     python benchmarks/throughput.py                      # all variants, CPU
     python benchmarks/throughput.py --device cuda --precision bf16-mixed
@@ -50,10 +52,10 @@ def plain_loop(data: GANDataModule, device: str, warmup: int, iterations: int) -
     opt_d = torch.optim.Adam(D.parameters(), **ADAM)
     opt_ge = torch.optim.Adam([*G.parameters(), *E.parameters()], **ADAM)
     loader = DataLoader(data.splits["train"], batch_size=BATCH, shuffle=True, drop_last=True)
-    start = None
+    stamps = []
     for i, (x, _) in enumerate(loader):
-        if i == warmup:
-            start = time.perf_counter()
+        if i >= warmup:
+            stamps.append(time.perf_counter())
         if i == warmup + iterations:
             break
         x = to_model_range(x.to(device))
@@ -69,26 +71,30 @@ def plain_loop(data: GANDataModule, device: str, warmup: int, iterations: int) -
         ge_loss.backward()
         opt_ge.step()
         D.requires_grad_(True)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return iterations * BATCH / (time.perf_counter() - start)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    return images_per_second(stamps)
+
+
+def images_per_second(stamps: list[float]) -> float:
+    return BATCH / statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
 
 
 class Timer(L.Callback):
-    def __init__(self, warmup: int, iterations: int):
-        self.warmup, self.iterations, self.start, self.end = warmup, iterations, None, None
+    """Time stamps at the start of every batch after the warm-up, and one after the last batch."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.stamps = warmup, []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.warmup:
-            if pl_module.device.type == "cuda":
-                torch.cuda.synchronize()
-            self.start = time.perf_counter()
+        if batch_idx >= self.warmup:
+            self.stamps.append(time.perf_counter())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx == self.warmup + self.iterations - 1:
-            if pl_module.device.type == "cuda":
-                torch.cuda.synchronize()
-            self.end = time.perf_counter()
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        if batch_idx == trainer.num_training_batches - 1:
+            self.stamps.append(time.perf_counter())
 
 
 def framework(data_root: str, device: str, precision: str, warmup: int, iterations: int, fast: bool,
@@ -98,7 +104,7 @@ def framework(data_root: str, device: str, precision: str, warmup: int, iteratio
     model = BiGAN(latent_dim=LATENT, hidden_dim=HIDDEN, compile=compile,
                   optimizer_d=lambda p: torch.optim.Adam(p, **adam), optimizer_ge=lambda p: torch.optim.Adam(p, **adam))
     data = GANDataModule("fashion_mnist", data_dir=data_root, batch_size=BATCH, on_device=fast)
-    timer = Timer(warmup, iterations)
+    timer = Timer(warmup)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # the progress bar
         trainer = L.Trainer(accelerator="cuda" if device.startswith("cuda") else "cpu", devices=1, precision=precision,
                             max_epochs=1, limit_train_batches=warmup + iterations, limit_val_batches=0,
@@ -106,7 +112,7 @@ def framework(data_root: str, device: str, precision: str, warmup: int, iteratio
                             enable_model_summary=False, callbacks=[timer, TQDMProgressBar(refresh_rate=20)],
                             default_root_dir=tmp)
         trainer.fit(model, data)
-    return iterations * BATCH / (timer.end - timer.start)
+    return images_per_second(timer.stamps)
 
 
 def main() -> None:
@@ -151,7 +157,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     base = medians.get("plain")
-    print(f"\n| variant | images/s (median of {args.repeats}) | vs plain loop |\n|---|---|---|")
+    print(f"\n| variant | images/s (median of {args.repeats} runs) | vs plain loop |\n|---|---|---|")
     for v, m in medians.items():
         print(f"| {v} | {m:,.0f} | {f'{100 * (m / base - 1):+.1f} %' if base else '-'} |")
     print(f"\n{machine}; torch {torch.__version__}, lightning {L.__version__}; commit {commit}; written to {args.out}")

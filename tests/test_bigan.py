@@ -155,3 +155,36 @@ def test_bad_model_values_name_the_key():
         tiny_bigan(n_critic=0)
     with pytest.raises(ValueError, match="model.ema_decay"):
         tiny_bigan(ema_decay=1.5)
+
+
+def test_schedulers_are_stepped_once_per_epoch_for_their_player_only(tmp_path):
+    from functools import partial
+
+    model = tiny_bigan(scheduler_d=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
+    trainer = tiny_trainer(tmp_path, limit_train_batches=2, max_epochs=3)
+    trainer.fit(model, digits())
+    opt_d, opt_ge = trainer.optimizers
+    assert opt_d.param_groups[0]["lr"] == pytest.approx(2e-4 * 0.5**3)
+    assert opt_ge.param_groups[0]["lr"] == pytest.approx(2e-4)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_gradient_clipping_bounds_each_players_gradient_norm(tmp_path, precision):
+    norms = {}
+
+    class GradNorms(L.Callback):  # after the batch every player's clipped gradients are still in .grad
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            for player in ("discriminator", "generator", "encoder"):
+                grads = [p.grad for p in getattr(pl_module, player).parameters()]
+                norms.setdefault(player, []).append(torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(g) for g in grads])).item())
+
+    for clip in (None, 1e-3):
+        norms.clear()
+        tiny_trainer(tmp_path, precision=precision, callbacks=[GradNorms()]).fit(tiny_bigan(gradient_clip_val=clip),
+                                                                                 digits())
+        if clip is None:
+            assert min(norms["discriminator"]) > 1e-2
+        else:  # D alone, and G with E together, each have norm <= clip
+            assert max(norms["discriminator"]) <= clip * 1.01
+            assert all((g**2 + e**2) ** 0.5 <= clip * 1.01 for g, e in zip(norms["generator"], norms["encoder"]))

@@ -93,11 +93,17 @@ class BiGAN(AdversarialModule):
         return logs
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        x = batch[0]
-        z = self.draw_prior(len(x), generator=torch.Generator().manual_seed(batch_idx))  # the same z every time
+        self.log_dict(self.evaluate(batch[0], batch_idx, "val"), sync_dist=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.log_dict(self.evaluate(batch[0], batch_idx, "test"), sync_dist=True)
+
+    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+        """Reconstruction error of G(E(x)) and D's loss on held-out pairs, with the same z at every call."""
+        z = self.draw_prior(len(x), generator=torch.Generator().manual_seed(batch_idx))
         with eval_mode(self.discriminator):
             d_loss = discriminator_loss(self.discriminator(x, self.encode(x)), self.discriminator(self.sample(z=z), z))
-        self.log_dict({"val/recon_mse": F.mse_loss(self.reconstruct(x), x), "val/d_loss": d_loss}, sync_dist=True)
+        return {f"{stage}/recon_mse": F.mse_loss(self.reconstruct(x), x), f"{stage}/d_loss": d_loss}
 
     # --- the public API that callbacks and users call --------------------------------------
 
