@@ -73,6 +73,7 @@ class AdversarialModule(L.LightningModule):
         self._players: dict[str, tuple[list[str], Optional[OptimizerCallable], Optional[LRSchedulerCallable]]] = {}
         self.ema = nn.ModuleDict()
         self.noise: Optional[torch.Generator] = None  # the training noise; see on_train_batch_start
+        self._finite: dict[str, torch.Tensor] = {}  # per player: all losses finite since the last check
 
     # --- players and their optimizers -------------------------------------------------------
 
@@ -111,10 +112,8 @@ class AdversarialModule(L.LightningModule):
 
     def step(self, optimizer, loss: torch.Tensor, player: str) -> None:
         """One update of a player: zero its gradients, backpropagate, step."""
-        if self.stop_on_nonfinite and not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the {player} loss is {loss.item()} at iteration {self.iteration}. Lower the learning rate, "
-                f"set model.gradient_clip_val, or use a stabler loss; the last checkpoint on disk is intact.")
+        if self.stop_on_nonfinite:
+            self._check_finite(loss, player)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
@@ -123,6 +122,21 @@ class AdversarialModule(L.LightningModule):
         # Runs after the mixed-precision scaler has unscaled the gradients (Lightning #18089).
         if self.gradient_clip_val is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+
+    def _check_finite(self, loss: torch.Tensor, player: str) -> None:
+        """Stop on a NaN or Inf loss, naming the player. On the CPU every loss is checked at once; on an
+        accelerator a flag accumulates on the device (no synchronisation) and is read when logging."""
+        if loss.device.type == "cpu":
+            if not torch.isfinite(loss):
+                self._raise_nonfinite(player, f"is {loss.item()} at iteration {self.iteration}")
+            return
+        ok = torch.isfinite(loss.detach())
+        self._finite[player] = ok if player not in self._finite else self._finite[player] & ok
+
+    def _raise_nonfinite(self, player: str, when: str):
+        raise FloatingPointError(
+            f"the {player} loss {when}. Lower the learning rate, set model.gradient_clip_val, or use a stabler "
+            f"loss; the checkpoints already on disk are intact.")
 
     @property
     def generator_steps_now(self) -> bool:
@@ -149,6 +163,11 @@ class AdversarialModule(L.LightningModule):
         self.iteration += 1
         self.images_seen += len(batch[0]) * self.trainer.world_size
         if self.iteration % max(self.trainer.log_every_n_steps, 1) == 0:  # Lightning writes logs on these batches
+            for player, ok in self._finite.items():
+                if not ok:
+                    self._raise_nonfinite(player, f"became NaN or Inf between iterations "
+                                                  f"{self.iteration - self.trainer.log_every_n_steps} and {self.iteration}")
+            self._finite.clear()
             self.log_dict({**(outputs or {}), **self._counters()}, prog_bar=True, on_step=True, on_epoch=False)
 
     def _counters(self) -> dict[str, float]:
