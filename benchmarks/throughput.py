@@ -44,11 +44,11 @@ BATCH, LATENT, HIDDEN = 128, 50, 1024
 ADAM = dict(lr=2e-4, betas=(0.5, 0.999), weight_decay=2.5e-5)
 
 
-def plain_loop(data: GANDataModule, device: str, warmup: int, iterations: int) -> float:
+def plain_loop(data: GANDataModule, device: str, warmup: int, iterations: int, hidden: int = HIDDEN) -> float:
     """images/s of a hand-written loop over the same networks and updates."""
-    G = MLPGenerator(LATENT, (1, 28, 28), HIDDEN).to(device)
-    E = MLPEncoder(LATENT, (1, 28, 28), HIDDEN).to(device)
-    D = JointDiscriminator(LATENT, (1, 28, 28), HIDDEN).to(device)
+    G = MLPGenerator(LATENT, (1, 28, 28), hidden).to(device)
+    E = MLPEncoder(LATENT, (1, 28, 28), hidden).to(device)
+    D = JointDiscriminator(LATENT, (1, 28, 28), hidden).to(device)
     opt_d = torch.optim.Adam(D.parameters(), **ADAM)
     opt_ge = torch.optim.Adam([*G.parameters(), *E.parameters()], **ADAM)
     loader = DataLoader(data.splits["train"], batch_size=BATCH, shuffle=True, drop_last=True)
@@ -98,10 +98,10 @@ class Timer(L.Callback):
 
 
 def framework(data_root: str, device: str, precision: str, warmup: int, iterations: int, fast: bool,
-              compile: bool) -> float:
+              compile: bool, hidden: int = HIDDEN) -> float:
     """images/s of BiGAN trained through the Trainer, timed between batches like the plain loop."""
     adam = dict(ADAM, fused=True) if fast else ADAM
-    model = BiGAN(latent_dim=LATENT, hidden_dim=HIDDEN, compile=compile,
+    model = BiGAN(latent_dim=LATENT, hidden_dim=hidden, compile=compile,
                   optimizer_d=lambda p: torch.optim.Adam(p, **adam), optimizer_ge=lambda p: torch.optim.Adam(p, **adam))
     data = GANDataModule("fashion_mnist", data_dir=data_root, batch_size=BATCH, on_device=fast)
     timer = Timer(warmup)
@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--hidden", type=int, default=HIDDEN,
+                        help="hidden width of G, E, D; a tiny width (16) isolates the per-iteration overhead")
     parser.add_argument("--warmup", type=int, default=15)
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=5)
@@ -132,13 +134,13 @@ def main() -> None:
     data.prepare_data()
     data.setup()
     runs = {
-        "plain": lambda: plain_loop(data, args.device, args.warmup, args.iterations),
+        "plain": lambda: plain_loop(data, args.device, args.warmup, args.iterations, args.hidden),
         "framework": lambda: framework(args.data_dir, args.device, args.precision, args.warmup, args.iterations,
-                                       fast=False, compile=False),
+                                       fast=False, compile=False, hidden=args.hidden),
         "framework-fast": lambda: framework(args.data_dir, args.device, args.precision, args.warmup, args.iterations,
-                                            fast=True, compile=False),
+                                            fast=True, compile=False, hidden=args.hidden),
         "framework-fast-compile": lambda: framework(args.data_dir, args.device, args.precision, args.warmup,
-                                                    args.iterations, fast=True, compile=True),
+                                                    args.iterations, fast=True, compile=True, hidden=args.hidden),
     }
     samples: dict[str, list[float]] = {v: [] for v in args.variants}
     for repeat in range(args.repeats):
@@ -158,10 +160,12 @@ def main() -> None:
     report = {"command": "python benchmarks/throughput.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
                                                                     vars(args).items() if k != "variants"),
               "date": datetime.date.today().isoformat(), "commit": commit, "machine": machine,
-              "torch": torch.__version__, "lightning": L.__version__, "samples": samples, "medians": medians,
+              "torch": torch.__version__, "lightning": L.__version__, "hidden": args.hidden, "samples": samples,
+              "median_ms_per_iteration": {v: 1000 * BATCH / m for v, m in medians.items()}, "medians": medians,
               "paired_ratio_to_plain": ratios}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"\nBiGAN-MLP, hidden width {args.hidden}, batch {BATCH}")
     print(f"\n| variant | images/s (median of {args.repeats} runs) | vs plain loop (median paired ratio) |\n"
           "|---|---|---|")
     for v, m in medians.items():
