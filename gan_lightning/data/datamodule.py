@@ -1,0 +1,139 @@
+"""One LightningDataModule that serves every model: toy 2-D mixtures and image datasets."""
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, random_split
+
+from gan_lightning.data.loader import DeviceTensorLoader
+from gan_lightning.data.sources import SOURCES, DatasetName, image_dataset, load_tensors
+from gan_lightning.data.toy import sample_mixture
+
+TOY_TRAIN_POINTS = 100_000  # PacGAN's training-set size
+TOY_EVAL_POINTS = 10_000
+
+
+def to_model_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels in [0, 255] -> floats in [-1, 1]; the only place images are rescaled on the way in."""
+    return x.float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Model-range images in [-1, 1] -> [0, 1], the only place they are rescaled on the way out."""
+    return x.add(1.0).div(2.0).clamp(0.0, 1.0)
+
+
+class GANDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        dataset: DatasetName = "fashion_mnist",
+        data_dir: str = "data",
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        image_size: int = 64,
+        on_device: bool = False,
+        num_workers: int = 0,
+        download: bool = True,
+        seed: int = 0,
+    ):
+        """The shared data for every model; images are served in [-1, 1] with their labels.
+
+        Args:
+            dataset: which data to serve.
+            data_dir: folder holding (or receiving) the dataset's files.
+            batch_size: examples per batch on each device.
+            val_fraction: share of the training files held out for validation (datasets without an
+                official validation split); the official test split is kept for testing.
+            image_size: side length that CelebA and image folders are resized and cropped to.
+            on_device: keep the whole training set as one tensor in device memory and batch by
+                index-gathering, with no DataLoader workers (small datasets only; fastest for small GANs).
+            num_workers: DataLoader worker processes when ``on_device`` is off.
+            download: let torchvision download missing files (users' machines; not possible offline).
+            seed: seed of the train/val split, the toy mixtures and the on-device shuffling.
+        """
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if on_device and dataset in ("celeba", "image_folder"):
+            raise ValueError(f"data.on_device=true keeps the dataset in device memory; {dataset!r} is read "
+                             "lazily from disk. Set data.on_device=false for it.")
+        self.save_hyperparameters()
+        self.root = Path(data_dir).expanduser()
+        self.splits: dict[str, Dataset] = {}
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """One example's shape, e.g. (1, 28, 28) for Fashion-MNIST or (2,) for a toy mixture."""
+        shape = SOURCES[self.hparams.dataset].shape
+        return (shape[0], self.hparams.image_size, self.hparams.image_size) if shape[1:] == (0, 0) else shape
+
+    @property
+    def num_classes(self) -> int:
+        return SOURCES[self.hparams.dataset].num_classes
+
+    def prepare_data(self) -> None:
+        """Runs on one process per node: stage or download the files once."""
+        name = self.hparams.dataset
+        if name in ("fashion_mnist", "mnist", "cifar10", "svhn"):
+            load_tensors(name, self.root, "train", self.hparams.download)
+            load_tensors(name, self.root, "test", self.hparams.download)
+        elif name == "celeba":
+            image_dataset(name, self.root, "train", self.hparams.image_size, self.hparams.download)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.splits:
+            return
+        name, seed = self.hparams.dataset, self.hparams.seed
+        if name.startswith("toy_"):
+            self.splits = {split: TensorDataset(*sample_mixture(name, n, seed=seed + offset))
+                           for split, n, offset in [("train", TOY_TRAIN_POINTS, 0), ("val", TOY_EVAL_POINTS, 1),
+                                                    ("test", TOY_EVAL_POINTS, 2)]}
+        elif name == "celeba":
+            self.splits = {split: image_dataset(name, self.root, official, self.hparams.image_size, False)
+                           for split, official in [("train", "train"), ("val", "valid"), ("test", "test")]}
+        elif name in ("image_folder", "digits"):  # one pool of files: carve val and test out of it
+            full = (TensorDataset(*load_tensors(name, self.root, "train", False)) if name == "digits"
+                    else image_dataset(name, self.root, "train", self.hparams.image_size, False))
+            n_held = max(1, int(len(full) * self.hparams.val_fraction))
+            train, val, test = random_split(full, [len(full) - 2 * n_held, n_held, n_held],
+                                            generator=torch.Generator().manual_seed(seed))
+            self.splits = {"train": train, "val": val, "test": test}
+        else:
+            full = TensorDataset(*load_tensors(name, self.root, "train", False))
+            n_val = int(len(full) * self.hparams.val_fraction)
+            order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
+            self.splits = {"train": TensorDataset(*full[order[n_val:]]), "val": TensorDataset(*full[order[:n_val]]),
+                           "test": TensorDataset(*load_tensors(name, self.root, "test", False))}
+
+    def _tensors(self, split: str) -> Optional[list[torch.Tensor]]:
+        ds = self.splits[split]
+        if isinstance(ds, Subset) and isinstance(ds.dataset, TensorDataset):
+            return [t[ds.indices] for t in ds.dataset.tensors]
+        return list(ds.tensors) if isinstance(ds, TensorDataset) else None
+
+    def _loader(self, split: str, train: bool):
+        tensors = self._tensors(split)
+        if self.hparams.on_device and tensors is not None and self.trainer is not None:
+            return DeviceTensorLoader(
+                tensors, self.hparams.batch_size, shuffle=train, drop_last=train, seed=self.hparams.seed,
+                rank=self.trainer.global_rank, world_size=self.trainer.world_size,
+                device=self.trainer.strategy.root_device,
+            )
+        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=train, drop_last=train,
+                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader("train", train=True)
+
+    def val_dataloader(self):
+        return self._loader("val", train=False)
+
+    def test_dataloader(self):
+        return self._loader("test", train=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, *rest = batch
+        return (to_model_range(x), *rest)
