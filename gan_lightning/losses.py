@@ -1,14 +1,17 @@
-"""Adversarial losses as pure functions of discriminator logits.
+"""Adversarial losses and penalties as pure functions of discriminator logits (and networks for penalties).
 
 Notation: ``sp`` is softplus, so ``-log sigmoid(t) = sp(-t)`` and ``-log(1 - sigmoid(t)) = sp(t)``.
-Every loss takes raw logits; nothing here calls ``log(sigmoid(.))``, which underflows.
+Every loss takes raw logits; nothing here calls ``log(sigmoid(.))``, which underflows. Each loss is
+a mean over the batch.
 """
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 
+GANLoss = Literal["non_saturating", "minimax", "hinge", "wasserstein"]
 GeneratorLoss = Literal["non_saturating", "minimax"]
+JointLoss = Literal["non_saturating", "minimax", "su"]
 
 
 def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
@@ -16,18 +19,75 @@ def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tens
     return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()  # -log D(real) - log(1 - D(fake))
 
 
-def bigan_encoder_generator_loss(
-    d_real: torch.Tensor, d_fake: torch.Tensor, kind: GeneratorLoss = "non_saturating"
-) -> torch.Tensor:
-    """Loss of the encoder and generator of ALI / BiGAN against the joint D(x, z).
+# --- GAN (Goodfellow et al. 2014) and the losses every GAN framework offers ---------------------
 
-    ``d_real = D(x, E(x))`` and ``d_fake = D(G(z), z)``.
+def gan_discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor, kind: GANLoss) -> torch.Tensor:
+    """The discriminator's (critic's) loss for the chosen game."""
+    if kind in ("non_saturating", "minimax"):
+        return discriminator_loss(d_real, d_fake)
+    if kind == "hinge":  # Lim & Ye 2017; Miyato et al. 2018
+        return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+    if kind == "wasserstein":  # Arjovsky et al. 2017: the critic maximises E D(real) - E D(fake)
+        return d_fake.mean() - d_real.mean()
+    raise ValueError(f"unknown GAN loss {kind!r}; expected one of {GANLoss.__args__}")
+
+
+def gan_generator_loss(d_fake: torch.Tensor, kind: GANLoss) -> torch.Tensor:
+    """The generator's loss given D(G(z))."""
+    if kind == "non_saturating":
+        return F.softplus(-d_fake).mean()  # -log D(G(z))
+    if kind == "minimax":
+        return -F.softplus(d_fake).mean()  # log(1 - D(G(z))): the paper's game, saturates early
+    if kind in ("hinge", "wasserstein"):
+        return -d_fake.mean()
+    raise ValueError(f"unknown GAN loss {kind!r}; expected one of {GANLoss.__args__}")
+
+
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], x_real: torch.Tensor,
+                     x_fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): E[(||grad D(x_hat)|| - 1)^2] on random interpolates x_hat.
+
+    The norm runs over all non-batch dimensions.
+    """
+    alpha = torch.rand(len(x_real), *[1] * (x_real.dim() - 1), device=x_real.device, dtype=x_real.dtype)
+    x_hat = (alpha * x_real.detach() + (1 - alpha) * x_fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+def r1_penalty(d_real: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): E ||grad_x D(x)||^2 on real data only; ``x_real`` must require grad."""
+    (grad,) = torch.autograd.grad(d_real.sum(), x_real, create_graph=True)
+    return grad.flatten(1).square().sum(dim=1).mean()
+
+
+# --- ALI / BiGAN: the encoder and generator against a joint D(x, z) -----------------------------
+
+def bigan_encoder_generator_loss(d_real: torch.Tensor, d_fake: torch.Tensor, kind: JointLoss = "non_saturating"
+                                 ) -> torch.Tensor:
+    """Loss of the encoder and generator of ALI / BiGAN, with ``d_real = D(x, E(x))``, ``d_fake = D(G(z), z)``.
+
     - ``non_saturating`` (the official code; seed 000 eq. 13.22): labels swapped,
       ``-log(1 - D(x, E(x))) - log D(G(z), z)``.
     - ``minimax`` (the paper's game; seed 000 eq. 13.21): minus the discriminator's loss.
+    - ``su`` (Su 2018, seed 001 eq. 41): both pairs pushed towards the encoder label,
+      ``-log D(x, E(x)) - log D(G(z), z)``.
     """
     if kind == "non_saturating":
         return F.softplus(d_real).mean() + F.softplus(-d_fake).mean()
     if kind == "minimax":
         return -discriminator_loss(d_real, d_fake)
-    raise ValueError(f"unknown generator loss {kind!r}; expected 'non_saturating' or 'minimax'")
+    if kind == "su":
+        return F.softplus(-d_real).mean() + F.softplus(-d_fake).mean()
+    raise ValueError(f"unknown generator loss {kind!r}; expected one of {JointLoss.__args__}")
+
+
+# --- Su's generator regulariser (Su 2018, seed 001) ------------------------------------------------
+
+def su_regulariser(x_fake: torch.Tensor, x_old: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of G(z) from G_old(z), the same z's output before this iteration's G updates.
+
+    ``x_old`` is a constant target (detached), so the term is zero on the first G step of an
+    iteration and pulls G back towards its old output on later ones.
+    """
+    return F.mse_loss(x_fake, x_old.detach())

@@ -10,7 +10,7 @@ from gan_lightning.models import BiGAN
 
 def tiny_bigan(**kwargs) -> BiGAN:
     """A BiGAN small enough for unit tests, on 8x8 digits."""
-    kwargs = {"data_shape": (1, 8, 8), "latent_dim": 4, "hidden_dim": 32, **kwargs}
+    kwargs = {"data_shape": (1, 8, 8), "latent_dim": 4, "width": 32, **kwargs}
     return BiGAN(**kwargs)
 
 

@@ -2,5 +2,6 @@
 from gan_lightning.callbacks.images import SampleGrid
 from gan_lightning.callbacks.progress import GANProgressBar
 from gan_lightning.callbacks.summary import RunSummary
+from gan_lightning.callbacks.toy import ModeCoverage
 
-__all__ = ["SampleGrid", "RunSummary", "GANProgressBar"]
+__all__ = ["SampleGrid", "RunSummary", "GANProgressBar", "ModeCoverage"]

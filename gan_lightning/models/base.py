@@ -10,7 +10,7 @@ generator G with the encoder E). Subclasses declare their players with ``add_pla
     return {"train/d_loss": loss.detach()}   # logged every trainer.log_every_n_steps iterations
 """
 import contextlib
-from typing import Iterator, Optional
+from typing import Iterator, Literal, Optional
 
 import lightning as L
 import torch
@@ -33,10 +33,15 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
+Prior = Literal["gaussian", "uniform"]
+
+
 class AdversarialModule(L.LightningModule):
     """Base class of GAN, ALI/BiGAN and AAE: manual optimisation of several players in turn.
 
     Args:
+        latent_dim: dimension of z.
+        prior: p(z): a standard ``gaussian`` or ``uniform`` on [-1, 1]^Z.
         n_critic: discriminator steps per generator step; the generator steps on every
             ``n_critic``-th iteration, so each discriminator step sees a fresh batch.
         ema_decay: decay of an exponential moving average of the generator (and encoder) weights;
@@ -53,6 +58,8 @@ class AdversarialModule(L.LightningModule):
 
     def __init__(
         self,
+        latent_dim: int,
+        prior: Prior = "gaussian",
         n_critic: int = 1,
         ema_decay: Optional[float] = None,
         gradient_clip_val: Optional[float] = None,
@@ -61,11 +68,14 @@ class AdversarialModule(L.LightningModule):
         compile: bool = False,
     ):
         super().__init__()
+        if latent_dim < 1:
+            raise ValueError(f"model.latent_dim must be >= 1, got {latent_dim}")
         if n_critic < 1:
             raise ValueError(f"model.n_critic must be >= 1, got {n_critic}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
         self.automatic_optimization = False
+        self.latent_dim, self.prior = latent_dim, prior
         self.n_critic, self.ema_decay, self.gradient_clip_val = n_critic, ema_decay, gradient_clip_val
         self.seed, self.stop_on_nonfinite, self.compile_networks = seed, stop_on_nonfinite, compile
         self.iteration = 0
@@ -182,6 +192,28 @@ class AdversarialModule(L.LightningModule):
     def net(self, name: str) -> nn.Module:
         """The network to evaluate: its moving average when there is one, else the trained weights."""
         return self.ema[name].module if name in self.ema else getattr(self, name)
+
+    # --- the public API that callbacks and users call ----------------------------------------
+
+    def draw_prior(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """n draws from p(z) with the caller's generator (the global RNG when None): (n, Z)."""
+        device = generator.device if generator is not None else self.device
+        z = torch.rand(n, self.latent_dim, generator=generator, device=device) * 2 - 1 if self.prior == "uniform" \
+            else torch.randn(n, self.latent_dim, generator=generator, device=device)
+        return z.to(self.device)
+
+    def sample(self, n: Optional[int] = None, z: Optional[torch.Tensor] = None,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """G(z) for z given, or for n draws from the prior: (n, Z) -> (n, *data_shape).
+
+        Draws use ``generator`` when given, so callers get fixed z without touching the training
+        noise or the global RNG. Uses the moving-average generator when there is one.
+        """
+        if z is None:
+            z = self.draw_prior(n, generator)
+        net = self.net("generator")
+        with eval_mode(net):
+            return net(z.to(self.device))
 
     # --- checkpoints ------------------------------------------------------------------------
 

@@ -1,4 +1,47 @@
-"""Plain ``nn.Module`` networks: they know shapes and return raw logits; no losses, no Lightning."""
-from gan_lightning.nets.mlp import JointDiscriminator, MLPEncoder, MLPGenerator
+"""Plain ``nn.Module`` networks: they know shapes and return raw logits; no losses, no Lightning.
 
-__all__ = ["MLPGenerator", "MLPEncoder", "JointDiscriminator"]
+An *architecture* is a family of the four networks the models need, built from one width:
+``generator(latent_dim, data_shape, width)``, ``encoder(out_dim, data_shape, width)``,
+``discriminator(data_shape, width, dropout, batch_norm)`` and
+``joint_discriminator(latent_dim, data_shape, width, dropout)``.
+"""
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional
+
+from torch import nn
+
+from gan_lightning.nets.ali import ALIEncoder32, ALIGenerator32, ALIJointDiscriminator32
+from gan_lightning.nets.conv import (DCGANDiscriminator, DCGANEncoder, DCGANGenerator, DCGANJointDiscriminator)
+from gan_lightning.nets.mlp import JointDiscriminator, MLPDiscriminator, MLPEncoder, MLPGenerator
+from gan_lightning.nets.toy import MaxoutDiscriminator, ToyEncoder, ToyGenerator
+
+ArchitectureName = Literal["mlp", "dcgan", "ali32", "toy"]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    generator: Callable[..., nn.Module]
+    encoder: Callable[..., nn.Module]
+    discriminator: Optional[Callable[..., nn.Module]]
+    joint_discriminator: Callable[..., nn.Module]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    # BiGAN's MNIST MLPs; width = hidden units
+    "mlp": Architecture(MLPGenerator, MLPEncoder,
+                        lambda shape, w, dropout, batch_norm: MLPDiscriminator(shape, w, dropout, batch_norm),
+                        JointDiscriminator),
+    # DCGAN for 28x28, 32x32, 64x64; width = channels at the finest resolution
+    "dcgan": Architecture(DCGANGenerator, DCGANEncoder, DCGANDiscriminator, DCGANJointDiscriminator),
+    # the ALI paper's CIFAR-10 / SVHN networks (32x32); width = 32 in the paper
+    "ali32": Architecture(ALIGenerator32, ALIEncoder32, None, ALIJointDiscriminator32),
+    # 2-D mixtures: G and E of `width` units (400), maxout D of width // 2 units (200) x 5 pieces
+    "toy": Architecture(ToyGenerator, ToyEncoder,
+                        lambda shape, w, dropout, batch_norm: MaxoutDiscriminator(shape, 0, w // 2, dropout=dropout),
+                        lambda z_dim, shape, w, dropout: MaxoutDiscriminator(shape, z_dim, w // 2, dropout=dropout)),
+}
+
+__all__ = ["ARCHITECTURES", "Architecture", "ArchitectureName", "MLPGenerator", "MLPEncoder", "MLPDiscriminator",
+           "JointDiscriminator", "DCGANGenerator", "DCGANEncoder", "DCGANDiscriminator", "DCGANJointDiscriminator",
+           "ALIGenerator32", "ALIEncoder32", "ALIJointDiscriminator32", "ToyGenerator", "ToyEncoder",
+           "MaxoutDiscriminator"]

@@ -47,6 +47,23 @@ class MLPEncoder(nn.Module):
         return self.net(x)
 
 
+class MLPDiscriminator(nn.Module):
+    """D(x): the joint discriminator's x-branch and a linear head.  (B, *data_shape) -> (B,) logits."""
+
+    def __init__(self, data_shape: Sequence[int], hidden_dim: int = 1024, dropout: float = 0.0, batch_norm: bool = True):
+        super().__init__()
+        act = nn.LeakyReLU(0.2)
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            *_hidden(math.prod(data_shape), hidden_dim, act, batch_norm=False), nn.Dropout(dropout),
+            *_hidden(hidden_dim, hidden_dim, act, batch_norm=batch_norm), nn.Dropout(dropout),
+            nn.Linear(hidden_dim, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
 class JointDiscriminator(nn.Module):
     """D(x, z): an x-branch and a z-branch, concatenated, then a joint branch to one logit.
 

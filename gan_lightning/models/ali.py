@@ -1,0 +1,186 @@
+"""ALI (Dumoulin et al. 2017, arXiv 1606.00704) and BiGAN (Donahue et al. 2017, arXiv 1605.09782).
+
+The generator G: z -> x and the encoder E: x -> z play together against a joint discriminator
+D(x, z) that tells data pairs (x, E(x)) from generated pairs (G(z), z):
+
+    min_{G,E} max_D  E_x[log D(x, E(x))] + E_z[log(1 - D(G(z), z))]
+
+At the optimum the two joint distributions match and E inverts G. ALI's encoder is Gaussian,
+q(z|x) = N(mu(x), sigma(x)^2), sampled with the reparameterisation trick; BiGAN's is deterministic.
+"""
+import functools
+from typing import Literal, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from gan_lightning.losses import JointLoss, bigan_encoder_generator_loss, discriminator_loss, su_regulariser
+from gan_lightning.models.base import AdversarialModule, Prior, eval_mode
+from gan_lightning.nets import ARCHITECTURES, ArchitectureName
+
+EncoderKind = Literal["gaussian", "deterministic"]
+
+
+class ALI(AdversarialModule):
+    # The paper's optimiser (Adam 1e-4, beta1 0.5), used when the config names none.
+    default_optimizer = functools.partial(torch.optim.Adam, lr=1e-4, betas=(0.5, 0.999))
+
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (1, 28, 28),
+        latent_dim: int = 64,
+        architecture: ArchitectureName = "dcgan",
+        width: int = 64,
+        encoder: EncoderKind = "gaussian",
+        prior: Prior = "gaussian",
+        loss: JointLoss = "non_saturating",
+        dropout: float = 0.2,
+        su_lambda: float = 0.0,
+        generator_steps: int = 1,
+        optimizer_d: Optional[OptimizerCallable] = None,
+        optimizer_ge: Optional[OptimizerCallable] = None,
+        scheduler_d: Optional[LRSchedulerCallable] = None,
+        scheduler_ge: Optional[LRSchedulerCallable] = None,
+        n_critic: int = 1,
+        ema_decay: Optional[float] = None,
+        gradient_clip_val: Optional[float] = None,
+        seed: int = 0,
+        stop_on_nonfinite: bool = True,
+        compile: bool = False,
+    ):
+        """ALI / BiGAN: an encoder and a generator against a joint discriminator D(x, z).
+
+        Args:
+            data_shape: shape of one example; linked from the data module by the CLI.
+            latent_dim: dimension of z.
+            architecture: network family: ``mlp`` (BiGAN's MNIST MLPs), ``dcgan`` (28/32/64 px),
+                ``ali32`` (the ALI paper's CIFAR-10/SVHN networks), ``toy`` (2-D mixtures).
+            width: hidden units (mlp, toy) or channels at the finest resolution (dcgan, ali32).
+            encoder: ``gaussian`` q(z|x) with the reparameterisation trick (ALI) or ``deterministic`` (BiGAN).
+            prior: p(z): ``gaussian`` or ``uniform`` on [-1, 1]^Z.
+            loss: the G/E loss: ``non_saturating`` (official code), ``minimax`` (the paper's game) or
+                ``su`` (Su 2018: both pairs pushed towards the encoder label).
+            dropout: dropout rate of the discriminator (the ALI paper: 0.2 on its first layer, 0.5 after).
+            su_lambda: weight of Su's regulariser ||G(z) - G_old(z)||^2 (mean over elements; Su used 5).
+            generator_steps: G/E updates per D update on the same z (Su used 2; the regulariser is
+                zero on the first).
+            optimizer_d: optimizer of D (default: Adam 1e-4, betas (0.5, 0.999)).
+            optimizer_ge: optimizer of G and E together (same default).
+            scheduler_d: optional learning-rate schedule of D, stepped once per epoch.
+            scheduler_ge: optional learning-rate schedule of G and E, stepped once per epoch.
+        """
+        super().__init__(latent_dim=latent_dim, prior=prior, n_critic=n_critic, ema_decay=ema_decay,
+                         gradient_clip_val=gradient_clip_val, seed=seed, stop_on_nonfinite=stop_on_nonfinite,
+                         compile=compile)
+        if width < 1 or generator_steps < 1 or su_lambda < 0 or not 0 <= dropout < 1:
+            raise ValueError(f"model: width and generator_steps must be >= 1, su_lambda >= 0, dropout in [0, 1); "
+                             f"got {width}, {generator_steps}, {su_lambda}, {dropout}")
+        self.save_hyperparameters(ignore=["optimizer_d", "optimizer_ge", "scheduler_d", "scheduler_ge"])
+        self.loss, self.gaussian_encoder = loss, encoder == "gaussian"
+        self.su_lambda, self.generator_steps = su_lambda, generator_steps
+        nets = ARCHITECTURES[architecture]
+        self.generator = nets.generator(latent_dim, data_shape, width)
+        self.encoder = nets.encoder(2 * latent_dim if self.gaussian_encoder else latent_dim, data_shape, width)
+        self.discriminator = nets.joint_discriminator(latent_dim, data_shape, width, dropout)
+        self.add_player("discriminator", ["discriminator"], optimizer_d or self.default_optimizer, scheduler_d)
+        self.add_player("generator_encoder", ["generator", "encoder"], optimizer_ge or self.default_optimizer,
+                        scheduler_ge)
+        self.add_ema("generator", "encoder")
+
+    def infer(self, x: torch.Tensor, encoder: Optional[torch.nn.Module] = None) -> torch.Tensor:
+        """z ~ q(z|x): mu + sigma * eps for the Gaussian encoder (eps from the training noise), else E(x)."""
+        h = (encoder or self.encoder)(x)  # (B, Z) or (B, 2Z)
+        if not self.gaussian_encoder:
+            return h
+        mu, log_sigma = h.chunk(2, dim=1)
+        eps = torch.randn(mu.shape, generator=self.noise, device=mu.device) if self.noise is not None \
+            else torch.randn_like(mu)
+        return mu + log_sigma.exp() * eps
+
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        x = batch[0]
+        z = self.draw_prior(len(x), self.noise)
+        opt_d, opt_ge = self.optimizer("discriminator"), self.optimizer("generator_encoder")
+
+        # G(z) and E(x) once per iteration; their graphs are kept only when G and E step this time.
+        with torch.set_grad_enabled(self.generator_steps_now):
+            x_fake, z_enc = self.generator(z), self.infer(x)
+
+        # 1. Discriminator: tell data pairs (x, E(x)) from generated pairs (G(z), z).
+        with self.toggled_optimizer(opt_d):
+            d_loss = discriminator_loss(self.discriminator(x, z_enc.detach()), self.discriminator(x_fake.detach(), z))
+            self.step(opt_d, d_loss, player="discriminator")
+        logs = {"train/d_loss": d_loss.detach()}
+        if not self.generator_steps_now:
+            return logs
+
+        # 2. Generator and encoder: make the updated D mistake each kind of pair for the other,
+        #    optionally several times on the same z, held near G_old(z) by Su's regulariser.
+        x_old = x_fake.detach()
+        for k in range(self.generator_steps):
+            if k > 0:
+                x_fake, z_enc = self.generator(z), self.infer(x)
+            with self.toggled_optimizer(opt_ge):
+                ge_loss = bigan_encoder_generator_loss(self.discriminator(x, z_enc), self.discriminator(x_fake, z),
+                                                       self.loss)
+                if self.su_lambda:
+                    ge_loss = ge_loss + self.su_lambda * su_regulariser(x_fake, x_old)
+                self.step(opt_ge, ge_loss, player="generator_encoder")
+        logs["train/ge_loss"] = ge_loss.detach()
+        return logs
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log_dict(self.evaluate(batch[0], batch_idx, "val"), sync_dist=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.log_dict(self.evaluate(batch[0], batch_idx, "test"), sync_dist=True)
+
+    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+        """Reconstruction error of G(E(x)) and D's loss on held-out pairs, with the same z at every call."""
+        z = self.draw_prior(len(x), generator=torch.Generator().manual_seed(batch_idx))
+        with eval_mode(self.discriminator):
+            d_loss = discriminator_loss(self.discriminator(x, self.encode(x)), self.discriminator(self.sample(z=z), z))
+        return {f"{stage}/recon_mse": F.mse_loss(self.reconstruct(x), x), f"{stage}/d_loss": d_loss}
+
+    # --- the public API that callbacks and users call --------------------------------------
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x), the posterior mean for the Gaussian encoder: (n, *data_shape) -> (n, Z)."""
+        encoder = self.net("encoder")
+        with eval_mode(encoder):
+            h = encoder(x.to(self.device))
+        return h[:, : self.latent_dim]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """G(E(x)), the inversion the game learns."""
+        return self.sample(z=self.encode(x))
+
+
+class BiGAN(ALI):
+    # The official code's optimiser (Adam 2e-4, beta1 0.5, weight decay 2.5e-5), used when the config names none.
+    default_optimizer = functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999), weight_decay=2.5e-5)
+
+    def __init__(
+        self,
+        latent_dim: int = 50,
+        architecture: ArchitectureName = "mlp",
+        width: int = 1024,
+        encoder: EncoderKind = "deterministic",
+        prior: Prior = "uniform",
+        dropout: float = 0.0,
+        **kwargs,
+    ):
+        """BiGAN: ALI's game with a deterministic encoder; defaults are the official MNIST setting
+        (MLPs of 1024 units, z ~ U[-1, 1]^50, Adam 2e-4 / beta1 0.5 / weight decay 2.5e-5).
+
+        Args:
+            latent_dim: dimension of z.
+            architecture: network family (see ALI).
+            width: hidden units or channels (see ALI).
+            encoder: ``deterministic`` (BiGAN) or ``gaussian``.
+            prior: p(z): ``uniform`` on [-1, 1]^Z (the paper) or ``gaussian``.
+            dropout: dropout rate of the discriminator.
+        """
+        super().__init__(latent_dim=latent_dim, architecture=architecture, width=width, encoder=encoder, prior=prior,
+                         dropout=dropout, **kwargs)

@@ -1,0 +1,134 @@
+"""GAN (Goodfellow et al. 2014, arXiv 1406.2661) with the losses and penalties users of GAN frameworks expect.
+
+    min_G max_D  E_x[log D(x)] + E_z[log(1 - D(G(z)))]
+
+Generator losses: ``minimax`` (the paper's game), ``non_saturating`` (-log D(G(z)), the paper's
+practical advice), ``hinge`` and ``wasserstein`` (with ``gradient_penalty``: WGAN-GP). ``r1_penalty``
+regularises D on real data (Mescheder et al. 2018). ``su_lambda`` with ``generator_steps`` = 2 is Su's
+generator regulariser (Su 2018).
+"""
+import functools
+from typing import Optional, Sequence
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from gan_lightning.losses import GANLoss, gan_discriminator_loss, gan_generator_loss, gradient_penalty, r1_penalty, \
+    su_regulariser
+from gan_lightning.models.base import AdversarialModule, Prior, eval_mode
+from gan_lightning.nets import ARCHITECTURES, ArchitectureName
+
+
+class GAN(AdversarialModule):
+    # DCGAN's optimiser (Adam 2e-4, beta1 0.5), used when the config names none.
+    default_optimizer = functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))
+
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (1, 28, 28),
+        latent_dim: int = 100,
+        architecture: ArchitectureName = "dcgan",
+        width: int = 64,
+        prior: Prior = "gaussian",
+        loss: GANLoss = "non_saturating",
+        gradient_penalty: float = 0.0,
+        r1_penalty: float = 0.0,
+        dropout: float = 0.0,
+        su_lambda: float = 0.0,
+        generator_steps: int = 1,
+        optimizer_d: Optional[OptimizerCallable] = None,
+        optimizer_g: Optional[OptimizerCallable] = None,
+        scheduler_d: Optional[LRSchedulerCallable] = None,
+        scheduler_g: Optional[LRSchedulerCallable] = None,
+        n_critic: int = 1,
+        ema_decay: Optional[float] = None,
+        gradient_clip_val: Optional[float] = None,
+        seed: int = 0,
+        stop_on_nonfinite: bool = True,
+        compile: bool = False,
+    ):
+        """A generator against a discriminator D(x).
+
+        Args:
+            data_shape: shape of one example; linked from the data module by the CLI.
+            latent_dim: dimension of z.
+            architecture: network family: ``mlp``, ``dcgan`` (28/32/64 px) or ``toy`` (2-D mixtures).
+            width: hidden units (mlp, toy) or channels at the finest resolution (dcgan).
+            prior: p(z): ``gaussian`` or ``uniform`` on [-1, 1]^Z.
+            loss: ``non_saturating``, ``minimax``, ``hinge`` or ``wasserstein``.
+            gradient_penalty: weight of WGAN-GP's penalty (10 in the paper); D then has no batch norm.
+            r1_penalty: weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real data.
+            dropout: dropout rate of the discriminator.
+            su_lambda: weight of Su's regulariser ||G(z) - G_old(z)||^2 (mean over elements; Su used 5).
+            generator_steps: G updates per D update on the same z (Su used 2).
+            optimizer_d: optimizer of D (default: Adam 2e-4, betas (0.5, 0.999)).
+            optimizer_g: optimizer of G (same default).
+            scheduler_d: optional learning-rate schedule of D, stepped once per epoch.
+            scheduler_g: optional learning-rate schedule of G, stepped once per epoch.
+        """
+        super().__init__(latent_dim=latent_dim, prior=prior, n_critic=n_critic, ema_decay=ema_decay,
+                         gradient_clip_val=gradient_clip_val, seed=seed, stop_on_nonfinite=stop_on_nonfinite,
+                         compile=compile)
+        if width < 1 or generator_steps < 1 or min(su_lambda, gradient_penalty, r1_penalty) < 0:
+            raise ValueError(f"model: width and generator_steps must be >= 1 and the penalty weights >= 0; got "
+                             f"{width}, {generator_steps}, su_lambda={su_lambda}, gradient_penalty={gradient_penalty}, "
+                             f"r1_penalty={r1_penalty}")
+        nets = ARCHITECTURES[architecture]
+        if nets.discriminator is None:
+            raise ValueError(f"model.architecture {architecture!r} has no D(x) for a GAN; use mlp, dcgan or toy")
+        self.save_hyperparameters(ignore=["optimizer_d", "optimizer_g", "scheduler_d", "scheduler_g"])
+        self.loss, self.gp_weight, self.r1_weight = loss, gradient_penalty, r1_penalty
+        self.su_lambda, self.generator_steps = su_lambda, generator_steps
+        self.generator = nets.generator(latent_dim, data_shape, width)
+        # A gradient penalty is per example, which batch norm's mixing of examples would break (Gulrajani et al.).
+        self.discriminator = nets.discriminator(data_shape, width, dropout, gradient_penalty == 0)
+        self.add_player("discriminator", ["discriminator"], optimizer_d or self.default_optimizer, scheduler_d)
+        self.add_player("generator", ["generator"], optimizer_g or self.default_optimizer, scheduler_g)
+        self.add_ema("generator")
+
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        x = batch[0]
+        z = self.draw_prior(len(x), self.noise)
+        opt_d, opt_g = self.optimizer("discriminator"), self.optimizer("generator")
+        with torch.set_grad_enabled(self.generator_steps_now):  # G's graph only when G steps this iteration
+            x_fake = self.generator(z)
+
+        # 1. Discriminator: tell x from G(z), with the optional penalties.
+        with self.toggled_optimizer(opt_d):
+            x_real = x.detach().requires_grad_(self.r1_weight > 0)  # R1 differentiates D(x) w.r.t. x
+            d_real = self.discriminator(x_real)
+            d_loss = gan_discriminator_loss(d_real, self.discriminator(x_fake.detach()), self.loss)
+            if self.gp_weight:
+                d_loss = d_loss + self.gp_weight * gradient_penalty(self.discriminator, x, x_fake)
+            if self.r1_weight:
+                d_loss = d_loss + self.r1_weight / 2 * r1_penalty(d_real, x_real)
+            self.step(opt_d, d_loss, player="discriminator")
+        logs = {"train/d_loss": d_loss.detach()}
+        if not self.generator_steps_now:
+            return logs
+
+        # 2. Generator: make the updated D take G(z) for data, held near G_old(z) by Su's regulariser.
+        x_old = x_fake.detach()
+        for k in range(self.generator_steps):
+            if k > 0:
+                x_fake = self.generator(z)
+            with self.toggled_optimizer(opt_g):
+                g_loss = gan_generator_loss(self.discriminator(x_fake), self.loss)
+                if self.su_lambda:
+                    g_loss = g_loss + self.su_lambda * su_regulariser(x_fake, x_old)
+                self.step(opt_g, g_loss, player="generator")
+        logs["train/g_loss"] = g_loss.detach()
+        return logs
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log_dict(self.evaluate(batch[0], batch_idx, "val"), sync_dist=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.log_dict(self.evaluate(batch[0], batch_idx, "test"), sync_dist=True)
+
+    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+        """D's loss on held-out data against samples from a fixed z."""
+        x_fake = self.sample(len(x), generator=torch.Generator().manual_seed(batch_idx))
+        with eval_mode(self.discriminator):
+            return {f"{stage}/d_loss": gan_discriminator_loss(self.discriminator(x), self.discriminator(x_fake),
+                                                              self.loss)}
