@@ -26,3 +26,15 @@ def digits(batch_size: int = 16, **kwargs) -> GANDataModule:
 
 
 LOG4 = 2 * math.log(2)
+
+
+def tiny_gan(**kwargs):
+    from gan_lightning.models import GAN
+
+    return GAN(**{"data_shape": (1, 8, 8), "latent_dim": 4, "architecture": "mlp", "width": 32, **kwargs})
+
+
+def tiny_ali(**kwargs):
+    from gan_lightning.models import ALI
+
+    return ALI(**{"data_shape": (1, 8, 8), "latent_dim": 4, "architecture": "mlp", "width": 32, **kwargs})

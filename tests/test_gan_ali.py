@@ -1,0 +1,84 @@
+"""GAN and ALI on the shared base: player isolation, Su's regulariser, penalties, the Gaussian encoder."""
+import lightning as L
+import pytest
+import torch
+
+import gan_lightning.models.ali as ali_module
+import gan_lightning.models.gan as gan_module
+from gan_lightning.data import GANDataModule
+from tests.helpers import digits, tiny_ali, tiny_gan, tiny_trainer
+from tests.test_bigan import Snapshots, changed
+
+
+@pytest.mark.parametrize("make,others", [(tiny_gan, ("generator",)), (tiny_ali, ("generator", "encoder")),
+                                         (lambda: tiny_gan(loss="wasserstein", gradient_penalty=10.0), ("generator",)),
+                                         (lambda: tiny_gan(r1_penalty=1.0, loss="hinge"), ("generator",))])
+def test_each_player_step_leaves_the_other_players_unchanged(tmp_path, make, others):
+    spy = Snapshots()
+    tiny_trainer(tmp_path, callbacks=[spy], limit_train_batches=2).fit(make(), digits())
+    for start in (0, 4):
+        at_start, before_d, before_g, at_end = spy.events[start: start + 4]
+        assert changed(before_d[1], before_g[1], "discriminator")
+        assert not any(changed(before_d[1], before_g[1], p) for p in others)
+        assert all(changed(before_g[1], at_end[1], p) for p in others)
+        assert not changed(before_g[1], at_end[1], "discriminator")
+
+
+@pytest.mark.parametrize("make,module", [(tiny_gan, gan_module), (tiny_ali, ali_module)])
+def test_su_regulariser_is_zero_on_the_first_generator_step_and_pulls_back_on_the_second(tmp_path, monkeypatch,
+                                                                                        make, module):
+    values = []
+    original = module.su_regulariser
+    monkeypatch.setattr(module, "su_regulariser", lambda x, x_old: values.append(original(x, x_old)) or values[-1])
+    spy = Snapshots()
+    model = make(su_lambda=5.0, generator_steps=2)
+    tiny_trainer(tmp_path, callbacks=[spy], limit_train_batches=2).fit(model, digits())
+    assert len(values) == 4  # two G steps in each of two iterations
+    assert values[0].item() == 0 and values[2].item() == 0
+    assert values[1].item() > 0 and values[3].item() > 0
+    players = [e[0] for e in spy.events if e[0] not in ("batch_start", "batch_end")]
+    assert players.count("discriminator") == 2 and len(players) == 6  # 1 D step and 2 G steps per iteration
+
+
+def test_gradient_penalty_removes_batch_norm_from_the_critic():
+    has_bn = lambda m: any(isinstance(l, torch.nn.BatchNorm1d) for l in m.discriminator.modules())  # noqa: E731
+    assert has_bn(tiny_gan()) and not has_bn(tiny_gan(loss="wasserstein", gradient_penalty=10.0))
+
+
+def test_gaussian_encoder_samples_in_training_and_encodes_the_mean():
+    model = tiny_ali(encoder="gaussian")
+    x = torch.rand(6, 1, 8, 8) * 2 - 1
+    mu = model.encode(x)
+    assert mu.shape == (6, 4) and torch.equal(mu, model.encode(x))  # deterministic: the posterior mean
+    model.noise = torch.Generator().manual_seed(0)
+    z1, z2 = model.infer(x), model.infer(x)
+    assert not torch.equal(z1, z2)  # reparameterised draws differ
+    model.encoder.eval()
+    h = model.encoder(x)
+    model.noise = torch.Generator().manual_seed(1)
+    eps = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(model.infer(x), h[:, :4] + h[:, 4:].exp() * eps)  # z = mu + sigma * eps
+
+
+def test_bigan_is_ali_with_a_deterministic_encoder_and_its_own_defaults():
+    from gan_lightning.models import ALI, BiGAN
+
+    bigan = BiGAN(data_shape=(1, 8, 8), width=16)
+    assert isinstance(bigan, ALI) and not bigan.gaussian_encoder and bigan.prior == "uniform"
+    assert bigan.latent_dim == 50 and bigan.encoder(torch.zeros(2, 1, 8, 8)).shape == (2, 50)
+    opt_d, _ = bigan.configure_optimizers()[0]
+    assert opt_d.param_groups[0]["lr"] == 2e-4 and opt_d.param_groups[0]["weight_decay"] == 2.5e-5
+
+
+@pytest.mark.parametrize("make", [tiny_gan, tiny_ali])
+def test_toy_models_train_and_report_mode_coverage(tmp_path, make):
+    from gan_lightning.callbacks import ModeCoverage
+
+    coverage = ModeCoverage(n_samples=500)
+    model = make(architecture="toy", width=40, data_shape=(2,))
+    dm = GANDataModule("toy_ring", batch_size=100, on_device=True)
+    trainer = tiny_trainer(tmp_path, callbacks=[coverage], limit_train_batches=5, limit_val_batches=1)
+    trainer.fit(model, dm)
+    assert set(coverage.last) == {"modes", "high_quality", "reverse_kl"}
+    assert 0 <= coverage.last["modes"] <= 8 and 0 <= coverage.last["high_quality"] <= 1
+    assert list((tmp_path / "samples").glob("toy_it*.png"))
