@@ -42,12 +42,7 @@ class ALI(AdversarialModule):
         optimizer_ge: Optional[OptimizerCallable] = None,
         scheduler_d: Optional[LRSchedulerCallable] = None,
         scheduler_ge: Optional[LRSchedulerCallable] = None,
-        n_critic: int = 1,
-        ema_decay: Optional[float] = None,
-        gradient_clip_val: Optional[float] = None,
-        seed: int = 0,
-        stop_on_nonfinite: bool = True,
-        compile: bool = False,
+        **kwargs,
     ):
         """ALI / BiGAN: an encoder and a generator against a joint discriminator D(x, z).
 
@@ -69,10 +64,10 @@ class ALI(AdversarialModule):
             optimizer_ge: optimizer of G and E together (same default).
             scheduler_d: optional learning-rate schedule of D, stepped once per epoch.
             scheduler_ge: optional learning-rate schedule of G and E, stepped once per epoch.
+            **kwargs: the shared options of ``AdversarialModule`` (n_critic, ema_decay, gradient_clip_val,
+                seed, stop_on_nonfinite, compile).
         """
-        super().__init__(latent_dim=latent_dim, prior=prior, n_critic=n_critic, ema_decay=ema_decay,
-                         gradient_clip_val=gradient_clip_val, seed=seed, stop_on_nonfinite=stop_on_nonfinite,
-                         compile=compile)
+        super().__init__(latent_dim=latent_dim, prior=prior, **kwargs)
         if width < 1 or generator_steps < 1 or su_lambda < 0 or not 0 <= dropout < 1:
             raise ValueError(f"model: width and generator_steps must be >= 1, su_lambda >= 0, dropout in [0, 1); "
                              f"got {width}, {generator_steps}, {su_lambda}, {dropout}")
@@ -129,12 +124,6 @@ class ALI(AdversarialModule):
                 self.step(opt_ge, ge_loss, player="generator_encoder")
         logs["train/ge_loss"] = ge_loss.detach()
         return logs
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.log_dict(self.evaluate(batch[0], batch_idx, "val"), sync_dist=True)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.log_dict(self.evaluate(batch[0], batch_idx, "test"), sync_dist=True)
 
     def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
         """Reconstruction error of G(E(x)) and D's loss on held-out pairs, with the same z at every call."""

@@ -193,6 +193,18 @@ class AdversarialModule(L.LightningModule):
         """The network to evaluate: its moving average when there is one, else the trained weights."""
         return self.ema[name].module if name in self.ema else getattr(self, name)
 
+    # --- evaluation --------------------------------------------------------------------------
+
+    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+        """The model's held-out figures on one batch, keyed ``{stage}/name``."""
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log_dict(self.evaluate(batch[0], batch_idx, "val"), sync_dist=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.log_dict(self.evaluate(batch[0], batch_idx, "test"), sync_dist=True)
+
     # --- the public API that callbacks and users call ----------------------------------------
 
     def draw_prior(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:

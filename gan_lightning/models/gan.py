@@ -40,12 +40,7 @@ class GAN(AdversarialModule):
         optimizer_g: Optional[OptimizerCallable] = None,
         scheduler_d: Optional[LRSchedulerCallable] = None,
         scheduler_g: Optional[LRSchedulerCallable] = None,
-        n_critic: int = 1,
-        ema_decay: Optional[float] = None,
-        gradient_clip_val: Optional[float] = None,
-        seed: int = 0,
-        stop_on_nonfinite: bool = True,
-        compile: bool = False,
+        **kwargs,
     ):
         """A generator against a discriminator D(x).
 
@@ -65,10 +60,10 @@ class GAN(AdversarialModule):
             optimizer_g: optimizer of G (same default).
             scheduler_d: optional learning-rate schedule of D, stepped once per epoch.
             scheduler_g: optional learning-rate schedule of G, stepped once per epoch.
+            **kwargs: the shared options of ``AdversarialModule`` (n_critic, ema_decay, gradient_clip_val,
+                seed, stop_on_nonfinite, compile).
         """
-        super().__init__(latent_dim=latent_dim, prior=prior, n_critic=n_critic, ema_decay=ema_decay,
-                         gradient_clip_val=gradient_clip_val, seed=seed, stop_on_nonfinite=stop_on_nonfinite,
-                         compile=compile)
+        super().__init__(latent_dim=latent_dim, prior=prior, **kwargs)
         if width < 1 or generator_steps < 1 or min(su_lambda, gradient_penalty, r1_penalty) < 0:
             raise ValueError(f"model: width and generator_steps must be >= 1 and the penalty weights >= 0; got "
                              f"{width}, {generator_steps}, su_lambda={su_lambda}, gradient_penalty={gradient_penalty}, "
@@ -119,12 +114,6 @@ class GAN(AdversarialModule):
                 self.step(opt_g, g_loss, player="generator")
         logs["train/g_loss"] = g_loss.detach()
         return logs
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.log_dict(self.evaluate(batch[0], batch_idx, "val"), sync_dist=True)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.log_dict(self.evaluate(batch[0], batch_idx, "test"), sync_dist=True)
 
     def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
         """D's loss on held-out data against samples from a fixed z."""
