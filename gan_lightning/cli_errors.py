@@ -8,6 +8,12 @@ _NOISE = re.compile(r"Does not validate against any of the Union|Subtypes:|^\s*E
                     r"|Given value|^\s*$")
 
 
+_CHOICES = {  # what a user can name as model.class_path / data.class_path
+    "model": ["gan_lightning.models.GAN", "gan_lightning.models.ALI", "gan_lightning.models.BiGAN"],
+    "data": ["gan_lightning.data.GANDataModule"],
+}
+
+
 def _import(path: str):
     module, _, name = path.rpartition(".")
     try:
@@ -35,8 +41,7 @@ def shorten(message: str, option_strings: list[str]) -> str:
         return f"{_key(message)}: {cls.__name__} has no option '{m[2]}'; {hint}accepted: {', '.join(accepted)}"
     m = re.search(r"class_path '([\w.]+)':\s*(?:module .* has no attribute|No module named)", message)
     if m:
-        known = {"model": "gan_lightning.models", "data": "gan_lightning.data"}.get(_key(message).split(".")[0])
-        names = ", ".join(f"{known}.{n}" for n in importlib.import_module(known).__all__) if known else "see --help"
+        names = ", ".join(_CHOICES.get(_key(message).split(".")[0], ["see --help"]))
         return f"{_key(message)}: unknown class '{m[1]}'; available: {names}"
     m = re.search(r"unrecognized arguments: (\S+)", message)
     if m:

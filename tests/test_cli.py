@@ -101,3 +101,15 @@ def test_print_config_is_a_complete_config_that_parses_again(tmp_path):
     again = cli("fit", "--config", str(tmp_path / "full.yaml"), "--print_config", cwd=tmp_path).stdout
     assert yaml.safe_load(again) == yaml.safe_load(printed)
     assert yaml.safe_load(printed)["model"]["init_args"]["latent_dim"] == 50
+
+
+def test_the_classes_named_in_errors_exist_and_are_every_model():
+    import lightning as L
+
+    import gan_lightning.models as models
+    from gan_lightning.cli_errors import _CHOICES, _import
+
+    assert all(issubclass(_import(p), L.LightningModule) for p in _CHOICES["model"])
+    assert all(issubclass(_import(p), L.LightningDataModule) for p in _CHOICES["data"])
+    concrete = {n for n in models.__all__ if n != "AdversarialModule"}
+    assert {p.rsplit(".", 1)[1] for p in _CHOICES["model"]} == concrete
