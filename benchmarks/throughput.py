@@ -101,7 +101,7 @@ def framework(data_root: str, device: str, precision: str, warmup: int, iteratio
               compile: bool, hidden: int = HIDDEN) -> float:
     """images/s of BiGAN trained through the Trainer, timed between batches like the plain loop."""
     adam = dict(ADAM, fused=True) if fast else ADAM
-    model = BiGAN(latent_dim=LATENT, hidden_dim=hidden, compile=compile,
+    model = BiGAN(latent_dim=LATENT, width=hidden, compile=compile,
                   optimizer_d=lambda p: torch.optim.Adam(p, **adam), optimizer_ge=lambda p: torch.optim.Adam(p, **adam))
     data = GANDataModule("fashion_mnist", data_dir=data_root, batch_size=BATCH, on_device=fast)
     timer = Timer(warmup)
