@@ -155,6 +155,8 @@ def test_bad_model_values_name_the_key():
         tiny_bigan(n_critic=0)
     with pytest.raises(ValueError, match="model.ema_decay"):
         tiny_bigan(ema_decay=1.5)
+    with pytest.raises(ValueError, match="model.generator_steps"):
+        tiny_bigan(generator_steps=0)
 
 
 def test_schedulers_are_stepped_once_per_epoch_for_their_player_only(tmp_path):

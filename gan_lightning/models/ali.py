@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from gan_lightning.losses import JointLoss, bigan_encoder_generator_loss, discriminator_loss, su_regulariser
+from gan_lightning.losses import JointLoss, bigan_encoder_generator_loss, discriminator_loss
 from gan_lightning.models.base import AdversarialModule, Prior, eval_mode
 from gan_lightning.nets import ARCHITECTURES, ArchitectureName
 
@@ -36,8 +36,6 @@ class ALI(AdversarialModule):
         prior: Prior = "gaussian",
         loss: JointLoss = "non_saturating",
         dropout: float = 0.2,
-        su_lambda: float = 0.0,
-        generator_steps: int = 1,
         optimizer_d: Optional[OptimizerCallable] = None,
         optimizer_ge: Optional[OptimizerCallable] = None,
         scheduler_d: Optional[LRSchedulerCallable] = None,
@@ -57,23 +55,18 @@ class ALI(AdversarialModule):
             loss: the G/E loss: ``non_saturating`` (official code), ``minimax`` (the paper's game) or
                 ``su`` (Su 2018: both pairs pushed towards the encoder label).
             dropout: dropout rate of the discriminator (the ALI paper: 0.2 on its first layer, 0.5 after).
-            su_lambda: weight of Su's regulariser ||G(z) - G_old(z)||^2 (mean over elements; Su used 5).
-            generator_steps: G/E updates per D update on the same z (Su used 2; the regulariser is
-                zero on the first).
             optimizer_d: optimizer of D (default: Adam 1e-4, betas (0.5, 0.999)).
             optimizer_ge: optimizer of G and E together (same default).
             scheduler_d: optional learning-rate schedule of D, stepped once per epoch.
             scheduler_ge: optional learning-rate schedule of G and E, stepped once per epoch.
-            **kwargs: the shared options of ``AdversarialModule`` (n_critic, ema_decay, gradient_clip_val,
-                seed, stop_on_nonfinite, compile).
+            **kwargs: the shared options of ``AdversarialModule`` (n_critic, su_lambda, generator_steps,
+                ema_decay, gradient_clip_val, seed, stop_on_nonfinite, compile).
         """
         super().__init__(latent_dim=latent_dim, prior=prior, **kwargs)
-        if width < 1 or generator_steps < 1 or su_lambda < 0 or not 0 <= dropout < 1:
-            raise ValueError(f"model: width and generator_steps must be >= 1, su_lambda >= 0, dropout in [0, 1); "
-                             f"got {width}, {generator_steps}, {su_lambda}, {dropout}")
+        if width < 1 or not 0 <= dropout < 1:
+            raise ValueError(f"model.width must be >= 1 and model.dropout in [0, 1); got {width}, {dropout}")
         self.save_hyperparameters(ignore=["optimizer_d", "optimizer_ge", "scheduler_d", "scheduler_ge"])
         self.loss, self.gaussian_encoder = loss, encoder == "gaussian"
-        self.su_lambda, self.generator_steps = su_lambda, generator_steps
         nets = ARCHITECTURES[architecture]
         self.generator = nets.generator(latent_dim, data_shape, width)
         self.encoder = nets.encoder(2 * latent_dim if self.gaussian_encoder else latent_dim, data_shape, width)
@@ -99,7 +92,7 @@ class ALI(AdversarialModule):
         opt_d, opt_ge = self.optimizer("discriminator"), self.optimizer("generator_encoder")
 
         # G(z) and E(x) once per iteration; their graphs are kept only when G and E step this time.
-        with torch.set_grad_enabled(self.generator_steps_now):
+        with torch.set_grad_enabled(self.generator_turn):
             x_fake, z_enc = self.generator(z), self.infer(x)
 
         # 1. Discriminator: tell data pairs (x, E(x)) from generated pairs (G(z), z).
@@ -107,22 +100,15 @@ class ALI(AdversarialModule):
             d_loss = discriminator_loss(self.discriminator(x, z_enc.detach()), self.discriminator(x_fake.detach(), z))
             self.step(opt_d, d_loss, player="discriminator")
         logs = {"train/d_loss": d_loss.detach()}
-        if not self.generator_steps_now:
+        if not self.generator_turn:
             return logs
 
-        # 2. Generator and encoder: make the updated D mistake each kind of pair for the other,
-        #    optionally several times on the same z, held near G_old(z) by Su's regulariser.
-        x_old = x_fake.detach()
-        for k in range(self.generator_steps):
-            if k > 0:
-                x_fake, z_enc = self.generator(z), self.infer(x)
-            with self.toggled_optimizer(opt_ge):
-                ge_loss = bigan_encoder_generator_loss(self.discriminator(x, z_enc), self.discriminator(x_fake, z),
-                                                       self.loss)
-                if self.su_lambda:
-                    ge_loss = ge_loss + self.su_lambda * su_regulariser(x_fake, x_old)
-                self.step(opt_ge, ge_loss, player="generator_encoder")
-        logs["train/ge_loss"] = ge_loss.detach()
+        # 2. Generator and encoder: make the updated D mistake each kind of pair for the other
+        #    (generator_steps times on the same z, held near G_old(z) by Su's regulariser).
+        logs["train/ge_loss"] = self.generator_updates(
+            opt_ge, "generator_encoder", (x_fake, z_enc), regenerate=lambda: (self.generator(z), self.infer(x)),
+            loss=lambda x_fake, z_enc: bigan_encoder_generator_loss(
+                self.discriminator(x, z_enc), self.discriminator(x_fake, z), self.loss))
         return logs
 
     def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:

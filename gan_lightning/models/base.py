@@ -10,13 +10,15 @@ generator G with the encoder E). Subclasses declare their players with ``add_pla
     return {"train/d_loss": loss.detach()}   # logged every trainer.log_every_n_steps iterations
 """
 import contextlib
-from typing import Iterator, Literal, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from gan_lightning.losses import su_regulariser
 
 
 @contextlib.contextmanager
@@ -50,6 +52,10 @@ class AdversarialModule(L.LightningModule):
         seed: seed of the training noise; noise is drawn from a generator re-seeded from
             (seed, iteration, rank), so ranks draw different noise and a resumed run draws the same.
         stop_on_nonfinite: raise, naming the player and iteration, when a loss becomes NaN or Inf.
+        su_lambda: weight of Su's generator regulariser ||G(z) - G_old(z)||^2 (mean over elements;
+            Su 2018 used 5), G_old(z) being the output before this iteration's generator updates.
+        generator_steps: generator updates per discriminator update, on the same z (Su used 2; the
+            regulariser is zero on the first).
         compile: compile every network with ``torch.compile`` (in place: checkpoints keep their keys).
     """
 
@@ -65,6 +71,8 @@ class AdversarialModule(L.LightningModule):
         gradient_clip_val: Optional[float] = None,
         seed: int = 0,
         stop_on_nonfinite: bool = True,
+        su_lambda: float = 0.0,
+        generator_steps: int = 1,
         compile: bool = False,
     ):
         super().__init__()
@@ -72,12 +80,16 @@ class AdversarialModule(L.LightningModule):
             raise ValueError(f"model.latent_dim must be >= 1, got {latent_dim}")
         if n_critic < 1:
             raise ValueError(f"model.n_critic must be >= 1, got {n_critic}")
+        if generator_steps < 1 or su_lambda < 0:
+            raise ValueError(f"model.generator_steps must be >= 1 and model.su_lambda >= 0, got {generator_steps}, "
+                             f"{su_lambda}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
         self.automatic_optimization = False
         self.latent_dim, self.prior = latent_dim, prior
         self.n_critic, self.ema_decay, self.gradient_clip_val = n_critic, ema_decay, gradient_clip_val
         self.seed, self.stop_on_nonfinite, self.compile_networks = seed, stop_on_nonfinite, compile
+        self.su_lambda, self.generator_steps = su_lambda, generator_steps
         self.iteration = 0
         self.images_seen = 0
         self._players: dict[str, tuple[list[str], Optional[OptimizerCallable], Optional[LRSchedulerCallable]]] = {}
@@ -128,6 +140,26 @@ class AdversarialModule(L.LightningModule):
         self.manual_backward(loss)
         optimizer.step()
 
+    def generator_updates(self, optimizer, player: str, outputs: tuple, regenerate: Callable[[], tuple],
+                          loss: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """``generator_steps`` updates of the generating player on the same z (Su 2018).
+
+        ``outputs`` are this iteration's generator outputs, x_fake first (and e.g. E(x) after it);
+        ``regenerate()`` recomputes them with the updated parameters for the second and later steps;
+        ``loss(*outputs)`` is the adversarial loss. Su's regulariser holds x_fake near G_old(z), the
+        first x_fake, detached. Returns the last loss, detached.
+        """
+        x_old = outputs[0].detach()
+        for k in range(self.generator_steps):
+            if k > 0:
+                outputs = regenerate()
+            with self.toggled_optimizer(optimizer):
+                total = loss(*outputs)
+                if self.su_lambda:
+                    total = total + self.su_lambda * su_regulariser(outputs[0], x_old)
+                self.step(optimizer, total, player=player)
+        return total.detach()
+
     def on_before_optimizer_step(self, optimizer) -> None:
         # Runs after the mixed-precision scaler has unscaled the gradients (Lightning #18089).
         if self.gradient_clip_val is not None:
@@ -149,8 +181,8 @@ class AdversarialModule(L.LightningModule):
             f"loss; the checkpoints already on disk are intact.")
 
     @property
-    def generator_steps_now(self) -> bool:
-        """Whether this iteration ends with a generator update (every ``n_critic``-th iteration)."""
+    def generator_turn(self) -> bool:
+        """Whether this iteration ends with the generator's updates (every ``n_critic``-th iteration)."""
         return (self.iteration + 1) % self.n_critic == 0
 
     # --- noise, counters, EMA ----------------------------------------------------------------
@@ -167,7 +199,7 @@ class AdversarialModule(L.LightningModule):
         Logging happens every ``trainer.log_every_n_steps`` iterations only: Lightning's ``self.log``
         costs about 2 ms a call, a few per cent of a small GAN's iteration on a CPU.
         """
-        if self.generator_steps_now:
+        if self.generator_turn:
             for name, averaged in self.ema.items():
                 averaged.update_parameters(getattr(self, name))
         self.iteration += 1

@@ -13,8 +13,7 @@ from typing import Optional, Sequence
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from gan_lightning.losses import GANLoss, gan_discriminator_loss, gan_generator_loss, gradient_penalty, r1_penalty, \
-    su_regulariser
+from gan_lightning.losses import GANLoss, gan_discriminator_loss, gan_generator_loss, gradient_penalty, r1_penalty
 from gan_lightning.models.base import AdversarialModule, Prior, eval_mode
 from gan_lightning.nets import ARCHITECTURES, ArchitectureName
 
@@ -34,8 +33,6 @@ class GAN(AdversarialModule):
         gradient_penalty: float = 0.0,
         r1_penalty: float = 0.0,
         dropout: float = 0.0,
-        su_lambda: float = 0.0,
-        generator_steps: int = 1,
         optimizer_d: Optional[OptimizerCallable] = None,
         optimizer_g: Optional[OptimizerCallable] = None,
         scheduler_d: Optional[LRSchedulerCallable] = None,
@@ -54,26 +51,22 @@ class GAN(AdversarialModule):
             gradient_penalty: weight of WGAN-GP's penalty (10 in the paper); D then has no batch norm.
             r1_penalty: weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real data.
             dropout: dropout rate of the discriminator.
-            su_lambda: weight of Su's regulariser ||G(z) - G_old(z)||^2 (mean over elements; Su used 5).
-            generator_steps: G updates per D update on the same z (Su used 2).
             optimizer_d: optimizer of D (default: Adam 2e-4, betas (0.5, 0.999)).
             optimizer_g: optimizer of G (same default).
             scheduler_d: optional learning-rate schedule of D, stepped once per epoch.
             scheduler_g: optional learning-rate schedule of G, stepped once per epoch.
-            **kwargs: the shared options of ``AdversarialModule`` (n_critic, ema_decay, gradient_clip_val,
-                seed, stop_on_nonfinite, compile).
+            **kwargs: the shared options of ``AdversarialModule`` (n_critic, su_lambda, generator_steps,
+                ema_decay, gradient_clip_val, seed, stop_on_nonfinite, compile).
         """
         super().__init__(latent_dim=latent_dim, prior=prior, **kwargs)
-        if width < 1 or generator_steps < 1 or min(su_lambda, gradient_penalty, r1_penalty) < 0:
-            raise ValueError(f"model: width and generator_steps must be >= 1 and the penalty weights >= 0; got "
-                             f"{width}, {generator_steps}, su_lambda={su_lambda}, gradient_penalty={gradient_penalty}, "
-                             f"r1_penalty={r1_penalty}")
+        if width < 1 or min(gradient_penalty, r1_penalty) < 0:
+            raise ValueError(f"model.width must be >= 1 and the penalty weights >= 0; got {width}, "
+                             f"gradient_penalty={gradient_penalty}, r1_penalty={r1_penalty}")
         nets = ARCHITECTURES[architecture]
         if nets.discriminator is None:
             raise ValueError(f"model.architecture {architecture!r} has no D(x) for a GAN; use mlp, dcgan or toy")
         self.save_hyperparameters(ignore=["optimizer_d", "optimizer_g", "scheduler_d", "scheduler_g"])
         self.loss, self.gp_weight, self.r1_weight = loss, gradient_penalty, r1_penalty
-        self.su_lambda, self.generator_steps = su_lambda, generator_steps
         self.generator = nets.generator(latent_dim, data_shape, width)
         # A gradient penalty is per example, which batch norm's mixing of examples would break (Gulrajani et al.).
         self.discriminator = nets.discriminator(data_shape, width, dropout, gradient_penalty == 0)
@@ -85,7 +78,7 @@ class GAN(AdversarialModule):
         x = batch[0]
         z = self.draw_prior(len(x), self.noise)
         opt_d, opt_g = self.optimizer("discriminator"), self.optimizer("generator")
-        with torch.set_grad_enabled(self.generator_steps_now):  # G's graph only when G steps this iteration
+        with torch.set_grad_enabled(self.generator_turn):  # G's graph only when G steps this iteration
             x_fake = self.generator(z)
 
         # 1. Discriminator: tell x from G(z), with the optional penalties.
@@ -99,20 +92,14 @@ class GAN(AdversarialModule):
                 d_loss = d_loss + self.r1_weight / 2 * r1_penalty(d_real, x_real)
             self.step(opt_d, d_loss, player="discriminator")
         logs = {"train/d_loss": d_loss.detach()}
-        if not self.generator_steps_now:
+        if not self.generator_turn:
             return logs
 
-        # 2. Generator: make the updated D take G(z) for data, held near G_old(z) by Su's regulariser.
-        x_old = x_fake.detach()
-        for k in range(self.generator_steps):
-            if k > 0:
-                x_fake = self.generator(z)
-            with self.toggled_optimizer(opt_g):
-                g_loss = gan_generator_loss(self.discriminator(x_fake), self.loss)
-                if self.su_lambda:
-                    g_loss = g_loss + self.su_lambda * su_regulariser(x_fake, x_old)
-                self.step(opt_g, g_loss, player="generator")
-        logs["train/g_loss"] = g_loss.detach()
+        # 2. Generator: make the updated D take G(z) for data
+        #    (generator_steps times on the same z, held near G_old(z) by Su's regulariser).
+        logs["train/g_loss"] = self.generator_updates(
+            opt_g, "generator", (x_fake,), regenerate=lambda: (self.generator(z),),
+            loss=lambda x_fake: gan_generator_loss(self.discriminator(x_fake), self.loss))
         return logs
 
     def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
