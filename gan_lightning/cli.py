@@ -10,6 +10,8 @@ import gan_lightning.callbacks  # noqa: F401  (makes the callbacks' short names 
 import gan_lightning.models  # noqa: F401  (makes the models' short names known to configs)
 from gan_lightning.cli_errors import shorten
 from gan_lightning.data import DatasetNotFoundError, GANDataModule
+from gan_lightning.errors import ConfigError
+from gan_lightning.metrics.features import WeightsNotFoundError
 
 
 class ShortErrorParser(LightningArgumentParser):
@@ -43,6 +45,15 @@ def silence_noise() -> None:
 
 def main(args: list[str] | None = None) -> None:
     silence_noise()
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in ("evaluate", "sample"):
+        from gan_lightning.commands import CheckpointError, run
+
+        try:
+            run(argv[0], argv[1:])
+        except (CheckpointError, DatasetNotFoundError, WeightsNotFoundError, ValueError) as err:
+            sys.exit(f"gan_lightning: error: {err}")
+        return
     try:
         GANLightningCLI(
             L.LightningModule,
@@ -54,5 +65,5 @@ def main(args: list[str] | None = None) -> None:
             parser_class=ShortErrorParser,
             args=args,
         )
-    except (DatasetNotFoundError, FloatingPointError) as err:
+    except (DatasetNotFoundError, WeightsNotFoundError, ConfigError, FloatingPointError) as err:
         sys.exit(f"gan_lightning: error: {err}")

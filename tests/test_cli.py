@@ -34,6 +34,29 @@ def fake_image_folder(root: Path, side: int) -> Path:
     return root
 
 
+def smoke_callbacks(spec: dict, swapped: bool, out: Path) -> Path:
+    """The config with its measuring callbacks shrunk to seconds and run at the smoke run's one validation.
+
+    Inception's weights cannot be had on these machines, so Inception metrics are dropped (the
+    missing-weights error has its own test), as are encoder probes on generated stand-in data (no labels).
+    """
+    callbacks = []
+    for cb in spec["trainer"].get("callbacks", []):
+        name, args = cb["class_path"].rsplit(".", 1)[-1], cb.get("init_args", {})
+        if name == "ImageMetrics":
+            if args.get("feature_extractor", "inception") == "inception":
+                continue
+            args.update(n_samples=100, n_real=500, every_n_epochs=1, kid_subset_size=50, kid_subsets=10, is_splits=2)
+        if name == "EncoderProbe":
+            if swapped:
+                continue
+            args.update(n_train=500, n_test=500, every_n_epochs=1)
+        callbacks.append(cb)
+    spec["trainer"]["callbacks"] = callbacks
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_config_fits_end_to_end_on_cpu(config, tmp_path, data_dir, monkeypatch):
@@ -47,11 +70,20 @@ def test_every_config_fits_end_to_end_on_cpu(config, tmp_path, data_dir, monkeyp
                      "--data.init_args.on_device", "false", "--data.init_args.num_workers", "0",
                      "--data.init_args.batch_size", "4"]
     monkeypatch.chdir(tmp_path)  # the config's relative output folders land here
+    config = smoke_callbacks(spec, swapped=data["dataset"] not in OFFLINE, out=tmp_path / config.name)
     main(["fit", "--config", str(config), "--config", str(SMOKE), *overrides])  # in-process: no import per config
     root = tmp_path / spec["trainer"]["default_root_dir"]
     assert (root / "checkpoints" / "last.ckpt").exists()
     pictures = "toy_it*.png" if data["dataset"].startswith("toy_") else "samples_it*.png"
     assert list((root / "samples").glob(pictures)), f"no {pictures} written"
+    kept = {cb["class_path"].rsplit(".", 1)[-1] for cb in yaml.safe_load(config.read_text())["trainer"]["callbacks"]}
+    logged = next((root / "logs").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    expected = {"ImageMetrics": "val/fd_fashion_classifier", "EncoderProbe": "val/probe_1nn",
+                "ModeCoverage": "val/modes"}
+    for callback, key in expected.items():
+        assert (callback in kept) == (key in logged), f"{callback} kept: {callback in kept}, {key} logged: {logged}"
+    if "Interpolations" in kept:
+        assert list((root / "samples").glob("interpolations_it*.png"))
 
 
 @pytest.mark.slow

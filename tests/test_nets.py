@@ -25,11 +25,11 @@ def test_joint_discriminator_depends_on_both_x_and_z():
 
 
 @pytest.mark.parametrize("architecture,shape", [("dcgan", (1, 28, 28)), ("dcgan", (3, 32, 32)), ("dcgan", (3, 64, 64)),
-                                                ("ali32", (3, 32, 32)), ("toy", (2,)), ("mlp", (1, 8, 8))])
+                                                ("ali", (3, 32, 32)), ("ali", (3, 64, 64)), ("toy", (2,)), ("mlp", (1, 8, 8))])
 def test_every_architecture_builds_the_four_networks(architecture, shape):
     from gan_lightning.nets import ARCHITECTURES
 
-    nets, z_dim, width = ARCHITECTURES[architecture], 6, {"dcgan": 8, "ali32": 4, "toy": 20, "mlp": 16}[architecture]
+    nets, z_dim, width = ARCHITECTURES[architecture], 6, {"dcgan": 8, "ali": 4, "toy": 20, "mlp": 16}[architecture]
     z = torch.randn(3, z_dim)
     x = nets.generator(z_dim, shape, width)(z)
     assert x.shape == (3, *shape)
@@ -53,3 +53,25 @@ def test_maxout_takes_the_max_of_its_pieces():
     h = torch.randn(5, 2)
     pieces = layer.linear(h).view(5, 3, 4)
     assert torch.equal(layer(h), pieces.amax(dim=2))
+
+
+@pytest.mark.parametrize("size,width,x_channels,g_channels,z_units,joint_units", [
+    (32, 32, [32, 64, 128, 256, 512], [256, 128, 64, 32, 32, 32], 512, 1024),     # CIFAR-10 / SVHN table
+    (64, 64, [64, 128, 256, 256, 512], [512, 256, 256, 128, 64], 1024, 2048),    # CelebA table
+])
+def test_ali_networks_follow_the_papers_tables(size, width, x_channels, g_channels, z_units, joint_units):
+    from torch import nn
+
+    from gan_lightning.nets.ali import ALIEncoder, ALIGenerator, ALIJointDiscriminator
+
+    G, E = ALIGenerator(256, (3, size, size), width), ALIEncoder(512, (3, size, size), width)
+    D = ALIJointDiscriminator(256, (3, size, size), width)
+    out = lambda net, kind: [m.out_channels for m in net.modules() if type(m) is kind]
+    assert out(G, nn.ConvTranspose2d) + out(G, nn.Conv2d)[:-1] == g_channels
+    assert out(E, nn.Conv2d) == x_channels and out(D.x_branch, nn.Conv2d) == x_channels
+    assert [m.out_features for m in D.z_branch if isinstance(m, nn.Linear)] == [z_units, z_units]
+    assert [m.out_features for m in D.joint if isinstance(m, nn.Linear)] == [joint_units, joint_units, 1]
+    assert not isinstance(D.x_branch[1], nn.BatchNorm2d) and isinstance(E.net[1], nn.BatchNorm2d)  # no BN on D's first
+    assert G(torch.randn(2, 256)).shape == (2, 3, size, size)
+    with pytest.raises(ValueError, match="32x32.*64x64.*image_size"):
+        ALIGenerator(8, (3, 48, 48))

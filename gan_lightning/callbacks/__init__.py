@@ -1,7 +1,10 @@
 """Callbacks: they measure and draw through the model's public sample / encode / reconstruct."""
-from gan_lightning.callbacks.images import SampleGrid
+from gan_lightning.callbacks.image_metrics import ImageMetrics
+from gan_lightning.callbacks.images import Interpolations, SampleGrid
+from gan_lightning.callbacks.probes import EncoderProbe
 from gan_lightning.callbacks.progress import GANProgressBar
 from gan_lightning.callbacks.summary import RunSummary
 from gan_lightning.callbacks.toy import ModeCoverage
 
-__all__ = ["SampleGrid", "RunSummary", "GANProgressBar", "ModeCoverage"]
+__all__ = ["SampleGrid", "Interpolations", "ImageMetrics", "EncoderProbe", "RunSummary", "GANProgressBar",
+           "ModeCoverage"]

@@ -50,3 +50,59 @@ class SampleGrid(L.Callback):
             for logger in trainer.loggers:
                 if hasattr(logger, "log_image"):  # W&B
                     logger.log_image(key=f"val/{name}", images=[str(path)], step=step)
+
+
+class Interpolations(L.Callback):
+    """Writes ``interpolations_it{iteration}.png``: rows that walk the latent space from one image to another.
+
+    With an encoder, each row starts at a test image x_a, passes through G((1 - t) E(x_a) + t E(x_b))
+    for ``steps`` values of t in [0, 1], and ends at x_b. Without one, rows walk between prior draws.
+
+    Args:
+        n_pairs: rows (pairs of images or of prior draws).
+        steps: generated images per row.
+        dirpath: folder for the PNG files; default ``{trainer.default_root_dir}/samples``.
+        seed: seed of the pairs (the same pairs at every validation).
+    """
+
+    def __init__(self, n_pairs: int = 8, steps: int = 10, dirpath: Optional[str] = None, seed: int = 0):
+        if n_pairs < 1 or steps < 2:
+            raise ValueError(f"Interpolations needs n_pairs >= 1 and steps >= 2, got {n_pairs}, {steps}")
+        self.n_pairs, self.steps, self.seed, self._dirpath = n_pairs, steps, seed, dirpath
+        self._x: Optional[torch.Tensor] = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0 and self._x is None:
+            self._x = batch[0][: 2 * self.n_pairs].detach()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        x, self._x = self._x, None
+        if trainer.sanity_checking or not trainer.is_global_zero or x is None or x.dim() != 4:
+            return
+        grid = interpolation_grid(pl_module, x, self.n_pairs, self.steps, self.seed)
+        out = Path(self._dirpath or Path(trainer.default_root_dir) / "samples")
+        out.mkdir(parents=True, exist_ok=True)
+        step = getattr(pl_module, "iteration", trainer.global_step)
+        path = out / f"interpolations_it{step:07d}.png"
+        save_image(to_unit_range(grid.float().cpu()), path, nrow=grid.shape[0] // self.n_pairs)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="val/interpolations", images=[str(path)], step=step)
+
+
+@torch.no_grad()
+def interpolation_grid(model, x: Optional[torch.Tensor], n_pairs: int, steps: int, seed: int = 0) -> torch.Tensor:
+    """(n_pairs * (steps [+ 2]), C, H, W): each row x_a, G(z_t)..., x_b, or prior walks without an encoder."""
+    t = torch.linspace(0, 1, steps, device=model.device)[None, :, None]
+    if hasattr(model, "encode") and x is not None and len(x) >= 2 * n_pairs:
+        x = x[: 2 * n_pairs].to(model.device)
+        z = model.encode(x)
+        z_a, z_b = z[:n_pairs], z[n_pairs:]
+    else:
+        z = model.draw_prior(2 * n_pairs, torch.Generator(model.device).manual_seed(seed))
+        z_a, z_b, x = z[:n_pairs], z[n_pairs:], None
+    path = (1 - t) * z_a[:, None] + t * z_b[:, None]                      # (n_pairs, steps, Z)
+    images = model.sample(z=path.flatten(0, 1)).unflatten(0, (n_pairs, steps))
+    if x is not None:
+        images = torch.cat([x[:n_pairs, None], images, x[n_pairs:, None]], dim=1)
+    return images.flatten(0, 1)

@@ -5,6 +5,7 @@ from typing import Optional
 import lightning as L
 import torch
 
+from gan_lightning.errors import ConfigError
 from gan_lightning.data.toy import mixture_modes
 from gan_lightning.metrics import N_SAMPLES, mode_coverage
 
@@ -29,7 +30,7 @@ class ModeCoverage(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dataset = getattr(trainer.datamodule, "hparams", {}).get("dataset", "")
         if not dataset.startswith("toy_"):
-            raise ValueError(f"the ModeCoverage callback measures the toy mixtures; data.dataset is {dataset!r}. "
+            raise ConfigError(f"the ModeCoverage callback measures the toy mixtures; data.dataset is {dataset!r}. "
                              "Remove the callback or set data.dataset to toy_ring or toy_grid.")
         self.modes, self.std = mixture_modes(dataset)
 
@@ -50,16 +51,22 @@ class ModeCoverage(L.Callback):
                 f"{k} {v:.3g}" for k, v in self.last.items()))
 
     def scatter(self, samples: torch.Tensor, path: Path, title: str) -> None:
-        import matplotlib
+        scatter_png(samples, self.modes, path, title)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="samples")
-        ax.scatter(self.modes[:, 0], self.modes[:, 1], s=40, c="red", marker="x", label="modes")
-        ax.set_title(title, fontsize=8)
-        ax.set_aspect("equal")
-        ax.legend(loc="upper right", fontsize=7)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
+def scatter_png(samples: torch.Tensor, modes: Optional[torch.Tensor], path: Path, title: str = "") -> None:
+    """A scatter plot of 2-D samples (and of the mixture's modes, when given) as a PNG file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="samples")
+    if modes is not None:
+        ax.scatter(modes[:, 0], modes[:, 1], s=40, c="red", marker="x", label="modes")
+    ax.set_title(title, fontsize=8)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=7)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)

@@ -48,8 +48,8 @@ class ALI(AdversarialModule):
             data_shape: shape of one example; linked from the data module by the CLI.
             latent_dim: dimension of z.
             architecture: network family: ``mlp`` (BiGAN's MNIST MLPs), ``dcgan`` (28/32/64 px),
-                ``ali32`` (the ALI paper's CIFAR-10/SVHN networks), ``toy`` (2-D mixtures).
-            width: hidden units (mlp, toy) or channels at the finest resolution (dcgan, ali32).
+                ``ali`` (the ALI paper's networks: 32x32 CIFAR-10/SVHN, 64x64 CelebA), ``toy`` (2-D mixtures).
+            width: hidden units (mlp, toy) or channels at the finest resolution (dcgan, ali).
             encoder: ``gaussian`` q(z|x) with the reparameterisation trick (ALI) or ``deterministic`` (BiGAN).
             prior: p(z): ``gaussian`` or ``uniform`` on [-1, 1]^Z.
             loss: the G/E loss: ``non_saturating`` (official code), ``minimax`` (the paper's game) or

@@ -10,12 +10,12 @@ from typing import Callable, Literal, Optional
 
 from torch import nn
 
-from gan_lightning.nets.ali import ALIEncoder32, ALIGenerator32, ALIJointDiscriminator32
+from gan_lightning.nets.ali import ALIEncoder, ALIGenerator, ALIJointDiscriminator
 from gan_lightning.nets.conv import (DCGANDiscriminator, DCGANEncoder, DCGANGenerator, DCGANJointDiscriminator)
 from gan_lightning.nets.mlp import JointDiscriminator, MLPDiscriminator, MLPEncoder, MLPGenerator
 from gan_lightning.nets.toy import MaxoutDiscriminator, ToyEncoder, ToyGenerator
 
-ArchitectureName = Literal["mlp", "dcgan", "ali32", "toy"]
+ArchitectureName = Literal["mlp", "dcgan", "ali", "toy"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ ARCHITECTURES: dict[str, Architecture] = {
                         JointDiscriminator),
     # DCGAN for 28x28, 32x32, 64x64; width = channels at the finest resolution
     "dcgan": Architecture(DCGANGenerator, DCGANEncoder, DCGANDiscriminator, DCGANJointDiscriminator),
-    # the ALI paper's CIFAR-10 / SVHN networks (32x32); width = 32 in the paper
-    "ali32": Architecture(ALIGenerator32, ALIEncoder32, None, ALIJointDiscriminator32),
+    # the ALI paper's networks: CIFAR-10 / SVHN at 32x32 (width 32), CelebA at 64x64 (width 64)
+    "ali": Architecture(ALIGenerator, ALIEncoder, None, ALIJointDiscriminator),
     # 2-D mixtures: G and E of `width` units (400), maxout D of width // 2 units (200) x 5 pieces
     "toy": Architecture(ToyGenerator, ToyEncoder,
                         lambda shape, w, dropout, batch_norm: MaxoutDiscriminator(shape, 0, w // 2, dropout=dropout),
@@ -43,5 +43,5 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 __all__ = ["ARCHITECTURES", "Architecture", "ArchitectureName", "MLPGenerator", "MLPEncoder", "MLPDiscriminator",
            "JointDiscriminator", "DCGANGenerator", "DCGANEncoder", "DCGANDiscriminator", "DCGANJointDiscriminator",
-           "ALIGenerator32", "ALIEncoder32", "ALIJointDiscriminator32", "ToyGenerator", "ToyEncoder",
+           "ALIGenerator", "ALIEncoder", "ALIJointDiscriminator", "ToyGenerator", "ToyEncoder",
            "MaxoutDiscriminator"]

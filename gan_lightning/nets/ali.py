@@ -1,87 +1,117 @@
-"""The ALI paper's CIFAR-10 / SVHN networks for 32x32 images (Dumoulin et al. 2017, appendix A).
+"""The ALI paper's convolutional networks (Dumoulin et al. 2017, appendix A), as one family read from tables.
 
-G: 1x1 z -> 4x4 conv-transposes 256 (s1), 128 (s2), 64 (s1), 32 (s2), 5x5 32 (s1), 1x1 32, 1x1 C.
-E: 5x5 32 (s1), 4x4 64 (s2), 128 (s1), 256 (s2), 512 (s1), 1x1 512, 1x1 out.
-D: x-branch as E's first five layers; z-branch 1x1 512, 512; joint 1x1 1024, 1024, 1.
-LeakyReLU(0.01) throughout; batch norm in G, E and D's x-branch (not its first layer, never on z);
-dropout in D: 0.2 on its first layer, 0.5 after. A 1x1 convolution on a 1x1 map is a linear layer.
+Each table row is (kernel, stride, channels as a multiple of ``width``):
+
+=====  ==========================================  ==========================================  =====
+size   E and D's x-branch (convolutions)           G (transposed convolutions)                 leak
+=====  ==========================================  ==========================================  =====
+32     5 s1 x1, 4 s2 x2, 4 s1 x4, 4 s2 x8, 4 s1 x16  4 s1 x8, 4 s2 x4, 4 s1 x2, 4 s2 x1, 5 s1 x1  0.01
+64     2 s1 x1, 7 s2 x2, 5 s2 x4, 7 s2 x4, 4 s1 x8   4 s1 x8, 7 s2 x4, 5 s2 x4, 7 s2 x2, 2 s1 x1  0.02
+=====  ==========================================  ==========================================  =====
+
+32x32 is the CIFAR-10 / SVHN table (width 32; the authors' released CelebA experiment trains these
+networks on 32x32 crops with z of 256), where E and G end with one more 1x1 layer of 16 / 1 widths
+before their output layer. 64x64 is the paper's CelebA table (width 64) and ends directly in the
+output layer. In both: D's z-branch is two 1x1 layers of 16 x width, the joint branch two of 32 x width
+and one logit; batch norm in G, E and D's x-branch (not its first layer, never on z); dropout in D
+0.2 on its first layers, ``dropout`` (0.5 in the paper) after. A 1x1 convolution on a 1x1 map is a
+linear layer, and is written as one.
 """
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
 
-LEAK = 0.01
+Layer = tuple[int, int, int]  # kernel, stride, channel multiple
 
 
-def _block(conv: nn.Module, channels: int, batch_norm: bool = True, dropout: float = 0.0) -> list[nn.Module]:
-    return [conv, *([nn.BatchNorm2d(channels)] if batch_norm else []), nn.LeakyReLU(LEAK),
-            *([nn.Dropout(dropout)] if dropout else [])]
+@dataclass(frozen=True)
+class ALITable:
+    x_layers: tuple[Layer, ...]   # E and D's x-branch: a 1x1 map of x_layers[-1][2] * width channels at the end
+    g_layers: tuple[Layer, ...]   # G, from the 1x1 map of z to the full image
+    hidden_1x1: bool              # one more hidden 1x1 layer before E's and G's outputs (the 32x32 table)
+    leak: float                   # LeakyReLU slope
 
 
-def _check(data_shape: Sequence[int]) -> None:
-    if tuple(data_shape[1:]) != (32, 32):
-        raise ValueError(f"the ALI paper's networks take 32x32 images; got data shape {tuple(data_shape)}")
+TABLES = {
+    32: ALITable(x_layers=((5, 1, 1), (4, 2, 2), (4, 1, 4), (4, 2, 8), (4, 1, 16)),
+                 g_layers=((4, 1, 8), (4, 2, 4), (4, 1, 2), (4, 2, 1), (5, 1, 1)), hidden_1x1=True, leak=0.01),
+    64: ALITable(x_layers=((2, 1, 1), (7, 2, 2), (5, 2, 4), (7, 2, 4), (4, 1, 8)),
+                 g_layers=((4, 1, 8), (7, 2, 4), (5, 2, 4), (7, 2, 2), (2, 1, 1)), hidden_1x1=False, leak=0.02),
+}
 
 
-class ALIGenerator32(nn.Module):
-    """G: (B, Z) -> (B, C, 32, 32) in [-1, 1]."""
+def table(data_shape: Sequence[int]) -> ALITable:
+    if len(data_shape) != 3 or data_shape[1] != data_shape[2] or data_shape[1] not in TABLES:
+        raise ValueError(f"the ALI paper's networks take 32x32 (CIFAR-10, SVHN) or 64x64 (CelebA) images; "
+                         f"got data shape {tuple(data_shape)}: set data.image_size to 32 or 64")
+    return TABLES[data_shape[1]]
+
+
+def _block(layer: nn.Module, channels: int, leak: float, batch_norm: bool = True, dropout: float = 0.0) -> list:
+    norm = nn.BatchNorm2d(channels) if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) else nn.BatchNorm1d(channels)
+    return [layer, *([norm] if batch_norm else []), nn.LeakyReLU(leak), *([nn.Dropout(dropout)] if dropout else [])]
+
+
+def _x_layers(t: ALITable, channels: int, w: int, first_norm: bool, dropout: tuple[float, float]) -> list[nn.Module]:
+    """Convolutions from the image to a 1x1 map, batch norm after each but D's first (``first_norm=False``)."""
+    layers, c_in = [], channels
+    for i, (k, s, m) in enumerate(t.x_layers):
+        norm = first_norm or i > 0
+        layers += _block(nn.Conv2d(c_in, m * w, k, s, bias=not norm), m * w, t.leak, norm, dropout[i > 0])
+        c_in = m * w
+    return layers + [nn.Flatten()]
+
+
+class ALIGenerator(nn.Module):
+    """G: (B, Z) -> (B, C, H, W) in [-1, 1], H = W = 32 or 64."""
 
     def __init__(self, latent_dim: int, data_shape: Sequence[int], width: int = 32):
         super().__init__()
-        _check(data_shape)
-        w = width
-        self.net = nn.Sequential(
-            *_block(nn.ConvTranspose2d(latent_dim, 8 * w, 4, 1, bias=False), 8 * w),  # 4x4
-            *_block(nn.ConvTranspose2d(8 * w, 4 * w, 4, 2, bias=False), 4 * w),       # 10x10
-            *_block(nn.ConvTranspose2d(4 * w, 2 * w, 4, 1, bias=False), 2 * w),       # 13x13
-            *_block(nn.ConvTranspose2d(2 * w, w, 4, 2, bias=False), w),               # 28x28
-            *_block(nn.ConvTranspose2d(w, w, 5, 1, bias=False), w),                   # 32x32
-            *_block(nn.Conv2d(w, w, 1, bias=False), w),
-            nn.Conv2d(w, data_shape[0], 1), nn.Tanh(),
-        )
+        t, w = table(data_shape), width
+        layers, c_in = [], latent_dim
+        for k, s, m in t.g_layers:
+            layers += _block(nn.ConvTranspose2d(c_in, m * w, k, s, bias=False), m * w, t.leak)
+            c_in = m * w
+        if t.hidden_1x1:
+            layers += _block(nn.Conv2d(c_in, w, 1, bias=False), w, t.leak)
+            c_in = w
+        self.net = nn.Sequential(*layers, nn.Conv2d(c_in, data_shape[0], 1), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z[:, :, None, None])
 
 
-def _x_layers(channels: int, w: int, batch_norm: bool, dropout: tuple[float, float]) -> list[nn.Module]:
-    first, rest = dropout
-    return [*_block(nn.Conv2d(channels, w, 5, 1, bias=True), w, False, first),  # 28x28: no batch norm on the first layer
-            *_block(nn.Conv2d(w, 2 * w, 4, 2, bias=not batch_norm), 2 * w, batch_norm, rest),      # 13x13
-            *_block(nn.Conv2d(2 * w, 4 * w, 4, 1, bias=not batch_norm), 4 * w, batch_norm, rest),  # 10x10
-            *_block(nn.Conv2d(4 * w, 8 * w, 4, 2, bias=not batch_norm), 8 * w, batch_norm, rest),  # 4x4
-            *_block(nn.Conv2d(8 * w, 16 * w, 4, 1, bias=not batch_norm), 16 * w, batch_norm, rest),  # 1x1
-            nn.Flatten()]
-
-
-class ALIEncoder32(nn.Module):
-    """E: (B, C, 32, 32) -> (B, out_dim); out_dim = 2Z for the Gaussian encoder's (mu, log sigma)."""
+class ALIEncoder(nn.Module):
+    """E: (B, C, H, W) -> (B, out_dim); out_dim = 2Z for the Gaussian encoder's (mu, log sigma)."""
 
     def __init__(self, out_dim: int, data_shape: Sequence[int], width: int = 32):
         super().__init__()
-        _check(data_shape)
-        self.net = nn.Sequential(*_x_layers(data_shape[0], width, True, (0.0, 0.0)),
-                                 nn.Linear(16 * width, 16 * width, bias=False), nn.BatchNorm1d(16 * width),
-                                 nn.LeakyReLU(LEAK), nn.Linear(16 * width, out_dim))
+        t = table(data_shape)
+        features = t.x_layers[-1][2] * width
+        hidden = _block(nn.Linear(features, features, bias=False), features, t.leak) if t.hidden_1x1 else []
+        self.net = nn.Sequential(*_x_layers(t, data_shape[0], width, True, (0.0, 0.0)), *hidden,
+                                 nn.Linear(features, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
-class ALIJointDiscriminator32(nn.Module):
-    """D(x, z): (B, C, 32, 32), (B, Z) -> (B,) logits."""
+class ALIJointDiscriminator(nn.Module):
+    """D(x, z): (B, C, H, W), (B, Z) -> (B,) logits, from an x-branch, a z-branch and a joint branch."""
 
     def __init__(self, latent_dim: int, data_shape: Sequence[int], width: int = 32, dropout: float = 0.5):
         super().__init__()
-        _check(data_shape)
+        t, w = table(data_shape), width
         first = min(dropout, 0.2)
-        self.x_branch = nn.Sequential(*_x_layers(data_shape[0], width, True, (first, dropout)))
-        self.z_branch = nn.Sequential(nn.Linear(latent_dim, 16 * width), nn.LeakyReLU(LEAK), nn.Dropout(first),
-                                      nn.Linear(16 * width, 16 * width), nn.LeakyReLU(LEAK), nn.Dropout(dropout))
-        self.joint = nn.Sequential(nn.Linear(32 * width, 32 * width), nn.LeakyReLU(LEAK), nn.Dropout(dropout),
-                                   nn.Linear(32 * width, 32 * width), nn.LeakyReLU(LEAK), nn.Dropout(dropout),
-                                   nn.Linear(32 * width, 1))
+        self.x_branch = nn.Sequential(*_x_layers(t, data_shape[0], w, False, (first, dropout)))
+        self.z_branch = nn.Sequential(*_block(nn.Linear(latent_dim, 16 * w), 16 * w, t.leak, False, first),
+                                      *_block(nn.Linear(16 * w, 16 * w), 16 * w, t.leak, False, dropout))
+        joint_in = t.x_layers[-1][2] * w + 16 * w
+        self.joint = nn.Sequential(*_block(nn.Linear(joint_in, 32 * w), 32 * w, t.leak, False, dropout),
+                                   *_block(nn.Linear(32 * w, 32 * w), 32 * w, t.leak, False, dropout),
+                                   nn.Linear(32 * w, 1))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.joint(torch.cat([self.x_branch(x), self.z_branch(z)], dim=1)).squeeze(1)

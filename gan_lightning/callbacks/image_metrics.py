@@ -1,0 +1,137 @@
+"""FID / IS / KID during training, on every rank, against real statistics cached on disk."""
+from pathlib import Path
+from typing import Iterator, Literal, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Subset
+
+from gan_lightning.errors import ConfigError
+from gan_lightning.metrics.features import ExtractorName, build_extractor
+from gan_lightning.metrics.image_scores import Dist, ImageScores, MetricName, chunk
+
+Split = Literal["train", "val", "test"]
+
+
+def real_shard(datamodule, split: Split, rank: int, world_size: int, batch_size: int,
+               n_real: Optional[int] = None) -> Iterator[torch.Tensor]:
+    """Rank ``rank``'s contiguous share of a split's first ``n_real`` uint8 images."""
+    if not datamodule.splits:
+        datamodule.setup("fit")
+    tensors = datamodule._tensors(split)
+    if tensors is not None:
+        images = chunk(tensors[0][:n_real], rank, world_size)
+        yield from images.split(batch_size)
+        return
+    dataset = datamodule.splits[split]
+    indices = chunk(range(min(len(dataset), n_real or len(dataset))), rank, world_size)
+    for images, *_ in DataLoader(Subset(dataset, indices), batch_size=batch_size,
+                                 num_workers=datamodule.hparams.num_workers):
+        yield images
+
+
+def real_key(datamodule, split: Split, n_real: Optional[int]) -> dict:
+    """What a split's real statistics depend on (the extractor is added by ImageScores)."""
+    hp = datamodule.hparams
+    return {"dataset": hp.dataset, "split": split, "n_real": n_real, "image_size": hp.image_size,
+            "val_fraction": hp.val_fraction, "seed": hp.seed,
+            "data_dir": str(Path(hp.data_dir).expanduser().resolve()) if hp.dataset == "image_folder" else None,
+            "preprocessing": "uint8 [0, 255]; generated images: round((x + 1) * 127.5)"}
+
+
+class ImageMetrics(L.Callback):
+    """FID, IS and KID of the (EMA) generator every ``every_n_epochs`` validations, logged as ``val/...``.
+
+    The scores are named after their feature extractor: ``val/fid_inception`` (Inception-v3, the
+    papers' FID) or ``val/fd_fashion_classifier`` (the project's offline Fashion-MNIST classifier,
+    never called FID). With ``report_floor``, the real-vs-real reference is logged once as
+    ``val/..._floor`` (the real split against ``floor_split``) and the real images' IS as ``..._real``.
+
+    Args:
+        feature_extractor: ``inception`` (needs its weights: downloaded, cached or ``inception_weights``)
+            or ``fashion_classifier`` (ships with the package; 28x28 grey images).
+        metrics: any of ``fid``, ``is``, ``kid``.
+        n_samples: generated images per evaluation, over all ranks (10,000; papers report 50,000).
+        real_split: the real images the statistics come from (``train``, ``val`` or ``test``).
+        n_real: use only the split's first ``n_real`` images (default: all).
+        floor_split: the second real split for the real-vs-real floor.
+        every_n_epochs: evaluate at every n-th validation.
+        batch_size: images per generator / extractor batch.
+        cache_dir: where real statistics are cached (default ``{data_dir}/.stats``).
+        inception_weights: a local ``weights-inception-2015-12-05-6726825d.pth`` (checked by SHA-256).
+        download_weights: allow downloading the Inception weights when they are not cached.
+        seed: seed of the generated samples' noise (the same z at every evaluation).
+    """
+
+    def __init__(self, feature_extractor: ExtractorName = "inception", metrics: list[MetricName] = ["fid", "is", "kid"],
+                 n_samples: int = 10_000, real_split: Split = "train", n_real: Optional[int] = None,
+                 floor_split: Split = "test", report_floor: bool = True, every_n_epochs: int = 1,
+                 batch_size: int = 500, cache_dir: Optional[str] = None, inception_weights: Optional[str] = None,
+                 download_weights: bool = True, kid_subsets: int = 100, kid_subset_size: int = 1000,
+                 is_splits: int = 10, seed: int = 0):
+        if n_samples < 2 or every_n_epochs < 1 or batch_size < 1:
+            raise ValueError(f"ImageMetrics needs n_samples >= 2, every_n_epochs >= 1 and batch_size >= 1; got "
+                             f"{n_samples}, {every_n_epochs}, {batch_size}")
+        self.feature_extractor, self.metrics, self.n_samples = feature_extractor, list(metrics), n_samples
+        self.real_split, self.n_real, self.floor_split, self.report_floor = real_split, n_real, floor_split, report_floor
+        self.every_n_epochs, self.batch_size, self.cache_dir, self.seed = every_n_epochs, batch_size, cache_dir, seed
+        self.inception_weights, self.download_weights = inception_weights, download_weights
+        self.kid = (kid_subsets, kid_subset_size)
+        self.is_splits = is_splits
+        self.scores: Optional[ImageScores] = None
+        self.last: dict[str, float] = {}
+        self._floor: Optional[dict[str, float]] = None
+
+    # Runs in every stage's setup, before any training step: a missing weights file stops the run here.
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        shape = tuple(dm.data_shape if dm is not None else pl_module.hparams.get("data_shape", ()))
+        if len(shape) != 3:
+            raise ConfigError(f"ImageMetrics scores images, but the data are of shape {shape}: remove the callback "
+                             "for toy data (ModeCoverage measures those)")
+        if self.feature_extractor == "fashion_classifier" and shape != (1, 28, 28):
+            raise ConfigError(f"feature_extractor fashion_classifier takes 28x28 grey images, got {shape}: use "
+                             "feature_extractor inception for this dataset")
+        if not hasattr(pl_module, "sample"):
+            raise ConfigError(f"{type(pl_module).__name__} has no sample(): ImageMetrics needs a generative model")
+        if self.scores is None:
+            extractor = build_extractor(self.feature_extractor, self.inception_weights, self.download_weights)
+            strategy = trainer.strategy
+            dist = Dist(trainer.global_rank, trainer.world_size, lambda obj: strategy.broadcast(obj),
+                        lambda: strategy.barrier())
+            self.scores = ImageScores(extractor, self.feature_extractor, self.metrics, *self.kid, self.is_splits, dist)
+
+    def state_dict(self) -> dict:
+        return {}  # nothing of the metrics goes into checkpoints (no Inception weights inside them)
+
+    def _cache_dir(self, datamodule) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else Path(datamodule.hparams.data_dir) / ".stats"
+
+    def _real(self, datamodule, split: Split):
+        dist = self.scores.dist
+        return self.scores.load_real(
+            lambda: real_shard(datamodule, split, dist.rank, dist.world_size, self.batch_size, self.n_real),
+            real_key(datamodule, split, self.n_real), self._cache_dir(datamodule))
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """The scores now; training mode, RNG states and the model's weights are as before afterwards."""
+        self.scores.extractor.to(pl_module.device)
+        datamodule = trainer.datamodule
+        if self.report_floor and self._floor is None:
+            other = self._real(datamodule, self.floor_split)
+            self._real(datamodule, self.real_split)
+            self._floor = self.scores.floor(other)
+        elif self.scores.real is None:
+            self._real(datamodule, self.real_split)
+        self.scores.add_generator(lambda n, noise: pl_module.sample(n, generator=noise), self.n_samples,
+                                  self.batch_size, self.seed)
+        self.last = {**self.scores.compute(), **(self._floor or {})}
+        return self.last
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        scores = self.evaluate(trainer, pl_module)
+        pl_module.log_dict({f"val/{k}": v for k, v in scores.items()}, sync_dist=False, rank_zero_only=True)
+        rank_zero_info("  ".join(f"{k} {v:.4g}" for k, v in scores.items() if not k.endswith("_std")))

@@ -1,0 +1,65 @@
+"""Encoder probes during training: 1-NN and linear-probe accuracy of E(x), next to raw pixels."""
+from typing import Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from gan_lightning.errors import ConfigError
+from gan_lightning.data import to_model_range
+from gan_lightning.metrics.probes import probe_scores
+
+
+def labelled_split(datamodule, split: str, n: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's first ``n`` (images in [-1, 1], labels) on the CPU."""
+    if not datamodule.splits:
+        datamodule.setup("fit")
+    tensors = datamodule._tensors(split)
+    if tensors is None:
+        from torch.utils.data import DataLoader, Subset
+
+        ds = datamodule.splits[split]
+        ds = Subset(ds, range(min(n or len(ds), len(ds))))
+        tensors = [torch.cat(t) for t in zip(*DataLoader(ds, batch_size=500))]
+    images, labels = tensors[0][:n], tensors[1][:n]
+    return to_model_range(images), labels
+
+
+class EncoderProbe(L.Callback):
+    """Logs ``val/probe_1nn``, ``val/probe_linear`` (and the raw-pixel baselines, once) and ``val/reconstruction_mse``.
+
+    Features are ``model.encode(x)`` (the posterior mean for ALI) of ``n_test`` test images against
+    ``n_train`` training images. Runs on rank 0; the probes are cheap next to a training epoch.
+
+    Args:
+        n_train: training images the probes fit / search (default 10,000; None for all).
+        n_test: test images they are scored on (default: all).
+        every_n_epochs: probe at every n-th validation.
+        linear: also fit the linear probe (scikit-learn's logistic regression).
+    """
+
+    def __init__(self, n_train: Optional[int] = 10_000, n_test: Optional[int] = None, every_n_epochs: int = 1,
+                 linear: bool = True):
+        self.n_train, self.n_test, self.every_n_epochs, self.linear = n_train, n_test, every_n_epochs, linear
+        self._pixels: Optional[dict[str, float]] = None
+        self.last: dict[str, float] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not (hasattr(pl_module, "encode") and hasattr(pl_module, "reconstruct")):
+            raise ConfigError(f"EncoderProbe needs a model with an encoder; {type(pl_module).__name__} has none: "
+                             "remove the callback or use ALI, BiGAN, an AAE or the VAE")
+        if trainer.datamodule is not None and trainer.datamodule.num_classes == 0:
+            raise ConfigError(f"EncoderProbe needs labels; data.dataset {trainer.datamodule.hparams.dataset!r} has none")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        train, test = labelled_split(dm, "train", self.n_train), labelled_split(dm, "test", self.n_test)
+        scores = probe_scores(pl_module.encode, pl_module.reconstruct, train, test, pl_module.device,
+                              pixels=self._pixels is None, linear=self.linear)
+        if self._pixels is None:
+            self._pixels = {k: v for k, v in scores.items() if k.endswith("_pixels")}
+        self.last = {**scores, **self._pixels}
+        pl_module.log_dict({f"val/{k}": v for k, v in self.last.items()}, rank_zero_only=True)
+        rank_zero_info("  ".join(f"{k} {v:.4f}" for k, v in self.last.items()))

@@ -1,0 +1,188 @@
+"""``evaluate`` and ``sample``: what a trained checkpoint is worth, and its samples for other tools.
+
+    python -m gan_lightning evaluate --ckpt_path runs/bigan/checkpoints/last.ckpt [--metrics fid is kid probes]
+    python -m gan_lightning sample --ckpt_path runs/bigan/checkpoints/last.ckpt --n 10000 --out samples.npz
+
+Both rebuild the model and its data module from the checkpoint alone (its saved hyperparameters),
+load it with the weights-only loader, and use the EMA weights when the run kept them.
+"""
+import argparse
+import importlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from gan_lightning.data import GANDataModule
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable, or not one this project wrote."""
+
+
+def load_checkpoint(path: str) -> dict:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {file} not found; checkpoints are in <default_root_dir>/checkpoints/")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle errors, objects the weights-only loader refuses
+        raise CheckpointError(f"checkpoint {file} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                              "it is truncated, corrupted or not a checkpoint: use another one (last.ckpt is "
+                              "rewritten at every save; the epoch checkpoints beside it are older copies)") from None
+
+
+def load_model(path: str, device: str = "cpu"):
+    """(model in eval mode on ``device``, data module) rebuilt from a checkpoint's hyperparameters."""
+    ckpt = load_checkpoint(path)
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    class_path = hp.get("_class_path")
+    if not class_path or "state_dict" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} has no model class or weights: it was not written by "
+                              "`python -m gan_lightning fit`")
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    model = cls(**{k: v for k, v in hp.items() if not k.startswith("_")})
+    model.load_state_dict(ckpt["state_dict"])
+    model.on_load_checkpoint(ckpt)
+    data_hp = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    datamodule = GANDataModule(**{**data_hp, "on_device": False, "num_workers": 0}) if data_hp else None
+    return model.to(device).eval(), datamodule
+
+
+def _device(name: Optional[str]) -> str:
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sample(args: argparse.Namespace) -> dict:
+    """Writes ``--n`` samples as an .npz (``x``: uint8 NHWC images, or float (N, 2) points) and a PNG."""
+    from gan_lightning.metrics.image_scores import to_uint8
+
+    model, dm = load_model(args.ckpt_path, _device(args.device))
+    noise = torch.Generator(model.device).manual_seed(args.seed)
+    with torch.no_grad():
+        x = torch.cat([model.sample(min(args.batch_size, args.n - i), generator=noise).cpu()
+                       for i in range(0, args.n, args.batch_size)])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"x": to_uint8(x).permute(0, 2, 3, 1).numpy()} if x.dim() == 4 else {"x": x.numpy()}
+    np.savez(out, **arrays, iteration=getattr(model, "iteration", 0), seed=args.seed)
+    picture = out.with_suffix(".png")
+    if x.dim() == 4:
+        from torchvision.utils import save_image
+
+        from gan_lightning.data import to_unit_range
+
+        save_image(to_unit_range(x[:64].float()), picture, nrow=8)
+    else:
+        from gan_lightning.callbacks.toy import scatter_png
+        from gan_lightning.data.toy import mixture_modes
+
+        dataset = dm.hparams.dataset if dm is not None else ""
+        scatter_png(x, mixture_modes(dataset)[0] if dataset.startswith("toy_") else None, picture,
+                    f"{args.n} samples, iteration {getattr(model, 'iteration', 0)}")
+    print(f"wrote {args.n} samples to {out} (array 'x', {arrays['x'].dtype} {arrays['x'].shape}) and {picture}")
+    return {"npz": str(out), "png": str(picture)}
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Scores a checkpoint (or an image folder with ``--images``), prints a table and writes JSON."""
+    from gan_lightning.callbacks.image_metrics import real_key, real_shard
+    from gan_lightning.callbacks.probes import labelled_split
+    from gan_lightning.metrics.features import build_extractor
+    from gan_lightning.metrics.image_scores import ImageScores
+    from gan_lightning.metrics.probes import probe_scores
+
+    model, dm = load_model(args.ckpt_path, _device(args.device))
+    if dm is None:
+        raise CheckpointError(f"checkpoint {args.ckpt_path} holds no data settings; evaluate needs them")
+    if args.data_dir:
+        dm.hparams.data_dir, dm.root = args.data_dir, Path(args.data_dir).expanduser()
+    dm.prepare_data()
+    dm.setup("fit")
+    results: dict = {"checkpoint": str(args.ckpt_path), "model": type(model).__name__,
+                     "iteration": getattr(model, "iteration", 0), "dataset": dm.hparams.dataset}
+    image_metrics = [m for m in args.metrics if m in ("fid", "is", "kid")]
+    if image_metrics:
+        extractor_name = args.feature_extractor or ("fashion_classifier" if tuple(dm.data_shape) == (1, 28, 28)
+                                                    else "inception")
+        extractor = build_extractor(extractor_name, args.inception_weights, not args.no_download).to(model.device)
+        scores = ImageScores(extractor, extractor_name, image_metrics)
+        cache = Path(args.cache_dir) if args.cache_dir else dm.root / ".stats"
+        floor = scores.load_real(lambda: real_shard(dm, "test", 0, 1, args.batch_size, None),
+                                 real_key(dm, "test", None), cache)
+        scores.load_real(lambda: real_shard(dm, args.real_split, 0, 1, args.batch_size, args.n_real),
+                         real_key(dm, args.real_split, args.n_real), cache)
+        start = time.perf_counter()
+        if args.images:
+            from gan_lightning.data.sources import image_dataset
+
+            folder = image_dataset("image_folder", Path(args.images), "train", dm.data_shape[-1], False)
+            for i in range(0, len(folder), args.batch_size):
+                batch = torch.stack([folder[j][0] for j in range(i, min(i + args.batch_size, len(folder)))])
+                scores.add_fake(batch[:, : dm.data_shape[0]])
+            results["images"] = str(args.images)
+        else:
+            scores.add_generator(lambda n, noise: model.sample(n, generator=noise), args.n_samples,
+                                 args.batch_size, args.seed)
+        results.update(scores.compute())
+        results.update(scores.floor(floor))
+        results.update({"n_samples": len(folder) if args.images else args.n_samples, "feature_extractor": extractor_name,
+                        "real_split": args.real_split, "seconds": round(time.perf_counter() - start, 2)})
+    if "probes" in args.metrics:
+        if not hasattr(model, "encode"):
+            raise CheckpointError(f"--metrics probes needs an encoder; {type(model).__name__} has none")
+        results.update(probe_scores(model.encode, model.reconstruct, labelled_split(dm, "train", args.n_train),
+                                    labelled_split(dm, "test", None), model.device))
+    _print_table(results)
+    out = Path(args.out) if args.out else Path(args.ckpt_path).with_suffix(".eval.json")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return results
+
+
+def _print_table(results: dict) -> None:
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        text = f"{value:.6g}" if isinstance(value, float) and math.isfinite(value) else str(value)
+        print(f"{key:<{width}}  {text}")
+
+
+def parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m gan_lightning {command}", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt_path", required=True, help="a checkpoint written by `python -m gan_lightning fit`")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples' noise")
+    p.add_argument("--batch_size", type=int, default=500)
+    if command == "sample":
+        p.add_argument("--n", type=int, default=10_000, help="number of samples")
+        p.add_argument("--out", default="samples.npz", help=".npz file; a PNG grid goes beside it")
+    else:
+        p.add_argument("--metrics", nargs="+", default=["fid", "is", "kid", "probes"],
+                       choices=["fid", "is", "kid", "probes"])
+        p.add_argument("--feature_extractor", choices=["inception", "fashion_classifier"], default=None,
+                       help="default: fashion_classifier for 28x28 grey data, else inception")
+        p.add_argument("--n_samples", type=int, default=10_000, help="generated images (50,000 for papers' tables)")
+        p.add_argument("--real_split", choices=["train", "val", "test"], default="train")
+        p.add_argument("--n_real", type=int, default=None, help="use the real split's first n images")
+        p.add_argument("--n_train", type=int, default=10_000, help="training images the encoder probes use")
+        p.add_argument("--images", default=None, help="score this folder of images instead of the model's samples")
+        p.add_argument("--data_dir", default=None, help="where the dataset is, if not where training found it")
+        p.add_argument("--cache_dir", default=None, help="real statistics cache (default: <data_dir>/.stats)")
+        p.add_argument("--inception_weights", default=None, help="local weights-inception-2015-12-05-6726825d.pth")
+        p.add_argument("--no_download", action="store_true", help="never download the Inception weights")
+        p.add_argument("--out", default=None, help="JSON file (default: <checkpoint>.eval.json)")
+    return p
+
+
+def run(command: str, argv: list[str]) -> dict:
+    args = parser(command).parse_args(argv)
+    if command == "sample" and args.n < 1:
+        sys.exit(f"gan_lightning: error: --n must be >= 1, got {args.n}")
+    return sample(args) if command == "sample" else evaluate(args)

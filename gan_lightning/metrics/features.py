@@ -1,0 +1,120 @@
+"""Feature extractors for FID / IS / KID: Inception-v3 (what papers report) and the offline domain classifier.
+
+An extractor maps a batch of uint8 images (B, C, H, W) in [0, 255] to ``(features, logits)`` in one
+forward pass; the Frechet distance and KID use the features, the Inception score the logits.
+
+Inception-v3 is torch-fidelity's ``inception-v3-compat`` (the TF-1 graph the papers used), loaded
+through torchmetrics with ``antialias=False``, the resize torch-fidelity and the papers use
+(torchmetrics' default ``antialias=True`` shifts FID). Its weights file is checked before it is
+loaded, because the loader unpickles it.
+"""
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+from torch import nn
+
+from gan_lightning.metrics.classifier import load_classifier, sha256
+
+ExtractorName = Literal["inception", "fashion_classifier"]
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+# torch.hub checks a downloaded file against the SHA-256 prefix in its name; so do we, for local files.
+INCEPTION_SHA256_PREFIX = "6726825d"
+
+# the name every log key, table and plot uses: "fid_inception" but "fd_fashion_classifier" (never FID)
+SCORE_NAMES = {"inception": {"fid": "fid_inception", "is": "is_inception", "kid": "kid_inception"},
+               "fashion_classifier": {"fid": "fd_fashion_classifier", "is": "is_fashion_classifier",
+                                      "kid": "kid_fashion_classifier"}}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The feature extractor's weights are neither at the given path nor in the cache nor downloadable."""
+
+
+def hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def resolve_inception_weights(path: Optional[str] = None, download: bool = True) -> Path:
+    """The Inception weights file to load: ``path`` if given, else torch.hub's cache, else downloaded there.
+
+    Raises ``WeightsNotFoundError`` naming the fix when none of those works, and ``ValueError`` when a
+    file's SHA-256 does not start with the prefix its published name carries.
+    """
+    fix = (f"download {INCEPTION_URL} on a machine with internet access and either copy it to "
+           f"{hub_checkpoint_dir() / INCEPTION_FILE} or pass its path as inception_weights; or use "
+           f"feature_extractor: fashion_classifier (offline, 28x28 grey data)")
+    if path is not None:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise WeightsNotFoundError(f"Inception weights file {file} not found: {fix}")
+    else:
+        file = hub_checkpoint_dir() / INCEPTION_FILE
+        if not file.is_file():
+            if not download or os.environ.get("GAN_LIGHTNING_OFFLINE"):
+                raise WeightsNotFoundError(f"Inception weights not in {file.parent} and downloads are off: {fix}")
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(INCEPTION_URL, str(file), hash_prefix=INCEPTION_SHA256_PREFIX,
+                                               progress=False)
+            except Exception as err:  # URLError offline, HTTPError, hash mismatch
+                raise WeightsNotFoundError(f"could not download the Inception weights ({err}): {fix}") from None
+    digest = sha256(file)
+    if not digest.startswith(INCEPTION_SHA256_PREFIX):
+        raise ValueError(f"Inception weights file {file} has SHA-256 {digest[:16]}..., not the published "
+                         f"{INCEPTION_SHA256_PREFIX}...: it is not torch-fidelity's {INCEPTION_FILE}; refusing to "
+                         f"load it (the loader unpickles)")
+    return file
+
+
+class InceptionExtractor(nn.Module):
+    """uint8 (B, 1 or 3, H, W) -> (2048 pool features, 1008 unbiased logits), as torch-fidelity computes them."""
+
+    num_features = 2048
+
+    def __init__(self, weights: Path):
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"],
+                                      feature_extractor_weights_path=str(weights), antialias=False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)  # grey -> RGB, as torch-fidelity does
+        features, logits = self.net._torch_fidelity_forward(images)  # both layers in one pass
+        return features.reshape(len(images), -1), logits.reshape(len(images), -1)
+
+
+def build_extractor(name: ExtractorName, inception_weights: Optional[str] = None,
+                    download: bool = True) -> nn.Module:
+    """The extractor in eval mode with frozen weights; raises before any training when weights are missing.
+
+    Built under a forked RNG: initialising its layers must not move the global RNG that training draws
+    its data order from.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return _build_extractor(name, inception_weights, download)
+
+
+def _build_extractor(name: ExtractorName, inception_weights: Optional[str], download: bool) -> nn.Module:
+    if name == "inception":
+        net = InceptionExtractor(resolve_inception_weights(inception_weights, download))
+    elif name == "fashion_classifier":
+        net = load_classifier()
+    else:
+        raise ValueError(f"unknown feature extractor {name!r}; choose inception or fashion_classifier")
+    return net.eval().requires_grad_(False)
+
+
+def extractor_fingerprint(name: ExtractorName, net: nn.Module) -> str:
+    """What the cached real statistics depend on, for this extractor: its name and its weights' SHA-256."""
+    digest = hashlib.sha256()
+    for key, tensor in net.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"{name}:{digest.hexdigest()[:16]}"

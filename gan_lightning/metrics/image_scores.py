@@ -1,0 +1,287 @@
+"""FID / IS / KID of a generator against cached real statistics, on one process or many.
+
+The metric classes are torchmetrics' (their states are summed or gathered across DDP ranks at
+``compute()``). One extractor pass per batch feeds all three: the metrics receive precomputed
+features through a pass-through module instead of running the extractor once each.
+
+Real statistics are computed once per (dataset, split, preprocessing, extractor, count), each rank
+over its shard, gathered, written atomically by rank 0 and read back by every later run and rank.
+Fake samples come in batches whose noise is seeded by the batch's index, and rank r generates the
+r-th contiguous run of batches: gathered in rank order, the samples are the same, in the same order,
+on any number of ranks (which keeps even KID's and IS's random subsets identical).
+"""
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence
+
+import torch
+from torch import nn
+from torchmetrics.image import FrechetInceptionDistance, InceptionScore, KernelInceptionDistance
+from torchmetrics.image.fid import _compute_fid
+
+from gan_lightning.metrics.features import SCORE_NAMES, ExtractorName, extractor_fingerprint
+
+MetricName = Literal["fid", "is", "kid"]
+# keeping features is what KID and IS need; the memory is reported in the docs, not at every construction
+warnings.filterwarnings("ignore", message=r"Metric `(InceptionScore|Kernel Inception Distance)` will save all")
+CACHE_FORMAT = 1  # bump when what a cache file holds changes
+
+
+class PassThrough(nn.Module):
+    """Hands precomputed features to a torchmetrics metric, which calls its 'inception' on its input."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Model range [-1, 1] -> uint8 [0, 255], rounding (not truncating) like the real data's quantisation."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass
+class Dist:
+    """How a computation talks to its peers; the single-process default does nothing."""
+
+    rank: int = 0
+    world_size: int = 1
+    broadcast: Callable[[Any], Any] = lambda obj: obj
+    barrier: Callable[[], None] = lambda: None
+
+
+def chunk(items, rank: int, world_size: int):
+    """The rank-th of world_size contiguous, near-equal parts: concatenated in rank order, they are ``items``."""
+    n = len(items)
+    return items[n * rank // world_size: n * (rank + 1) // world_size]
+
+
+def cache_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps({**parts, "format": CACHE_FORMAT}, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class RealStatistics:
+    """What the scores need from the real data: FID's sums, KID's features, and the real images' IS."""
+
+    features_sum: torch.Tensor       # float64 (F,)
+    features_cov_sum: torch.Tensor   # float64 (F, F)
+    n: int
+    features: torch.Tensor           # float32 (N, F), for KID
+    inception_score: tuple[float, float] = (float("nan"), float("nan"))
+    meta: dict = field(default_factory=dict)
+
+    def mean_cov(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.features_sum / self.n
+        cov = (self.features_cov_sum - self.n * torch.outer(mean, mean)) / (self.n - 1)
+        return mean, cov
+
+    def frechet_distance(self, other: "RealStatistics") -> float:
+        return float(_compute_fid(*self.mean_cov(), *other.mean_cov()))
+
+
+class ImageScores:
+    """FID, IS and KID (any subset) with one feature extractor, on ``dist.world_size`` processes.
+
+    Args:
+        extractor: maps uint8 images to ``(features, logits)``, e.g. ``features.build_extractor(...)``.
+        extractor_name: ``inception`` or ``fashion_classifier``; it names every score.
+        metrics: which of ``fid``, ``is``, ``kid``.
+        kid_subsets, kid_subset_size: KID's subsets (torchmetrics' defaults, 100 of 1,000).
+        is_splits: the Inception score's splits (10, as in the papers).
+    """
+
+    def __init__(self, extractor: nn.Module, extractor_name: ExtractorName,
+                 metrics: Sequence[MetricName] = ("fid", "is", "kid"), kid_subsets: int = 100,
+                 kid_subset_size: int = 1000, is_splits: int = 10, dist: Optional[Dist] = None):
+        unknown = set(metrics) - {"fid", "is", "kid"}
+        if unknown or not metrics:
+            raise ValueError(f"metrics must be a non-empty subset of fid, is, kid; got {list(metrics)}")
+        self.extractor, self.extractor_name, self.metrics = extractor, extractor_name, tuple(metrics)
+        self.kid_subsets, self.kid_subset_size, self.is_splits = kid_subsets, kid_subset_size, is_splits
+        self.dist = dist or Dist()
+        self.names = SCORE_NAMES[extractor_name]
+        self.real: Optional[RealStatistics] = None
+        self.cache_hit: Optional[bool] = None
+        self._metrics: dict[str, Any] = {}
+        self._n_fake: Optional[int] = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.extractor.parameters()).device
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, logits = self.extractor(images.to(self.device))
+        return features.float(), logits.float()
+
+    # --- real statistics ---------------------------------------------------------------------
+
+    def _compute_real(self, shard: Iterable[torch.Tensor]) -> RealStatistics:
+        """Each rank's shard through the extractor, gathered across ranks by the metrics' own sync."""
+        feats, logits = [], []
+        for images in shard:
+            f, l = self.features(images)
+            feats.append(f)
+            logits.append(l)
+        dim = self.extractor.num_features
+        fid = FrechetInceptionDistance(PassThrough(dim), reset_real_features=False).to(self.device)
+        kid = KernelInceptionDistance(PassThrough(dim), subsets=1, subset_size=1).to(self.device)
+        isc = InceptionScore(PassThrough(1), splits=self.is_splits).to(self.device)
+        for f, l in zip(feats, logits):
+            fid.update(f, real=True)
+            kid.update(f, real=True)
+            isc.update(l)
+        for m in (fid, kid, isc):
+            m.sync(should_sync=self.dist.world_size > 1)
+        features = kid.real_features if isinstance(kid.real_features, torch.Tensor) else torch.cat(kid.real_features)
+        with _isolated_rng(self.device):
+            torch.manual_seed(0)
+            is_mean, is_std = _compute_synced(isc)
+        return RealStatistics(fid.real_features_sum.cpu(), fid.real_features_cov_sum.cpu(),
+                              int(fid.real_features_num_samples), features.cpu(), (float(is_mean), float(is_std)))
+
+    def load_real(self, shard_fn: Callable[[], Iterable[torch.Tensor]], key_parts: dict,
+                  cache_dir: Optional[Path]) -> RealStatistics:
+        """Real statistics from ``cache_dir`` when a file for ``key_parts`` is there, else computed and cached.
+
+        ``shard_fn()`` yields this rank's share of the real uint8 images (only called on a cache miss).
+        """
+        parts = {**key_parts, "extractor": extractor_fingerprint(self.extractor_name, self.extractor)}
+        path = Path(cache_dir) / f"real_{key_parts.get('dataset', 'data')}_{self.extractor_name}_{cache_key(parts)}.pt" \
+            if cache_dir is not None else None
+        self.dist.barrier()  # nobody is writing the file while the ranks look for it
+        hit = bool(self.dist.broadcast(path is not None and path.is_file()))
+        if hit:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            stats = RealStatistics(saved["features_sum"], saved["features_cov_sum"], int(saved["n"]),
+                                   saved["features"], tuple(saved["inception_score"]), saved["meta"])
+        else:
+            stats = self._compute_real(shard_fn())
+            stats.meta = parts
+            if path is not None and self.dist.rank == 0:
+                atomic_save({"features_sum": stats.features_sum, "features_cov_sum": stats.features_cov_sum,
+                             "n": stats.n, "features": stats.features, "inception_score": list(stats.inception_score),
+                             "meta": parts}, path)
+            self.dist.barrier()
+        self.cache_hit, self.cache_path = hit, path
+        self.set_real(stats)
+        return stats
+
+    def set_real(self, stats: RealStatistics) -> None:
+        """Fresh metrics holding ``stats`` as their real half, split so the ranks' sync adds up to it once."""
+        self.real, rank, world = stats, self.dist.rank, self.dist.world_size
+        dim, device = stats.features.shape[1], self.device
+        self._metrics = {}
+        if "fid" in self.metrics:
+            fid = FrechetInceptionDistance(PassThrough(dim), reset_real_features=False).to(device)
+            if rank == 0:  # the sums are all-reduced: the others hold zeros
+                fid.real_features_sum = stats.features_sum.to(device)
+                fid.real_features_cov_sum = stats.features_cov_sum.to(device)
+                fid.real_features_num_samples = torch.tensor(stats.n, device=device)
+            self._metrics["fid"] = fid
+        if "kid" in self.metrics:
+            kid = KernelInceptionDistance(PassThrough(dim), subsets=self.kid_subsets,
+                                          subset_size=self.kid_subset_size, reset_real_features=False).to(device)
+            kid.real_features.append(chunk(stats.features, rank, world).to(device))  # gathered back at compute()
+            self._metrics["kid"] = kid
+        if "is" in self.metrics:
+            self._metrics["is"] = InceptionScore(PassThrough(1), splits=self.is_splits).to(device)
+
+    # --- fake samples ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def add_fake(self, images: torch.Tensor) -> None:
+        """A batch of generated uint8 images (this rank's)."""
+        features, logits = self.features(images)
+        if "fid" in self._metrics:
+            self._metrics["fid"].update(features, real=False)
+        if "kid" in self._metrics:
+            self._metrics["kid"].update(features, real=False)
+        if "is" in self._metrics:
+            self._metrics["is"].update(logits)
+
+    @torch.no_grad()
+    def add_generator(self, generate: Callable[[int, torch.Generator], torch.Tensor], n: int, batch_size: int,
+                      seed: int = 0) -> None:
+        """Generates this rank's batches of the ``n`` samples: ``generate(count, noise)`` -> images in [-1, 1]."""
+        self._n_fake = n
+        for b in chunk(range(math.ceil(n / batch_size)), self.dist.rank, self.dist.world_size):
+            noise = torch.Generator(self.device).manual_seed(seed * 1_000_003 + b)
+            self.add_fake(to_uint8(generate(min(batch_size, n - b * batch_size), noise)))
+
+    def compute(self) -> dict[str, float]:
+        """The scores over every rank's samples (a collective: every rank must call it), then a reset."""
+        if self.real is None:
+            raise RuntimeError("load_real() or set_real() first")
+        out = {}
+        with _isolated_rng(self.device):  # KID and IS permute with the global RNG: keep training's untouched
+            torch.manual_seed(0)
+            if "fid" in self._metrics:
+                out[self.names["fid"]] = float(self._metrics["fid"].compute())
+            if "kid" in self._metrics:
+                kid = self._metrics["kid"]
+                kid.subset_size = min(self.kid_subset_size, self.real.n, self._n_fake or self.kid_subset_size)
+                mean, std = kid.compute()
+                out[self.names["kid"]], out[self.names["kid"] + "_std"] = float(mean), float(std)
+            if "is" in self._metrics:
+                mean, std = self._metrics["is"].compute()
+                out[self.names["is"]], out[self.names["is"] + "_std"] = float(mean), float(std)
+        for m in self._metrics.values():
+            m.reset()
+        self._n_fake = None
+        return out
+
+    def floor(self, other: RealStatistics) -> dict[str, float]:
+        """The real-vs-real reference: Frechet distance between two real sets, and the real set's IS."""
+        return {self.names["fid"] + "_floor": self.real.frechet_distance(other),
+                self.names["is"] + "_real": float(other.inception_score[0])}
+
+
+def _compute_synced(metric) -> Any:
+    """``metric.compute()`` on states already synced by hand (compute() would try to sync them again)."""
+    metric._to_sync = False
+    try:
+        return metric.compute()
+    finally:
+        metric._to_sync = True
+
+
+class _isolated_rng:
+    """Saves and restores the global CPU (and CUDA) RNG around a block."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_state = torch.cuda.get_rng_state_all() if self.cuda else None
+
+    def __exit__(self, *exc):
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda:
+            torch.cuda.set_rng_state_all(self.cuda_state)

@@ -1,0 +1,113 @@
+"""Encoder probes, interpolation pictures, and the evaluate / sample commands on a real checkpoint."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gan_lightning.metrics.probes import linear_probe_accuracy, one_nn_accuracy, probe_scores
+from tests.helpers import tiny_ali
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def clusters(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    return centres[labels] + torch.randn(n, 2, generator=g), labels
+
+
+def test_one_nn_and_linear_probes_find_separable_classes_and_not_shuffled_labels():
+    (x, y), (xt, yt) = clusters(300, 0), clusters(200, 1)
+    assert one_nn_accuracy(x, y, xt, yt) == 1.0
+    assert linear_probe_accuracy(x, y, xt, yt) == 1.0
+    shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(2))]
+    assert one_nn_accuracy(x, shuffled, xt, yt) < 0.6  # chance is 1/3
+
+
+def test_one_nn_takes_the_label_of_the_nearest_training_point():
+    train, labels = torch.tensor([[0.0], [1.0], [5.0]]), torch.tensor([0, 1, 2])
+    assert one_nn_accuracy(train, labels, torch.tensor([[0.4], [0.6], [4.0]]), torch.tensor([0, 1, 2])) == 1.0
+    assert one_nn_accuracy(train, labels, torch.tensor([[0.6]]), torch.tensor([0])) == 0.0
+
+
+def test_probes_of_the_identity_encoder_equal_the_pixel_baseline_and_a_perfect_autoencoder_has_zero_mse():
+    (x, y), (xt, yt) = clusters(200, 0), clusters(100, 1)
+    scores = probe_scores(lambda v: v, lambda v: v, (x, y), (xt, yt), torch.device("cpu"))
+    assert scores["probe_1nn"] == scores["probe_1nn_pixels"] and scores["probe_linear"] == scores["probe_linear_pixels"]
+    assert scores["reconstruction_mse"] == 0.0
+    noisy = probe_scores(lambda v: v, lambda v: v + 0.5, (x, y), (xt, yt), torch.device("cpu"), linear=False)
+    assert noisy["reconstruction_mse"] == pytest.approx(0.25)
+
+
+def test_interpolations_start_and_end_at_the_real_images_and_pass_through_their_reconstructions():
+    from gan_lightning.callbacks.images import interpolation_grid
+
+    model = tiny_ali().eval()
+    x = torch.rand(6, 1, 8, 8) * 2 - 1
+    grid = interpolation_grid(model, x, n_pairs=3, steps=5).unflatten(0, (3, 7))
+    assert torch.equal(grid[:, 0], x[:3]) and torch.equal(grid[:, -1], x[3:])
+    assert torch.allclose(grid[:, 1], model.reconstruct(x[:3]), atol=1e-6)
+    assert torch.allclose(grid[:, 5], model.reconstruct(x[3:]), atol=1e-6)
+    prior_walk = interpolation_grid(model, None, n_pairs=2, steps=4)
+    assert prior_walk.shape == (8, 1, 8, 8)
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fashion_checkpoint(tmp_path_factory, data_dir):
+    """A BiGAN on Fashion-MNIST trained for a few iterations through the CLI; its last.ckpt."""
+    root = tmp_path_factory.mktemp("run")
+    run = cli("fit", "--config", str(REPO / "configs/bigan.yaml"), "--config", str(REPO / "configs/overlays/smoke.yaml"),
+              "--model.init_args.width", "32", "--data.init_args.data_dir", str(data_dir), cwd=root)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root / "runs" / "bigan" / "checkpoints" / "last.ckpt"
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "gan_lightning", *args], capture_output=True, text=True, timeout=600,
+                          **kwargs)
+
+
+@pytest.mark.slow
+def test_sample_writes_an_npz_of_uint8_images_and_a_png(fashion_checkpoint, tmp_path):
+    from gan_lightning.cli import main
+
+    out = tmp_path / "s.npz"
+    main(["sample", "--ckpt_path", str(fashion_checkpoint), "--n", "70", "--batch_size", "32", "--out", str(out)])
+    x = np.load(out)["x"]
+    assert x.shape == (70, 28, 28, 1) and x.dtype == np.uint8 and x.std() > 0
+    assert out.with_suffix(".png").stat().st_size > 0
+    main(["sample", "--ckpt_path", str(fashion_checkpoint), "--n", "70", "--out", str(tmp_path / "t.npz")])
+    assert np.array_equal(np.load(tmp_path / "t.npz")["x"], x)  # same seed, same samples
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_checkpoint_prints_a_table_and_writes_json(fashion_checkpoint, tmp_path, data_dir):
+    out = tmp_path / "eval.json"
+    run = cli("evaluate", "--ckpt_path", str(fashion_checkpoint), "--n_samples", "200", "--n_real", "500",
+              "--n_train", "500", "--cache_dir", str(tmp_path / "stats"), "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    scores = json.loads(out.read_text())
+    for key in ("fd_fashion_classifier", "fd_fashion_classifier_floor", "is_fashion_classifier",
+                "kid_fashion_classifier", "probe_1nn", "probe_1nn_pixels", "probe_linear", "reconstruction_mse"):
+        assert key in scores and np.isfinite(scores[key]), key
+        assert key in run.stdout
+    assert scores["feature_extractor"] == "fashion_classifier" and "fid_inception" not in scores
+    assert scores["fd_fashion_classifier"] > scores["fd_fashion_classifier_floor"]  # a 4-batch model vs real data
+    assert 0.5 < scores["probe_1nn_pixels"] < 1.0
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_a_missing_or_truncated_checkpoint_in_one_line(fashion_checkpoint, tmp_path):
+    run = cli("evaluate", "--ckpt_path", str(tmp_path / "nope.ckpt"))
+    assert run.returncode != 0 and "not found" in run.stderr and "Traceback" not in run.stderr
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(fashion_checkpoint.read_bytes()[:5000])
+    run = cli("sample", "--ckpt_path", str(broken), "--out", str(tmp_path / "x.npz"))
+    assert run.returncode != 0 and "cannot be read" in run.stderr and "Traceback" not in run.stderr
