@@ -1,4 +1,5 @@
 """The command line, run as users run it: every shipped config fits end to end; bad configs fail short."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,20 @@ def test_every_config_fits_end_to_end_on_cpu(config, tmp_path, data_dir, monkeyp
         assert (callback in kept) == (key in logged), f"{callback} kept: {callback in kept}, {key} logged: {logged}"
     if "Interpolations" in kept:
         assert list((root / "samples").glob("interpolations_it*.png"))
+
+
+@pytest.mark.slow
+def test_an_inception_config_without_the_weights_stops_before_training_with_the_fix(tmp_path):
+    images = fake_image_folder(tmp_path / "images", 32)
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), GAN_LIGHTNING_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "gan_lightning", "fit", "--config", str(REPO / "configs/ali_cifar10.yaml"),
+                           "--config", str(SMOKE), "--data.init_args.dataset", "image_folder",
+                           "--data.init_args.data_dir", str(images), "--data.init_args.on_device", "false",
+                           "--data.init_args.num_workers", "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "weights-inception-2015-12-05-6726825d.pth" in proc.stderr and "inception_weights" in proc.stderr
+    assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained, nothing saved
 
 
 @pytest.mark.slow

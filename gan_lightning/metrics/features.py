@@ -10,6 +10,7 @@ loaded, because the loader unpickles it.
 """
 import hashlib
 import os
+import socket
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -57,12 +58,16 @@ def resolve_inception_weights(path: Optional[str] = None, download: bool = True)
         if not file.is_file():
             if not download or os.environ.get("GAN_LIGHTNING_OFFLINE"):
                 raise WeightsNotFoundError(f"Inception weights not in {file.parent} and downloads are off: {fix}")
+            timeout = socket.getdefaulttimeout()
             try:
+                socket.setdefaulttimeout(60)  # a firewall that drops packets fails in a minute, not never
                 file.parent.mkdir(parents=True, exist_ok=True)
                 torch.hub.download_url_to_file(INCEPTION_URL, str(file), hash_prefix=INCEPTION_SHA256_PREFIX,
                                                progress=False)
             except Exception as err:  # URLError offline, HTTPError, hash mismatch
                 raise WeightsNotFoundError(f"could not download the Inception weights ({err}): {fix}") from None
+            finally:
+                socket.setdefaulttimeout(timeout)
     digest = sha256(file)
     if not digest.startswith(INCEPTION_SHA256_PREFIX):
         raise ValueError(f"Inception weights file {file} has SHA-256 {digest[:16]}..., not the published "
