@@ -63,6 +63,9 @@ def main(args: list[str] | None = None) -> None:
             auto_configure_optimizers=False,  # each model builds one optimizer per player
             save_config_kwargs={"overwrite": True},  # resumes and requeues rerun in the same folder
             parser_class=ShortErrorParser,
+            parser_kwargs={"description": "gan_lightning: fit, validate, test and predict run Lightning's loops on a "
+                           "config; `evaluate --ckpt_path CKPT` scores a checkpoint and `sample --ckpt_path CKPT` "
+                           "writes its samples (see `python -m gan_lightning evaluate --help`)."},
             args=args,
         )
     except (DatasetNotFoundError, WeightsNotFoundError, ConfigError, FloatingPointError) as err:

@@ -61,7 +61,7 @@ def _device(name: Optional[str]) -> str:
 
 def sample(args: argparse.Namespace) -> dict:
     """Writes ``--n`` samples as an .npz (``x``: uint8 NHWC images, or float (N, 2) points) and a PNG."""
-    from gan_lightning.metrics.image_scores import to_uint8
+    from gan_lightning.data import to_uint8
 
     model, dm = load_model(args.ckpt_path, _device(args.device))
     noise = torch.Generator(model.device).manual_seed(args.seed)

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from gan_lightning.data import GANDataModule
-from gan_lightning.metrics.image_scores import Dist, ImageScores, RealStatistics, to_uint8
+from gan_lightning.data import to_uint8
+from gan_lightning.metrics.image_scores import Dist, ImageScores, RealStatistics
 from tests.helpers import tiny_trainer
 
 
@@ -41,6 +42,7 @@ def test_frechet_distance_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
     assert d1 == pytest.approx(8 * 0.25, rel=1e-3) and d2 == pytest.approx(8 * 1.0, rel=1e-3)  # |mean shift|^2
 
 
+@pytest.mark.filterwarnings("ignore:std.*degrees of freedom:UserWarning")  # one IS split has no spread
 def test_scores_equal_torch_fidelity_on_the_same_features():
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_features_to_metric

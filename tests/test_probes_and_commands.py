@@ -111,3 +111,25 @@ def test_evaluate_refuses_a_missing_or_truncated_checkpoint_in_one_line(fashion_
     broken.write_bytes(fashion_checkpoint.read_bytes()[:5000])
     run = cli("sample", "--ckpt_path", str(broken), "--out", str(tmp_path / "x.npz"))
     assert run.returncode != 0 and "cannot be read" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_folder_of_images_and_real_images_beat_an_untrained_model(fashion_checkpoint, tmp_path,
+                                                                                   data_dir):
+    from PIL import Image
+
+    from gan_lightning.data.sources import load_tensors
+
+    x, _ = load_tensors("fashion_mnist", data_dir, "test", download=False)
+    (tmp_path / "images" / "all").mkdir(parents=True)
+    for i, image in enumerate(x[:300, 0].numpy()):
+        Image.fromarray(image).save(tmp_path / "images" / "all" / f"{i}.png")
+    common = ["--metrics", "fid", "--n_real", "2000", "--cache_dir", str(tmp_path / "stats")]
+    real = cli("evaluate", "--ckpt_path", str(fashion_checkpoint), "--images", str(tmp_path / "images"), *common,
+               "--out", str(tmp_path / "real.json"))
+    assert real.returncode == 0, real.stderr
+    model = cli("evaluate", "--ckpt_path", str(fashion_checkpoint), "--n_samples", "300", *common,
+                "--out", str(tmp_path / "model.json"))
+    real_scores, model_scores = (json.loads((tmp_path / f).read_text()) for f in ("real.json", "model.json"))
+    assert real_scores["n_samples"] == 300 and real_scores["images"].endswith("images")
+    assert real_scores["fd_fashion_classifier"] < model_scores["fd_fashion_classifier"]

@@ -24,6 +24,11 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return x.add(1.0).div(2.0).clamp(0.0, 1.0)
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Model-range images in [-1, 1] -> uint8 [0, 255], rounding like the real data's own quantisation."""
+    return to_unit_range(x.float()).mul(255).round().to(torch.uint8)
+
+
 class GANDataModule(L.LightningDataModule):
     def __init__(
         self,

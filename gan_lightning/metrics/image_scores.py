@@ -25,6 +25,7 @@ from torch import nn
 from torchmetrics.image import FrechetInceptionDistance, InceptionScore, KernelInceptionDistance
 from torchmetrics.image.fid import _compute_fid
 
+from gan_lightning.data import to_uint8
 from gan_lightning.metrics.features import SCORE_NAMES, ExtractorName, extractor_fingerprint
 
 MetricName = Literal["fid", "is", "kid"]
@@ -42,11 +43,6 @@ class PassThrough(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Model range [-1, 1] -> uint8 [0, 255], rounding (not truncating) like the real data's quantisation."""
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 @dataclass
