@@ -5,7 +5,6 @@ from typing import Iterator, Literal, Optional
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Subset
 
 from gan_lightning.errors import ConfigError
 from gan_lightning.metrics.features import ExtractorName, build_extractor
@@ -16,19 +15,22 @@ Split = Literal["train", "val", "test"]
 
 def real_shard(datamodule, split: Split, rank: int, world_size: int, batch_size: int,
                n_real: Optional[int] = None) -> Iterator[torch.Tensor]:
-    """Rank ``rank``'s contiguous share of a split's first ``n_real`` uint8 images."""
+    """Rank ``rank``'s contiguous run of the batches of a split's first ``n_real`` uint8 images.
+
+    The batches are cut before they are shared out, so each image meets the extractor in the same batch
+    on any number of ranks (float results can depend on the batch).
+    """
     if not datamodule.splits:
         datamodule.setup("fit")
     tensors = datamodule._tensors(split)
     if tensors is not None:
-        images = chunk(tensors[0][:n_real], rank, world_size)
-        yield from images.split(batch_size)
+        yield from chunk(tensors[0][:n_real].split(batch_size), rank, world_size)
         return
     dataset = datamodule.splits[split]
-    indices = chunk(range(min(len(dataset), n_real or len(dataset))), rank, world_size)
-    for images, *_ in DataLoader(Subset(dataset, indices), batch_size=batch_size,
-                                 num_workers=datamodule.hparams.num_workers):
-        yield images
+    batches = list(range(min(len(dataset), n_real or len(dataset))))
+    batches = [batches[i:i + batch_size] for i in range(0, len(batches), batch_size)]
+    for indices in chunk(batches, rank, world_size):
+        yield torch.stack([dataset[i][0] for i in indices])
 
 
 def real_key(datamodule, split: Split, n_real: Optional[int]) -> dict:

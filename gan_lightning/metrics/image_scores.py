@@ -153,6 +153,7 @@ class ImageScores:
             kid.update(f, real=True)
             isc.update(l)
         for m in (fid, kid, isc):
+            _one_tensor_per_list(m)
             m.sync(should_sync=self.dist.world_size > 1)
         features = kid.real_features if isinstance(kid.real_features, torch.Tensor) else torch.cat(kid.real_features)
         with _isolated_rng(self.device):
@@ -203,7 +204,8 @@ class ImageScores:
         if "kid" in self.metrics:
             kid = KernelInceptionDistance(PassThrough(dim), subsets=self.kid_subsets,
                                           subset_size=self.kid_subset_size, reset_real_features=False).to(device)
-            kid.real_features.append(chunk(stats.features, rank, world).to(device))  # gathered back at compute()
+            # float64 like torch-fidelity: the cubic kernel of large features cancels badly in float32
+            kid.real_features.append(chunk(stats.features, rank, world).to(device, torch.float64))
             self._metrics["kid"] = kid
         if "is" in self.metrics:
             self._metrics["is"] = InceptionScore(PassThrough(1), splits=self.is_splits).to(device)
@@ -217,7 +219,7 @@ class ImageScores:
         if "fid" in self._metrics:
             self._metrics["fid"].update(features, real=False)
         if "kid" in self._metrics:
-            self._metrics["kid"].update(features, real=False)
+            self._metrics["kid"].update(features.double(), real=False)
         if "is" in self._metrics:
             self._metrics["is"].update(logits)
 
@@ -235,6 +237,8 @@ class ImageScores:
         if self.real is None:
             raise RuntimeError("load_real() or set_real() first")
         out = {}
+        for m in self._metrics.values():
+            _one_tensor_per_list(m)
         with _isolated_rng(self.device):  # KID and IS permute with the global RNG: keep training's untouched
             torch.manual_seed(0)
             if "fid" in self._metrics:
@@ -256,6 +260,15 @@ class ImageScores:
         """The real-vs-real reference: Frechet distance between two real sets, and the real set's IS."""
         return {self.names["fid"] + "_floor": self.real.frechet_distance(other),
                 self.names["is"] + "_real": float(other.inception_score[0])}
+
+
+def _one_tensor_per_list(metric) -> None:
+    """Concatenates each list state into one tensor: the sync gathers list states element by element, so
+    several batches per rank would come back interleaved across ranks instead of in rank order."""
+    for name in metric._defaults:
+        value = getattr(metric, name)
+        if isinstance(value, list) and len(value) > 1:
+            setattr(metric, name, [torch.cat(value)])
 
 
 def _compute_synced(metric) -> Any:

@@ -221,6 +221,17 @@ class AdversarialModule(L.LightningModule):
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
             scheduler.step()
 
+    def on_validation_epoch_start(self) -> None:
+        """Every rank takes rank 0's buffers (batch-norm running statistics, EMA counts) before measuring.
+
+        The networks are called directly, not through DDP's forward, so DDP never broadcasts buffers: each
+        rank's running statistics follow its own batches. Evaluation uses them, so without this the ranks
+        would measure slightly different models, none of them quite the one rank 0 checkpoints.
+        """
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     def net(self, name: str) -> nn.Module:
         """The network to evaluate: its moving average when there is one, else the trained weights."""
         return self.ema[name].module if name in self.ema else getattr(self, name)
