@@ -40,5 +40,6 @@ def test_evaluation_overhead_benchmark_times_both_paths(tmp_path, data_dir):
                     "--n_real", "500", "--repeats", "1", "--data_dir", str(data_dir), "--out", str(out)],
                    cwd=REPO, check=True, timeout=300, capture_output=True)
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["bare_s_median"] > 0 and report["scores_s_median"] > 0 and report["n_real"] == 500
+    assert set(report["seconds_median"]) == {"bare", "scores[fid,is]", "scores[fid,is,kid]"}
+    assert all(v > 0 for v in report["seconds_median"].values()) and report["n_real"] == 500
     assert {"fd_fashion_classifier", "is_fashion_classifier", "kid_fashion_classifier"} <= set(report["last_scores"])
