@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/toy_modes")
     args = parser.parse_args()
 
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
     configs = [REPO / "configs" / "toy" / f"{m}_{d}{'_su' if v == 'su' else ''}.yaml"
                for m in args.models for d in args.datasets for v in args.variants]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
@@ -102,7 +103,7 @@ def main() -> None:
         for f in futures:
             results.append(f.result())
             print(json.dumps(results[-1]), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
+
     header = (f"Command: python benchmarks/toy_modes.py {' '.join(sys.argv[1:])}\nDate {datetime.date.today()}, "
               f"commit {commit.strip()}, {os.cpu_count()} CPU cores, one thread per run; {args.epochs} epochs of "
               f"1,000 iterations (batch 100); seeds {args.seeds}; recipe {args.recipe}; 2,500 samples per measurement.\n")
