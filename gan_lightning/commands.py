@@ -114,8 +114,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         extractor = build_extractor(extractor_name, args.inception_weights, not args.no_download).to(model.device)
         scores = ImageScores(extractor, extractor_name, image_metrics)
         cache = Path(args.cache_dir) if args.cache_dir else dm.root / ".stats"
-        floor = scores.load_real(lambda: real_shard(dm, "test", 0, 1, args.batch_size, None),
-                                 real_key(dm, "test", None), cache)
+        floor = scores.real_statistics(lambda: real_shard(dm, "test", 0, 1, args.batch_size, None),
+                                       real_key(dm, "test", None), cache)
         scores.load_real(lambda: real_shard(dm, args.real_split, 0, 1, args.batch_size, args.n_real),
                          real_key(dm, args.real_split, args.n_real), cache)
         start = time.perf_counter()

@@ -58,11 +58,14 @@ class ImageMetrics(L.Callback):
         real_split: the real images the statistics come from (``train``, ``val`` or ``test``).
         n_real: use only the split's first ``n_real`` images (default: all).
         floor_split: the second real split for the real-vs-real floor.
+        report_floor: log the floor (computed, or read from the cache, at the first evaluation).
         every_n_epochs: evaluate at every n-th validation.
         batch_size: images per generator / extractor batch.
         cache_dir: where real statistics are cached (default ``{data_dir}/.stats``).
         inception_weights: a local ``weights-inception-2015-12-05-6726825d.pth`` (checked by SHA-256).
         download_weights: allow downloading the Inception weights when they are not cached.
+        kid_subsets, kid_subset_size: KID's estimator (100 subsets of 1,000, as torch-fidelity).
+        is_splits: splits of the Inception score (10, as in the papers).
         seed: seed of the generated samples' noise (the same z at every evaluation).
     """
 
@@ -86,6 +89,7 @@ class ImageMetrics(L.Callback):
         self._floor: Optional[dict[str, float]] = None
 
     # Runs in every stage's setup, before any training step: a missing weights file stops the run here.
+    # The extractor lives here, not in the model: nothing of it goes into checkpoints.
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dm = trainer.datamodule
         shape = tuple(dm.data_shape if dm is not None else pl_module.hparams.get("data_shape", ()))
@@ -104,24 +108,22 @@ class ImageMetrics(L.Callback):
                         lambda: strategy.barrier())
             self.scores = ImageScores(extractor, self.feature_extractor, self.metrics, *self.kid, self.is_splits, dist)
 
-    def state_dict(self) -> dict:
-        return {}  # nothing of the metrics goes into checkpoints (no Inception weights inside them)
-
     def _cache_dir(self, datamodule) -> Path:
         return Path(self.cache_dir).expanduser() if self.cache_dir else Path(datamodule.hparams.data_dir) / ".stats"
 
-    def _real(self, datamodule, split: Split):
+    def _real(self, datamodule, split: Split, hold: bool = True):
+        """A split's real statistics; held as the metrics' real half unless ``hold`` is false."""
         dist = self.scores.dist
-        return self.scores.load_real(
-            lambda: real_shard(datamodule, split, dist.rank, dist.world_size, self.batch_size, self.n_real),
-            real_key(datamodule, split, self.n_real), self._cache_dir(datamodule))
+        load = self.scores.load_real if hold else self.scores.real_statistics
+        return load(lambda: real_shard(datamodule, split, dist.rank, dist.world_size, self.batch_size, self.n_real),
+                    real_key(datamodule, split, self.n_real), self._cache_dir(datamodule))
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """The scores now; training mode, RNG states and the model's weights are as before afterwards."""
         self.scores.extractor.to(pl_module.device)
         datamodule = trainer.datamodule
         if self.report_floor and self._floor is None:
-            other = self._real(datamodule, self.floor_split)
+            other = self._real(datamodule, self.floor_split, hold=False)
             self._real(datamodule, self.real_split)
             self._floor = self.scores.floor(other)
         elif self.scores.real is None:

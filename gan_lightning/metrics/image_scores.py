@@ -124,7 +124,9 @@ class ImageScores:
         self.real: Optional[RealStatistics] = None
         self.cache_hit: Optional[bool] = None
         self._metrics: dict[str, Any] = {}
-        self._n_fake: Optional[int] = None
+        self._fingerprint: Optional[str] = None
+        self._n_fake: Optional[int] = None  # over all ranks, when add_generator knows it
+        self._n_added = 0                   # added on this rank
 
     @property
     def device(self) -> torch.device:
@@ -139,24 +141,20 @@ class ImageScores:
 
     def _compute_real(self, shard: Iterable[torch.Tensor]) -> RealStatistics:
         """Each rank's shard through the extractor, gathered across ranks by the metrics' own sync."""
-        feats, logits = [], []
-        for images in shard:
-            f, l = self.features(images)
-            feats.append(f)
-            logits.append(l)
         dim = self.extractor.num_features
         fid = FrechetInceptionDistance(PassThrough(dim), reset_real_features=False).to(self.device)
         kid = KernelInceptionDistance(PassThrough(dim), subsets=1, subset_size=1).to(self.device)
         isc = InceptionScore(PassThrough(1), splits=self.is_splits).to(self.device)
-        for f, l in zip(feats, logits):
-            fid.update(f, real=True)
-            kid.update(f, real=True)
-            isc.update(l)
+        for images in shard:
+            features, logits = self.features(images)
+            fid.update(features, real=True)
+            kid.update(features, real=True)
+            isc.update(logits)
         for m in (fid, kid, isc):
             _one_tensor_per_list(m)
             m.sync(should_sync=self.dist.world_size > 1)
         features = kid.real_features if isinstance(kid.real_features, torch.Tensor) else torch.cat(kid.real_features)
-        with _isolated_rng(self.device):
+        with _rng_kept(self.device):
             torch.manual_seed(0)
             is_mean, is_std = _compute_synced(isc)
         return RealStatistics(fid.real_features_sum.cpu(), fid.real_features_cov_sum.cpu(),
@@ -164,11 +162,20 @@ class ImageScores:
 
     def load_real(self, shard_fn: Callable[[], Iterable[torch.Tensor]], key_parts: dict,
                   cache_dir: Optional[Path]) -> RealStatistics:
+        """``real_statistics(...)``, then held as the real half of the metrics (``set_real``)."""
+        stats = self.real_statistics(shard_fn, key_parts, cache_dir)
+        self.set_real(stats)
+        return stats
+
+    def real_statistics(self, shard_fn: Callable[[], Iterable[torch.Tensor]], key_parts: dict,
+                        cache_dir: Optional[Path]) -> RealStatistics:
         """Real statistics from ``cache_dir`` when a file for ``key_parts`` is there, else computed and cached.
 
         ``shard_fn()`` yields this rank's share of the real uint8 images (only called on a cache miss).
         """
-        parts = {**key_parts, "extractor": extractor_fingerprint(self.extractor_name, self.extractor)}
+        if self._fingerprint is None:  # hashing Inception's weights takes a while: once per extractor
+            self._fingerprint = extractor_fingerprint(self.extractor_name, self.extractor)
+        parts = {**key_parts, "extractor": self._fingerprint}
         path = Path(cache_dir) / f"real_{key_parts.get('dataset', 'data')}_{self.extractor_name}_{cache_key(parts)}.pt" \
             if cache_dir is not None else None
         self.dist.barrier()  # nobody is writing the file while the ranks look for it
@@ -185,8 +192,7 @@ class ImageScores:
                              "n": stats.n, "features": stats.features, "inception_score": list(stats.inception_score),
                              "meta": parts}, path)
             self.dist.barrier()
-        self.cache_hit, self.cache_path = hit, path
-        self.set_real(stats)
+        self.cache_hit = hit
         return stats
 
     def set_real(self, stats: RealStatistics) -> None:
@@ -216,6 +222,7 @@ class ImageScores:
     def add_fake(self, images: torch.Tensor) -> None:
         """A batch of generated uint8 images (this rank's)."""
         features, logits = self.features(images)
+        self._n_added += len(images)
         if "fid" in self._metrics:
             self._metrics["fid"].update(features, real=False)
         if "kid" in self._metrics:
@@ -239,13 +246,13 @@ class ImageScores:
         out = {}
         for m in self._metrics.values():
             _one_tensor_per_list(m)
-        with _isolated_rng(self.device):  # KID and IS permute with the global RNG: keep training's untouched
+        with _rng_kept(self.device):
             torch.manual_seed(0)
             if "fid" in self._metrics:
                 out[self.names["fid"]] = float(self._metrics["fid"].compute())
             if "kid" in self._metrics:
                 kid = self._metrics["kid"]
-                kid.subset_size = min(self.kid_subset_size, self.real.n, self._n_fake or self.kid_subset_size)
+                kid.subset_size = min(self.kid_subset_size, self.real.n, self._n_fake or self._n_added)
                 mean, std = kid.compute()
                 out[self.names["kid"]], out[self.names["kid"] + "_std"] = float(mean), float(std)
             if "is" in self._metrics:
@@ -253,7 +260,7 @@ class ImageScores:
                 out[self.names["is"]], out[self.names["is"] + "_std"] = float(mean), float(std)
         for m in self._metrics.values():
             m.reset()
-        self._n_fake = None
+        self._n_fake, self._n_added = None, 0
         return out
 
     def floor(self, other: RealStatistics) -> dict[str, float]:
@@ -271,6 +278,11 @@ def _one_tensor_per_list(metric) -> None:
             setattr(metric, name, [torch.cat(value)])
 
 
+def _rng_kept(device: torch.device):
+    """The global RNG as it was after the block: KID and IS draw from it, training must not notice."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 def _compute_synced(metric) -> Any:
     """``metric.compute()`` on states already synced by hand (compute() would try to sync them again)."""
     metric._to_sync = False
@@ -278,19 +290,3 @@ def _compute_synced(metric) -> Any:
         return metric.compute()
     finally:
         metric._to_sync = True
-
-
-class _isolated_rng:
-    """Saves and restores the global CPU (and CUDA) RNG around a block."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        self.cpu_state = torch.get_rng_state()
-        self.cuda_state = torch.cuda.get_rng_state_all() if self.cuda else None
-
-    def __exit__(self, *exc):
-        torch.set_rng_state(self.cpu_state)
-        if self.cuda:
-            torch.cuda.set_rng_state_all(self.cuda_state)
