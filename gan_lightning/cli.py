@@ -7,10 +7,11 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import gan_lightning.callbacks  # noqa: F401  (makes the callbacks' short names known to configs)
+import gan_lightning.distributed  # noqa: F401  (registers the strategy name player_ddp)
 import gan_lightning.models  # noqa: F401  (makes the models' short names known to configs)
 from gan_lightning.cli_errors import shorten
 from gan_lightning.data import DatasetNotFoundError, GANDataModule
-from gan_lightning.errors import ConfigError
+from gan_lightning.errors import ConfigError, Preempted
 from gan_lightning.metrics.features import WeightsNotFoundError
 
 
@@ -70,3 +71,5 @@ def main(args: list[str] | None = None) -> None:
         )
     except (DatasetNotFoundError, WeightsNotFoundError, ConfigError, FloatingPointError) as err:
         sys.exit(f"gan_lightning: error: {err}")
+    except Preempted:  # saved, and requeued where asked; the callback has said so
+        sys.exit(0)

@@ -4,7 +4,7 @@ Notation: ``sp`` is softplus, so ``-log sigmoid(t) = sp(-t)`` and ``-log(1 - sig
 Every loss takes raw logits; nothing here calls ``log(sigmoid(.))``, which underflows. Each loss is
 a mean over the batch.
 """
-from typing import Callable, Literal
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -44,12 +44,15 @@ def gan_generator_loss(d_fake: torch.Tensor, kind: GANLoss) -> torch.Tensor:
 
 
 def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], x_real: torch.Tensor,
-                     x_fake: torch.Tensor) -> torch.Tensor:
+                     x_fake: torch.Tensor, alpha: Optional[torch.Tensor] = None) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): E[(||grad D(x_hat)|| - 1)^2] on random interpolates x_hat.
 
+    ``alpha`` (B,) ~ U[0, 1] are the interpolation weights (drawn from the global RNG when None).
     The norm runs over all non-batch dimensions.
     """
-    alpha = torch.rand(len(x_real), *[1] * (x_real.dim() - 1), device=x_real.device, dtype=x_real.dtype)
+    if alpha is None:
+        alpha = torch.rand(len(x_real), device=x_real.device)
+    alpha = alpha.to(x_real.dtype).view(len(x_real), *[1] * (x_real.dim() - 1))
     x_hat = (alpha * x_real.detach() + (1 - alpha) * x_fake.detach()).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()

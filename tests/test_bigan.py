@@ -118,14 +118,13 @@ def test_training_noise_is_a_function_of_the_iteration():
     model = tiny_bigan(seed=7)
     draws = []
     for it in (0, 1, 0):
-        model.iteration = it
-        model.on_train_batch_start(None, 0)
-        draws.append(model.draw_prior(3, model.noise))
+        model.seed_iteration(it)
+        draws.append(model.draw_training_prior(3))
     assert torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])
     # ... and of the seed; different ranks are checked in the two-process test (test_ddp.py)
     other = tiny_bigan(seed=8)
-    other.on_train_batch_start(None, 0)
-    assert not torch.equal(other.draw_prior(3, other.noise), draws[0])
+    other.seed_iteration(0)
+    assert not torch.equal(other.draw_training_prior(3), draws[0])
 
 
 def test_public_api_shapes_and_training_mode_restored():

@@ -4,9 +4,9 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, random_split
+from torch.utils.data import Dataset, Subset, TensorDataset, random_split
 
-from gan_lightning.data.loader import DeviceTensorLoader
+from gan_lightning.data.loader import DeviceTensorLoader, ResumableDataLoader
 from gan_lightning.data.sources import SOURCES, DatasetName, image_dataset, load_tensors
 from gan_lightning.data.toy import sample_mixture
 
@@ -120,15 +120,25 @@ class GANDataModule(L.LightningDataModule):
         return list(ds.tensors) if isinstance(ds, TensorDataset) else None
 
     def _loader(self, split: str, train: bool):
+        """Every split in ``ResumableSampler`` order: the training split shuffled per epoch in global-batch
+        blocks and resumable mid-epoch, the others in file order."""
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        order = dict(shuffle=train, drop_last=train, seed=self.hparams.seed, rank=rank, world_size=world)
+        position = self._position if train else None
         tensors = self._tensors(split)
         if self.hparams.on_device and tensors is not None and self.trainer is not None:
-            return DeviceTensorLoader(
-                tensors, self.hparams.batch_size, shuffle=train, drop_last=train, seed=self.hparams.seed,
-                rank=self.trainer.global_rank, world_size=self.trainer.world_size,
-                device=self.trainer.strategy.root_device,
-            )
-        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=train, drop_last=train,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+            return DeviceTensorLoader(tensors, self.hparams.batch_size, device=self.trainer.strategy.root_device,
+                                      position=position, **order)
+        return ResumableDataLoader(self.splits[split], self.hparams.batch_size, position=position, **order,
+                                   num_workers=self.hparams.num_workers,
+                                   persistent_workers=self.hparams.num_workers > 0)
+
+    def _position(self) -> dict:
+        """Where training stands, as Lightning's loop counts it: the epoch and the batches it has trained on."""
+        loop = self.trainer.fit_loop
+        done = loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.trainer.current_epoch, "batches_done": done,
+                "epoch_done": done >= self.trainer.num_training_batches}
 
     def train_dataloader(self):
         return self._loader("train", train=True)

@@ -1,16 +1,86 @@
-"""A data loader for datasets that fit in device memory: one tensor per field, no worker processes.
+"""Loaders that resume mid-epoch exactly, and serve every rank its share of one global batch.
 
-Small GANs are data-loader bound: collating 128 images in Python costs more than the networks'
-step. Here a batch is one index-gather on the device. Under DDP every rank draws the same seeded
-permutation per epoch and takes a disjoint, equally long share of it (like DistributedSampler with
-drop_last), so ranks see different data and the same number of batches.
+The training order of an epoch is a permutation seeded with (seed, epoch). It is cut into *global*
+batches of ``batch_size * world_size`` examples, and rank r takes the r-th ``batch_size`` of each. The
+W ranks together therefore see exactly the batches that one process with ``batch_size * W`` would see,
+whatever W is; and a run resumed at batch k of epoch e skips the first k batches of the same order.
+
+``DeviceTensorLoader`` serves datasets that fit in device memory (one index-gather per batch, no
+workers); ``ResumableDataLoader`` is a torch DataLoader over the same sampler for datasets read
+from disk. Both save ``{"epoch", "batches_done"}`` in Lightning's checkpoints through
+``state_dict``: the position the training loop has *consumed*, read from the trainer, not the
+loader's own count, which runs ahead by Lightning's prefetched batch.
 """
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+Position = Callable[[], dict]  # returns {"epoch": int, "batches_done": int, "epoch_done": bool}
+
+
+class ResumableSampler(DistributedSampler):
+    """This rank's indices of one epoch, in global-batch blocks, optionally skipping consumed batches.
+
+    A DistributedSampler subclass, so Lightning keeps it instead of inserting its own under DDP.
+    ``set_epoch`` (called by Lightning every epoch) chooses the permutation; a full pass also moves to
+    the next epoch, for use outside Lightning.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, drop_last: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # DistributedSampler's own fields, for code that reads them; its __iter__ is replaced below.
+        self.dataset, self.num_replicas, self.rank, self.epoch = range(n), world_size, rank, 0
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.n, self.batch_size = n, batch_size
+        self.skip = 0  # batches of the current epoch already consumed (set when resuming)
+        self.num_samples = self.batches * batch_size if drop_last else len(self._indices())
+        self.total_size = self.num_samples * world_size
+
+    @property
+    def batches(self) -> int:
+        """Batches per epoch on each rank."""
+        if self.drop_last:
+            return self.n // (self.batch_size * self.num_replicas)
+        return -(-(self.n // self.num_replicas) // self.batch_size)
+
+    def _indices(self) -> torch.Tensor:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(hash((self.seed, self.epoch))
+                                                                                   & (2**63 - 1)))
+        else:
+            order = torch.arange(self.n)
+        if self.drop_last:  # global batches of B*W, rank r takes the r-th B of each
+            global_batch = self.batch_size * self.num_replicas
+            blocks = order[: (self.n // global_batch) * global_batch].view(-1, self.num_replicas, self.batch_size)
+            return blocks[:, self.rank].reshape(-1)
+        per_rank = self.n // self.num_replicas  # evaluation: strided shares of equal length
+        return order[self.rank :: self.num_replicas][:per_rank]
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self._indices()[self.skip * self.batch_size :]
+        self.skip = 0
+        yield from indices.tolist()
+        self.epoch += 1
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume(self, state: dict) -> None:
+        """Continue where ``state`` (a Lightning loop position) stopped: the next epoch if it was done."""
+        self.epoch = state["epoch"] + int(state["epoch_done"])
+        self.skip = 0 if state["epoch_done"] else state["batches_done"]
 
 
 class DeviceTensorLoader:
+    """Batches of tensors held in device memory, one index-gather each, in ``ResumableSampler`` order."""
+
     def __init__(
         self,
         tensors: Sequence[torch.Tensor],
@@ -22,34 +92,44 @@ class DeviceTensorLoader:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str = "cpu",
+        position: Optional[Position] = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.tensors = [t.to(device) for t in tensors]
-        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-
-    def _rank_indices(self) -> torch.Tensor:
-        n = len(self.tensors[0])
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)) if self.shuffle \
-            else torch.arange(n)
-        per_rank = n // self.world_size
-        return order[self.rank :: self.world_size][:per_rank]
+        self.batch_size = batch_size
+        self.sampler = ResumableSampler(len(self.tensors[0]), batch_size, shuffle=shuffle, drop_last=drop_last,
+                                        seed=seed, rank=rank, world_size=world_size)
+        self.batch_sampler = None  # read by Lightning, as on a DataLoader
+        self.position = position
 
     def __len__(self) -> int:
-        per_rank = len(self.tensors[0]) // self.world_size
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+        return self.sampler.batches
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        indices = self._rank_indices().to(self.tensors[0].device)
-        self.epoch += 1
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            batch = indices[start : start + self.batch_size]
+        indices = torch.tensor(list(self.sampler), dtype=torch.long).to(self.tensors[0].device)
+        for batch in indices.split(self.batch_size):
             yield tuple(t[batch] for t in self.tensors)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch}
+        return self.position() if self.position is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch = state["epoch"]
+        if state:
+            self.sampler.resume(state)
+
+
+class ResumableDataLoader(DataLoader):
+    """A torch DataLoader over a ``ResumableSampler`` that Lightning saves and restores mid-epoch."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int, rank: int,
+                 world_size: int, position: Optional[Position] = None, **kwargs):
+        sampler = ResumableSampler(len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                                   rank=rank, world_size=world_size)
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
+        self.position = position
+
+    def state_dict(self) -> dict:
+        return self.position() if self.position is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.sampler.resume(state)

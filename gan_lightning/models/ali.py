@@ -82,13 +82,12 @@ class ALI(AdversarialModule):
         if not self.gaussian_encoder:
             return h
         mu, log_sigma = h.chunk(2, dim=1)
-        eps = torch.randn(mu.shape, generator=self.noise, device=mu.device) if self.noise is not None \
-            else torch.randn_like(mu)
+        eps = self.draw_training_normal(mu.shape) if self.noise is not None else torch.randn_like(mu)
         return mu + log_sigma.exp() * eps
 
-    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def update_players(self, batch) -> dict[str, torch.Tensor]:
         x = batch[0]
-        z = self.draw_prior(len(x), self.noise)
+        z = self.draw_training_prior(len(x))
         opt_d, opt_ge = self.optimizer("discriminator"), self.optimizer("generator_encoder")
 
         # G(z) and E(x) once per iteration; their graphs are kept only when G and E step this time.

@@ -2,15 +2,19 @@
 
 A *player* is a set of networks behind one optimizer (e.g. BiGAN: the discriminator D, and the
 generator G with the encoder E). Subclasses declare their players with ``add_player`` and write
-``training_step`` as their paper's algorithm box, one block per player:
+``update_players`` as their paper's algorithm box, one block per player:
 
     with self.toggled_optimizer(opt):   # only this player's parameters require grad
         loss = ...
         self.step(opt, loss, player="discriminator")
     return {"train/d_loss": loss.detach()}   # logged every trainer.log_every_n_steps iterations
+
+``training_step`` wraps it: it derives this iteration's randomness from (seed, iteration) before, and
+advances the iteration counter and the moving averages after, so that a checkpoint written at any
+iteration boundary resumes bit for bit (see ``docs/scaling.md``).
 """
 import contextlib
-from typing import Callable, Iterator, Literal, Optional
+from typing import Callable, Iterator, Literal, Optional, Sequence
 
 import lightning as L
 import torch
@@ -49,8 +53,10 @@ class AdversarialModule(L.LightningModule):
         ema_decay: decay of an exponential moving average of the generator (and encoder) weights;
             ``sample``, ``encode`` and ``reconstruct`` then use the averaged weights. None: off.
         gradient_clip_val: clip each player's gradient norm to this value (after AMP unscaling). None: off.
-        seed: seed of the training noise; noise is drawn from a generator re-seeded from
-            (seed, iteration, rank), so ranks draw different noise and a resumed run draws the same.
+        seed: seed of the training noise. Each iteration draws the noise of the whole global batch from a
+            generator seeded with (seed, iteration) and keeps this rank's rows, and seeds the global RNG
+            (dropout) with (seed, iteration, rank): ranks draw different noise, a resumed run draws the
+            same, and W ranks draw together what one process would for the W batches concatenated.
         stop_on_nonfinite: raise, naming the player and iteration, when a loss becomes NaN or Inf.
         su_lambda: weight of Su's generator regulariser ||G(z) - G_old(z)||^2 (mean over elements;
             Su 2018 used 5), G_old(z) being the output before this iteration's generator updates.
@@ -94,7 +100,7 @@ class AdversarialModule(L.LightningModule):
         self.images_seen = 0
         self._players: dict[str, tuple[list[str], Optional[OptimizerCallable], Optional[LRSchedulerCallable]]] = {}
         self.ema = nn.ModuleDict()
-        self.noise: Optional[torch.Generator] = None  # the training noise; see on_train_batch_start
+        self.noise: Optional[torch.Generator] = None  # the training noise; see training_step
         self._finite: dict[str, torch.Tensor] = {}  # per player: all losses finite since the last check
 
     # --- players and their optimizers -------------------------------------------------------
@@ -112,6 +118,34 @@ class AdversarialModule(L.LightningModule):
             averaged = AveragedModel(getattr(self, name), multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay),
                                      use_buffers=True)
             self.ema[name] = averaged.requires_grad_(False)
+
+    def player_networks(self) -> list[str]:
+        """The attribute names of every player's networks, in the order the players were declared."""
+        return [name for networks, _, _ in self._players.values() for name in networks]
+
+    # --- distributed training: one DDP per network (see gan_lightning/distributed.py) ---------
+
+    def distribute(self, wrappers: dict[str, nn.Module]) -> None:
+        """Route calls of these networks through their DDP wrappers while they can receive gradients.
+
+        The wrappers live outside the module tree (``self.__dict__``), so state dicts and checkpoints
+        keep the networks' own keys. ``{}`` removes them.
+        """
+        self.__dict__["_distributed"] = dict(wrappers)
+
+    @property
+    def distributed_networks(self) -> dict[str, nn.Module]:
+        return self.__dict__.get("_distributed", {})
+
+    def __getattr__(self, name: str):
+        """``self.discriminator`` is D's DDP wrapper when a call could produce gradients for D (grad enabled,
+        training mode, its player toggled on); otherwise, and without DDP, the network itself."""
+        wrappers = self.__dict__.get("_distributed")
+        if wrappers and name in wrappers and torch.is_grad_enabled():
+            network = wrappers[name].module
+            if network.training and next(network.parameters()).requires_grad:
+                return wrappers[name]
+        return super().__getattr__(name)
 
     def configure_model(self) -> None:
         if self.compile_networks:
@@ -187,23 +221,60 @@ class AdversarialModule(L.LightningModule):
 
     # --- noise, counters, EMA ----------------------------------------------------------------
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """One iteration: seed its randomness, run the algorithm (``update_players``), advance the counters.
+
+        The counters and the moving averages advance here rather than in ``on_train_batch_end`` because
+        callbacks (checkpointing, preemption) run before the module's own hooks: a checkpoint written in
+        any ``on_train_batch_end`` then holds an iteration count that matches its weights.
+        """
+        self.seed_iteration(self.iteration)
+        logs = self.update_players(batch)
+        if self.generator_turn:
+            for name, averaged in self.ema.items():
+                averaged.update_parameters(self.get_submodule(name))
+        self.iteration += 1
+        self.images_seen += len(batch[0]) * self.trainer.world_size
+        return logs
+
+    def update_players(self, batch) -> dict[str, torch.Tensor]:
+        """The paper's algorithm box for one batch: each player's update in turn; returns the logs."""
+        raise NotImplementedError
+
+    def seed_iteration(self, iteration: int) -> None:
+        """Derive an iteration's randomness from (seed, iteration): ``self.noise`` for the global batch's
+        noise, and the global RNG (dropout) from (seed, iteration, rank)."""
         if self.noise is None or self.noise.device != self.device:
             self.noise = torch.Generator(device=self.device)
         # Tuples of ints hash the same in every process and every Python run (no hash randomisation).
-        self.noise.manual_seed(hash((self.seed, self.iteration, self.global_rank)) & (2**63 - 1))
+        self.noise.manual_seed(hash((self.seed, iteration)) & (2**63 - 1))
+        torch.manual_seed(hash((self.seed, iteration, self.global_rank)) & (2**63 - 1))
+
+    def rank_rows(self, draw: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
+        """This rank's n rows of ``draw(n * world_size)``: noise drawn for the whole global batch, so that
+        training on W ranks equals training on one process with the W batches concatenated."""
+        world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
+        return draw(n * world)[rank * n : (rank + 1) * n]
+
+    def draw_training_prior(self, n: int) -> torch.Tensor:
+        """This iteration's n draws from p(z) for this rank's batch: (n, Z)."""
+        return self.rank_rows(lambda m: self.draw_prior(m, self.noise), n)
+
+    def draw_training_normal(self, shape: Sequence[int]) -> torch.Tensor:
+        """This iteration's standard normal noise of ``shape`` (first dimension: this rank's batch)."""
+        return self.rank_rows(lambda m: torch.randn(m, *shape[1:], generator=self.noise, device=self.noise.device),
+                              shape[0]).to(self.device)
+
+    def draw_training_uniform(self, n: int) -> torch.Tensor:
+        """This iteration's n draws from U[0, 1] for this rank's batch (e.g. WGAN-GP's interpolation weights)."""
+        return self.rank_rows(lambda m: torch.rand(m, generator=self.noise, device=self.noise.device), n).to(self.device)
 
     def on_train_batch_end(self, outputs: Optional[dict], batch, batch_idx: int) -> None:
-        """Advance the counters and the moving averages; log ``training_step``'s returned dict.
+        """Log ``training_step``'s returned dict and the counters.
 
         Logging happens every ``trainer.log_every_n_steps`` iterations only: Lightning's ``self.log``
         costs about 2 ms a call, a few per cent of a small GAN's iteration on a CPU.
         """
-        if self.generator_turn:
-            for name, averaged in self.ema.items():
-                averaged.update_parameters(getattr(self, name))
-        self.iteration += 1
-        self.images_seen += len(batch[0]) * self.trainer.world_size
         if self.iteration % max(self.trainer.log_every_n_steps, 1) == 0:  # Lightning writes logs on these batches
             for player, ok in self._finite.items():
                 if not ok:
@@ -234,7 +305,7 @@ class AdversarialModule(L.LightningModule):
 
     def net(self, name: str) -> nn.Module:
         """The network to evaluate: its moving average when there is one, else the trained weights."""
-        return self.ema[name].module if name in self.ema else getattr(self, name)
+        return self.ema[name].module if name in self.ema else self.get_submodule(name)
 
     # --- evaluation --------------------------------------------------------------------------
 

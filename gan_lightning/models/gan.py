@@ -74,9 +74,9 @@ class GAN(AdversarialModule):
         self.add_player("generator", ["generator"], optimizer_g or self.default_optimizer, scheduler_g)
         self.add_ema("generator")
 
-    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def update_players(self, batch) -> dict[str, torch.Tensor]:
         x = batch[0]
-        z = self.draw_prior(len(x), self.noise)
+        z = self.draw_training_prior(len(x))
         opt_d, opt_g = self.optimizer("discriminator"), self.optimizer("generator")
         with torch.set_grad_enabled(self.generator_turn):  # G's graph only when G steps this iteration
             x_fake = self.generator(z)
@@ -87,7 +87,8 @@ class GAN(AdversarialModule):
             d_real = self.discriminator(x_real)
             d_loss = gan_discriminator_loss(d_real, self.discriminator(x_fake.detach()), self.loss)
             if self.gp_weight:
-                d_loss = d_loss + self.gp_weight * gradient_penalty(self.discriminator, x, x_fake)
+                d_loss = d_loss + self.gp_weight * gradient_penalty(self.discriminator, x, x_fake,
+                                                                    self.draw_training_uniform(len(x)))
             if self.r1_weight:
                 d_loss = d_loss + self.r1_weight / 2 * r1_penalty(d_real, x_real)
             self.step(opt_d, d_loss, player="discriminator")

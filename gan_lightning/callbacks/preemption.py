@@ -1,0 +1,145 @@
+"""Save, requeue and stop on SLURM's warning signal, at an iteration boundary that all ranks agree on.
+
+SLURM sends ``--signal=USR1@90`` ninety seconds before a job's time limit, and SIGTERM when it
+preempts or cancels a job. Lightning's own SLURM handler writes a checkpoint from inside the signal
+handler (hangs reported: Lightning #21406) and its HPC checkpoints are never cleaned up. Here the
+handler only records the signal; at the end of the next iteration (every ``check_every_n_iterations``)
+the ranks agree whether any of them received one, all of them take part in saving
+``<checkpoint dir>/last.ckpt`` (written to a temporary file and renamed, so a kill while writing leaves
+the previous one intact), rank 0 requeues the job on SIGUSR1, and every rank stops with
+``Preempted``. The requeued job runs the same command with ``--ckpt_path last`` and resumes exactly:
+Lightning's ``last`` picks the newest ``last*.ckpt`` in the ModelCheckpoint's fixed ``dirpath``.
+"""
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Optional, Union
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+from gan_lightning.errors import ConfigError, Preempted
+
+
+def slurm_job_id() -> Optional[str]:
+    """The id that ``scontrol requeue`` takes: ``ARRAYJOB_TASK`` for array members, else the job id."""
+    if "SLURM_ARRAY_JOB_ID" in os.environ and "SLURM_ARRAY_TASK_ID" in os.environ:
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+class Preemption(L.Callback):
+    """Checkpoint at the next iteration boundary on a signal; requeue the SLURM job on SIGUSR1.
+
+    Args:
+        requeue_signal: the signal SLURM sends before the time limit (``#SBATCH --signal=USR1@90``);
+            on it the job is saved and requeued.
+        stop_signals: signals on which the run is saved and stopped without a requeue (SIGTERM:
+            ``scancel``, or SLURM's own preemption, which requeues by itself with ``--requeue``).
+        requeue: ``auto`` requeues when running in a SLURM job; ``true`` / ``false`` force it.
+        check_every_n_iterations: how often the ranks agree whether a signal arrived (one all-reduce of
+            one number); SLURM's warning comes ~90 s ahead, so any small value is safe.
+    """
+
+    def __init__(self, requeue_signal: str = "SIGUSR1", stop_signals: list[str] = ("SIGTERM",),
+                 requeue: Union[bool, str] = "auto", check_every_n_iterations: int = 1):
+        if check_every_n_iterations < 1:
+            raise ValueError(f"Preemption.check_every_n_iterations must be >= 1, got {check_every_n_iterations}")
+        if requeue not in (True, False, "auto"):
+            raise ValueError(f"Preemption.requeue must be true, false or auto, got {requeue!r}")
+        names = [requeue_signal, *stop_signals]
+        unknown = [name for name in names if not hasattr(signal, name)]
+        if unknown:
+            raise ValueError(f"Preemption: unknown signal name(s) {unknown}; use e.g. SIGUSR1, SIGUSR2, SIGTERM")
+        self.requeue_signal = getattr(signal, requeue_signal)
+        self.stop_signals = [getattr(signal, name) for name in stop_signals]
+        self.requeue, self.check_every = requeue, check_every_n_iterations
+        self.received: Optional[int] = None
+        self._pending: Optional[tuple[signal.Signals, int]] = None
+        self._previous: dict[int, object] = {}
+
+    # --- the handler only records ----------------------------------------------------------
+
+    def _record(self, signum: int, frame) -> None:
+        self.received = signum
+
+    def _install(self) -> None:
+        for signum in (self.requeue_signal, *self.stop_signals):
+            self._previous.setdefault(signum, signal.getsignal(signum))
+            signal.signal(signum, self._record)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.checkpoint_dir(trainer) is None:
+            raise ConfigError("the Preemption callback saves into the ModelCheckpoint's folder: add a "
+                              "lightning.pytorch.callbacks.ModelCheckpoint with a fixed dirpath to trainer.callbacks")
+        self._install()  # before Lightning's: it then installs no SLURM handler of its own for SIGUSR1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()  # again, over the SIGTERM handler that Lightning installed after setup
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    # --- at the iteration boundary: agree, save, requeue, stop -------------------------------
+
+    @staticmethod
+    def checkpoint_dir(trainer: L.Trainer) -> Optional[Path]:
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+                return Path(cb.dirpath)
+        return None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        iteration = getattr(pl_module, "iteration", trainer.fit_loop.total_batch_idx + 1)
+        if iteration % self.check_every:
+            return
+        signum = self.received or 0
+        if trainer.world_size > 1 and torch.distributed.is_initialized():  # the largest signal any rank received
+            flag = torch.tensor([signum], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag.item())
+        if not signum:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches:
+            # The epoch's last batch: its end (validation, schedulers, epoch checkpoints) comes first, so
+            # save at the start of the next epoch's first batch, or not at all if training ends here.
+            self._pending = (signal.Signals(signum), iteration)
+            return
+        self.save_and_stop(trainer, signal.Signals(signum), iteration)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if self._pending is not None:
+            self.save_and_stop(trainer, *self._pending)
+
+    def save_and_stop(self, trainer: L.Trainer, signum: signal.Signals, iteration: int) -> None:
+        directory = self.checkpoint_dir(trainer)
+        callback = next(cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint))
+        path = directory / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+        partial = path.with_name(path.name + ".partial")
+        trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes; ends with a barrier
+        if trainer.is_global_zero:
+            os.replace(partial, path)  # atomic: the previous last.ckpt stays whole until this instant
+        message = f"gan_lightning: {signum.name} received: saved {path} at iteration {iteration}"
+        rank_zero_info(message)
+        trainer.strategy.barrier("Preemption.save_and_stop")
+        job = slurm_job_id()
+        if signum == self.requeue_signal and (self.requeue is True or (self.requeue == "auto" and job is not None)):
+            action = f"requeued SLURM job {job}, which resumes from it"
+            if trainer.is_global_zero:  # SLURM then ends this run of the job and starts the next
+                result = subprocess.run(["scontrol", "requeue", str(job)], capture_output=True, text=True)
+                if result.returncode != 0:
+                    action = (f"could NOT requeue SLURM job {job} ({result.stderr.strip() or result.returncode}): "
+                              "resubmit it; the script's --ckpt_path last resumes from the checkpoint")
+                rank_zero_info(f"gan_lightning: {action}")
+        else:
+            action = "stopped: run the same command with --ckpt_path last to resume"
+            rank_zero_info(f"gan_lightning: {action}")
+        raise Preempted(f"{message}; {action}")

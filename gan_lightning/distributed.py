@@ -1,0 +1,96 @@
+"""DDP that communicates once per player: one DistributedDataParallel per network, not one per module.
+
+Lightning wraps the whole LightningModule in one DDP. In a GAN the discriminator's step never touches
+the generator, so that DDP needs ``find_unused_parameters=True`` and every backward all-reduces the
+gradients of *every* network, zeros included: about twice the bytes that the step updates.
+
+``PlayerDDPStrategy`` instead wraps each network of each player in its own DDP (as Lightning's Fabric
+DCGAN example does by hand). A model calls ``self.discriminator(x)`` as always; while training under
+this strategy, that attribute resolves to the network's DDP wrapper whenever the call can produce
+gradients for it (grad enabled, training mode, its player toggled on), and to the bare network
+otherwise. So the discriminator's step all-reduces D's gradients only, the generator's step G's (and
+E's), a frozen network used inside the other player's loss costs no communication, and networks
+evaluated under ``no_grad`` skip DDP altogether. Checkpoints keep the networks' own keys.
+
+``benchmarks/ddp_communication.py`` measures the bytes with a communication hook on 2 CPU ranks.
+"""
+import contextlib
+from typing import Generator, Optional
+
+import torch
+from lightning.pytorch.overrides.distributed import _register_ddp_comm_hook, _sync_module_states
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from torch.nn.parallel import DistributedDataParallel
+
+
+class PlayerDDPStrategy(DDPStrategy):
+    """Lightning's DDP strategy with one ``DistributedDataParallel`` per player network.
+
+    Takes DDPStrategy's arguments (``process_group_backend``, ``timeout``, ``ddp_comm_hook``, DDP's own
+    keyword arguments such as ``gradient_as_bucket_view`` ...). Buffers (batch-norm statistics) are
+    not broadcast at every forward (``broadcast_buffers=False``); the models take rank 0's buffers
+    before each validation instead. ``ddp_comm_hook`` is registered on every network's DDP, on any
+    device (Lightning registers hooks on CUDA only).
+    """
+
+    strategy_name = "player_ddp"
+
+    def configure_ddp(self) -> None:
+        module = self.model
+        networks = getattr(module, "player_networks", None)
+        if networks is None:
+            raise TypeError(f"{type(self).__name__} needs a model that names its players' networks "
+                            f"(gan_lightning's models do); {type(module).__name__} does not.")
+        _sync_module_states(module)  # every parameter and buffer (EMA too) from rank 0, once
+        kwargs = {"broadcast_buffers": False, **self._ddp_kwargs}
+        device_ids = self.determine_ddp_device_ids()
+        wrappers = {}
+        for name in networks():
+            wrappers[name] = DistributedDataParallel(module.get_submodule(name), device_ids=device_ids, **kwargs)
+            if self._ddp_comm_hook is not None:
+                _register_ddp_comm_hook(model=wrappers[name], ddp_comm_state=self._ddp_comm_state,
+                                        ddp_comm_hook=self._ddp_comm_hook, ddp_comm_wrapper=self._ddp_comm_wrapper)
+        module.distribute(wrappers)
+
+    @contextlib.contextmanager
+    def block_backward_sync(self) -> Generator:
+        """No all-reduce in the backward passes inside (gradient accumulation's intermediate micro-batches)."""
+        wrappers = getattr(self.lightning_module, "distributed_networks", {}) if self.lightning_module else {}
+        with contextlib.ExitStack() as stack:
+            for ddp in wrappers.values():
+                stack.enter_context(ddp.no_sync())
+            yield None
+
+    def teardown(self) -> None:
+        if self.lightning_module is not None and hasattr(self.lightning_module, "distribute"):
+            self.lightning_module.distribute({})
+        super().teardown()
+
+    @classmethod
+    def register_strategies(cls, strategy_registry) -> None:
+        strategy_registry.register(cls.strategy_name, cls, description="DDP with one DistributedDataParallel per "
+                                   "player network (gan_lightning)")
+
+
+if PlayerDDPStrategy.strategy_name not in StrategyRegistry:
+    PlayerDDPStrategy.register_strategies(StrategyRegistry)
+
+
+class CommunicationCounter:
+    """A DDP communication hook that all-reduces as DDP would and counts the bytes it sends.
+
+    ``PlayerDDPStrategy(ddp_comm_hook=counter.hook)`` (or ``ddp.register_comm_hook(None, counter.hook)``),
+    then read ``counter.bytes`` and ``counter.calls``.
+    """
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.calls = 0
+
+    def hook(self, state: Optional[object], bucket: torch.distributed.GradBucket) -> torch.futures.Future[torch.Tensor]:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        buffer = bucket.buffer()
+        self.bytes += buffer.numel() * buffer.element_size()
+        self.calls += 1
+        return allreduce_hook(state, bucket)

@@ -1,0 +1,119 @@
+"""Exact resume: training 2N iterations equals training N, stopping (signal or crash), and resuming.
+
+Bitwise on the CPU: parameters, EMA, optimizer states and the iteration counter. The runs use dropout
+(the global RNG), a Gaussian encoder (reparameterisation noise), an EMA and a learning-rate schedule, so
+every piece of state that Lightning does not save by itself is exercised.
+"""
+import os
+import signal
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from gan_lightning.callbacks import Preemption
+from gan_lightning.errors import Preempted
+from tests.helpers import digits, tiny_ali, tiny_trainer
+
+EPOCHS, BATCHES = 2, 6  # 12 iterations in all
+
+
+class SignalAt(L.Callback):
+    """Sends this process ``signum`` at the end of iteration ``iteration``, as SLURM would mid-run."""
+
+    def __init__(self, iteration: int, signum: int = signal.SIGUSR1):
+        self.iteration, self.signum = iteration, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.iteration == self.iteration:
+            os.kill(os.getpid(), self.signum)
+
+
+class CrashAt(L.Callback):
+    """Dies at the end of iteration ``iteration`` without saving, like a SIGKILL between checkpoints."""
+
+    def __init__(self, iteration: int):
+        self.iteration = iteration
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.iteration == self.iteration:
+            raise KeyboardInterrupt  # Lightning shuts down without writing anything
+
+
+def model():
+    torch.manual_seed(0)
+    step_lr = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # noqa: E731
+    return tiny_ali(seed=5, encoder="gaussian", dropout=0.3, ema_decay=0.9, scheduler_d=step_lr, scheduler_ge=step_lr)
+
+
+def fit(root, *callbacks, ckpt_path=None, on_device=True, every_n_train_steps=None):
+    checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=-1 if every_n_train_steps else 0,
+                                 every_n_train_steps=every_n_train_steps, enable_version_counter=False)
+    net = model()
+    trainer = tiny_trainer(root, max_epochs=EPOCHS, limit_train_batches=BATCHES, enable_checkpointing=True,
+                           callbacks=[*callbacks, checkpoint])
+    trainer.fit(net, digits(batch_size=16, on_device=on_device), ckpt_path=ckpt_path)
+    return net, trainer
+
+
+def state(net, trainer):
+    return {"model": net.state_dict(), "optimizers": [opt.state_dict() for opt in trainer.optimizers],
+            "iteration": net.iteration, "lr": [opt.param_groups[0]["lr"] for opt in trainer.optimizers]}
+
+
+def assert_identical(a, b):
+    assert a["iteration"] == b["iteration"] == EPOCHS * BATCHES
+    assert a["lr"] == b["lr"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), f"{key} differs after resuming"
+    for opt_a, opt_b in zip(a["optimizers"], b["optimizers"]):
+        for idx, entries in opt_a["state"].items():
+            for name, value in entries.items():
+                assert torch.equal(value, opt_b["state"][idx][name]), f"optimizer state {idx}.{name} differs"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return {on_device: state(*fit(tmp_path_factory.mktemp("whole"), on_device=on_device)) for on_device in (True, False)}
+
+
+@pytest.mark.parametrize("stop_at", [4, 6, 9])  # mid-epoch, on the epoch's last batch, in the second epoch
+@pytest.mark.parametrize("on_device", [True, False])
+def test_signal_saves_at_the_iteration_boundary_and_resumes_bit_for_bit(tmp_path, uninterrupted, stop_at, on_device):
+    with pytest.raises(Preempted, match=f"SIGUSR1 received: saved .*last.ckpt at iteration {stop_at}"):
+        fit(tmp_path, SignalAt(stop_at), Preemption(requeue=False), on_device=on_device)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["gan_lightning"]["iteration"] == stop_at
+    assert not (tmp_path / "checkpoints" / "last.ckpt.partial").exists()
+    resumed = fit(tmp_path, Preemption(requeue=False), ckpt_path="last", on_device=on_device)
+    assert_identical(state(*resumed), uninterrupted[on_device])
+
+
+def test_sigterm_saves_and_stops_too(tmp_path, uninterrupted):
+    with pytest.raises(Preempted, match="SIGTERM received"):
+        fit(tmp_path, SignalAt(3, signal.SIGTERM), Preemption())
+    assert_identical(state(*fit(tmp_path, Preemption(), ckpt_path="last")), uninterrupted[True])
+
+
+def test_a_crash_between_checkpoints_resumes_from_the_newest_periodic_one(tmp_path, uninterrupted):
+    # every_n_train_steps counts optimizer steps: 2 per iteration here, so a checkpoint every 4 iterations.
+    with pytest.raises(SystemExit):
+        fit(tmp_path, CrashAt(7), every_n_train_steps=8)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["gan_lightning"]["iteration"] == 4
+    resumed = fit(tmp_path, ckpt_path="last", every_n_train_steps=8)
+    assert_identical(state(*resumed), uninterrupted[True])
+
+
+def test_the_signal_handler_only_records():
+    callback = Preemption()
+    callback._record(signal.SIGUSR1, None)
+    assert callback.received == signal.SIGUSR1  # no checkpoint, no I/O: saving waits for the iteration boundary
+
+
+def test_preemption_needs_a_checkpoint_folder(tmp_path):
+    from gan_lightning.errors import ConfigError
+
+    trainer = tiny_trainer(tmp_path, callbacks=[Preemption()])
+    with pytest.raises(ConfigError, match="ModelCheckpoint"):
+        trainer.fit(model(), digits())
