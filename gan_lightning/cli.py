@@ -1,14 +1,19 @@
 """The command line: ``python -m gan_lightning fit --config configs/bigan.yaml`` (also validate, test)."""
 import logging
+import os
 import sys
+import threading
+from typing import Optional
 import warnings
 
 import lightning as L
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import gan_lightning.callbacks  # noqa: F401  (makes the callbacks' short names known to configs)
 import gan_lightning.distributed  # noqa: F401  (registers the strategy name player_ddp)
 import gan_lightning.models  # noqa: F401  (makes the models' short names known to configs)
+from gan_lightning.callbacks.preemption import catch_signals_early
 from gan_lightning.cli_errors import shorten
 from gan_lightning.data import DatasetNotFoundError, GANDataModule
 from gan_lightning.errors import ConfigError, Preempted
@@ -30,6 +35,15 @@ class GANLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.data_shape", "model.init_args.data_shape", apply_on="instantiate")
+        parser.add_argument("--run_dir", type=Optional[str], default=None,
+                            help="Move this run's outputs: every path in the config under trainer.default_root_dir "
+                                 "(checkpoints, logs, samples) is placed under RUN_DIR instead, e.g. one folder per "
+                                 "seed of a SLURM array.")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("run_dir"):
+            relocate(config, config.trainer.default_root_dir, config.run_dir)
 
     def instantiate_classes(self) -> None:
         try:
@@ -38,13 +52,37 @@ class GANLightningCLI(LightningCLI):
             self.parser.error(str(err))
 
 
+def relocate(config: Namespace, old_root: Optional[str], new_root: str) -> None:
+    """Replace the prefix ``old_root`` of every path-like string in ``config`` with ``new_root``, in place."""
+    if not old_root:
+        raise ConfigError("--run_dir needs trainer.default_root_dir in the config: the folder whose outputs it moves")
+    old = os.path.normpath(old_root)
+
+    def move(value):
+        if isinstance(value, str) and (os.path.normpath(value) == old or value.startswith(old.rstrip("/") + "/")):
+            return os.path.join(new_root, os.path.relpath(os.path.normpath(value), old)).rstrip("/.") or new_root
+        if isinstance(value, Namespace):
+            for key in value.keys():
+                value[key] = move(value[key])
+        elif isinstance(value, list):
+            return [move(item) for item in value]
+        return value
+
+    move(config)
+    config.trainer.default_root_dir = new_root
+
+
 def silence_noise() -> None:
     """Drop messages the stack prints on every run that a user can do nothing about."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # torch 2.14 vs lightning 2.6
+    # Checkpoints go to a fixed folder so that resumes and requeues find them: it is meant to exist.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
 
 
 def main(args: list[str] | None = None) -> None:
+    if threading.current_thread() is threading.main_thread():
+        catch_signals_early("SIGUSR1")  # SLURM's warning may come while we start; its default action kills
     silence_noise()
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] in ("evaluate", "sample"):

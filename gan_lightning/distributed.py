@@ -15,6 +15,7 @@ evaluated under ``no_grad`` skip DDP altogether. Checkpoints keep the networks' 
 ``benchmarks/ddp_communication.py`` measures the bytes with a communication hook on 2 CPU ranks.
 """
 import contextlib
+import inspect
 from typing import Generator, Optional
 
 import torch
@@ -23,12 +24,17 @@ from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch.nn.parallel import DistributedDataParallel
 
 
+# Buffers are synchronised once at the start, not at every forward (torch 2.14 renamed the argument).
+NO_BUFFER_SYNC = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                  else "broadcast_buffers")
+
+
 class PlayerDDPStrategy(DDPStrategy):
     """Lightning's DDP strategy with one ``DistributedDataParallel`` per player network.
 
     Takes DDPStrategy's arguments (``process_group_backend``, ``timeout``, ``ddp_comm_hook``, DDP's own
     keyword arguments such as ``gradient_as_bucket_view`` ...). Buffers (batch-norm statistics) are
-    not broadcast at every forward (``broadcast_buffers=False``); the models take rank 0's buffers
+    not synchronised at every forward (``forward_sync_buffers=False``); the models take rank 0's buffers
     before each validation instead. ``ddp_comm_hook`` is registered on every network's DDP, on any
     device (Lightning registers hooks on CUDA only).
     """
@@ -42,7 +48,7 @@ class PlayerDDPStrategy(DDPStrategy):
             raise TypeError(f"{type(self).__name__} needs a model that names its players' networks "
                             f"(gan_lightning's models do); {type(module).__name__} does not.")
         _sync_module_states(module)  # every parameter and buffer (EMA too) from rank 0, once
-        kwargs = {"broadcast_buffers": False, **self._ddp_kwargs}
+        kwargs = {NO_BUFFER_SYNC: False, **self._ddp_kwargs}
         device_ids = self.determine_ddp_device_ids()
         wrappers = {}
         for name in networks():

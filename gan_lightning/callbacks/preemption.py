@@ -19,9 +19,21 @@ from typing import Optional, Union
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 
 from gan_lightning.errors import ConfigError, Preempted
+
+
+_early: dict[str, Optional[int]] = {"signal": None}
+
+
+def catch_signals_early(*names: str) -> None:
+    """Record these signals from process start (the CLI calls this first thing), so that one arriving
+    while Python imports and the trainer starts is not fatal (SIGUSR1's default action kills the
+    process) but is acted on by ``Preemption`` at the first iteration boundary."""
+    for name in names:
+        signal.signal(getattr(signal, name), lambda signum, frame: _early.update(signal=signum))
 
 
 def slurm_job_id() -> Optional[str]:
@@ -77,7 +89,12 @@ class Preemption(L.Callback):
         if self.checkpoint_dir(trainer) is None:
             raise ConfigError("the Preemption callback saves into the ModelCheckpoint's folder: add a "
                               "lightning.pytorch.callbacks.ModelCheckpoint with a fixed dirpath to trainer.callbacks")
-        self._install()  # before Lightning's: it then installs no SLURM handler of its own for SIGUSR1
+        environment = trainer.strategy.cluster_environment
+        if isinstance(environment, SLURMEnvironment):
+            environment.auto_requeue = False  # this callback requeues; Lightning's handler saves inside the handler
+        self.received = self.received or _early["signal"]  # one that came during start-up
+        _early["signal"] = None
+        self._install()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install()  # again, over the SIGTERM handler that Lightning installed after setup

@@ -287,7 +287,8 @@ class AdversarialModule(L.LightningModule):
         return {"iteration": float(self.iteration), "images_seen": float(self.images_seen)}
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(self._counters(), on_step=False, on_epoch=True)  # checkpoint names use {iteration}
+        # Checkpoint names use {iteration}; the counters are equal on every rank, so syncing changes nothing.
+        self.log_dict(self._counters(), on_step=False, on_epoch=True, sync_dist=True)
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
             scheduler.step()
