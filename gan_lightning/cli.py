@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import gan_lightning.callbacks  # noqa: F401  (makes the callbacks' short names known to configs)
 import gan_lightning.distributed  # noqa: F401  (registers the strategy name player_ddp)
 import gan_lightning.models  # noqa: F401  (makes the models' short names known to configs)
-from gan_lightning.callbacks.preemption import catch_signals_early
+from gan_lightning.callbacks.preemption import catch_signals_early, slurm_job_id
 from gan_lightning.cli_errors import shorten
 from gan_lightning.data import DatasetNotFoundError, GANDataModule
 from gan_lightning.errors import ConfigError, Preempted
@@ -44,6 +44,7 @@ class GANLightningCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("run_dir"):
             relocate(config, config.trainer.default_root_dir, config.run_dir)
+        stable_wandb_runs(config)
 
     def instantiate_classes(self) -> None:
         try:
@@ -70,6 +71,21 @@ def relocate(config: Namespace, old_root: Optional[str], new_root: str) -> None:
 
     move(config)
     config.trainer.default_root_dir = new_root
+
+
+def stable_wandb_runs(config: Namespace) -> None:
+    """A requeued SLURM job continues its W&B run: a WandbLogger without an ``id`` gets the job's
+    (``ARRAYJOB_TASK`` for array members), and ``resume: allow`` unless the config says otherwise
+    (LightningCLI drops WandbLogger's default)."""
+    loggers = config.trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if not isinstance(logger, Namespace) or not str(logger.get("class_path", "")).endswith("WandbLogger"):
+            continue
+        job = slurm_job_id()
+        if job is not None and not logger.init_args.get("id"):
+            logger.init_args.id = job
+        kwargs = logger.get("dict_kwargs") or {}
+        logger["dict_kwargs"] = {"resume": "allow", **kwargs}
 
 
 def silence_noise() -> None:

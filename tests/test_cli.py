@@ -160,3 +160,36 @@ def test_the_classes_named_in_errors_exist_and_are_every_model():
     assert all(issubclass(_import(p), L.LightningDataModule) for p in _CHOICES["data"])
     concrete = {n for n in models.__all__ if n != "AdversarialModule"}
     assert {p.rsplit(".", 1)[1] for p in _CHOICES["model"]} == concrete
+
+
+def _cli(args, monkeypatch, **env):
+    import lightning as L
+
+    from gan_lightning.cli import GANLightningCLI
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return GANLightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
+                           subclass_mode_data=True, auto_configure_optimizers=False, run=False,
+                           save_config_callback=None, args=args)
+
+
+def test_a_requeued_slurm_job_continues_its_wandb_run(monkeypatch, tmp_path):
+    wandb = ["--config", "configs/toy/bigan_ring.yaml", "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
+             "--trainer.logger.init_args.offline", "true", "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    member = _cli(wandb, monkeypatch, SLURM_JOB_ID="902", SLURM_ARRAY_JOB_ID="900", SLURM_ARRAY_TASK_ID="2",
+                  WANDB_MODE="offline")
+    assert member.trainer.logger._wandb_init["id"] == "900_2"  # the array member's requeue id, stable over requeues
+    assert member.trainer.logger._wandb_init["resume"] == "allow"
+    for key in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(key)
+    chosen = _cli([*wandb, "--trainer.logger.init_args.id", "mine"], monkeypatch, SLURM_JOB_ID="902")
+    assert chosen.trainer.logger._wandb_init["id"] == "mine"  # a user's id wins
+
+
+def test_run_dir_moves_every_output_of_the_config(monkeypatch, tmp_path):
+    cli = _cli(["--config", "configs/bigan.yaml", "--run_dir", str(tmp_path / "seed3")], monkeypatch)
+    checkpoint = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ModelCheckpoint")
+    assert checkpoint.dirpath == str(tmp_path / "seed3" / "checkpoints")
+    assert cli.trainer.default_root_dir == str(tmp_path / "seed3")
+    assert cli.trainer.logger.save_dir == str(tmp_path / "seed3")

@@ -169,3 +169,38 @@ def test_a_signal_to_one_rank_stops_all_ranks_at_the_same_iteration_and_resumes_
     whole, split = (torch.load(tmp_path / run / "rank0.pt") for run in ("whole", "split"))
     for name, value in whole["buffers"].items():
         assert torch.equal(value, split["buffers"][name]), f"{name} differs on rank 0"
+
+
+@pytest.mark.ddp
+def test_gradient_accumulation_all_reduces_once_per_step_under_block_backward_sync(tmp_path):
+    """Two micro-batches per discriminator step: the first backward inside Lightning's
+    ``strategy.block_backward_sync()`` sends nothing, the second sends D's accumulated gradients once."""
+    import contextlib
+
+    from gan_lightning.losses import gan_discriminator_loss
+    from gan_lightning.models import GAN
+
+    class AccumulatingCritic(GAN):
+        def update_players(self, batch):
+            opt_d = self.optimizer("discriminator")
+            with self.toggled_optimizer(opt_d):
+                opt_d.zero_grad()
+                for i, x in enumerate(batch[0].chunk(2)):
+                    sync = self.trainer.strategy.block_backward_sync() if i == 0 else contextlib.nullcontext()
+                    with sync:
+                        x_fake = self.generator(self.draw_training_prior(len(x))).detach()
+                        loss = gan_discriminator_loss(self.discriminator(x), self.discriminator(x_fake), self.loss)
+                        self.manual_backward(loss / 2)
+                opt_d.step()
+            return {}
+
+    counter = CommunicationCounter()
+    torch.manual_seed(0)
+    model = AccumulatingCritic(data_shape=(1, 8, 8), latent_dim=4, architecture="mlp", width=32)
+    trainer = tiny_trainer(tmp_path, devices=2, strategy=player_ddp(ddp_comm_hook=counter.hook), limit_train_batches=3,
+                           callbacks=[RecordPerRank(tmp_path, counter)])
+    trainer.fit(model, digits(batch_size=16))
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert_same_state(r0, r1)
+    d_bytes = sum(p.numel() * p.element_size() for p in model.discriminator.parameters())
+    assert r0["bytes"] == r0["iteration"] * d_bytes

@@ -29,6 +29,8 @@ class RunSummary(L.Callback):
             f"{len(data.splits['val']):,} val examples, batch {data.hparams.batch_size} per device"
             if data is not None and hasattr(data, "splits") and data.splits else "  data        : (not a GANDataModule)",
             f"  devices     : {trainer.world_size} x {trainer.strategy.root_device.type}, precision {trainer.precision}",
+            *([f"  resumed     : at iteration {pl_module.iteration} from {trainer.ckpt_path}"]
+              if getattr(pl_module, "iteration", 0) and trainer.ckpt_path else []),
             *self._outputs(trainer),
         ]))
 
