@@ -1,6 +1,7 @@
 """The command line: ``python -m gan_lightning fit --config configs/bigan.yaml`` (also validate, test)."""
 import logging
 import os
+import signal
 import sys
 import threading
 from typing import Optional
@@ -97,8 +98,17 @@ def silence_noise() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    if threading.current_thread() is threading.main_thread():
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
         catch_signals_early("SIGUSR1")  # SLURM's warning may come while we start; its default action kills
+    try:
+        _main(args)
+    finally:
+        if main_thread:  # a warning that comes while Python shuts down (handlers reset) must not kill a finished run
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def _main(args: list[str] | None) -> None:
     silence_noise()
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] in ("evaluate", "sample"):

@@ -38,3 +38,20 @@ def tiny_ali(**kwargs):
     from gan_lightning.models import ALI
 
     return ALI(**{"data_shape": (1, 8, 8), "latent_dim": 4, "architecture": "mlp", "width": 32, **kwargs})
+
+
+def assert_same_training_state(model_a: dict, model_b: dict, optimizers_a: list, optimizers_b: list,
+                               atol: float = 0.0) -> None:
+    """Two runs ended in the same place: equal tensors in the model state (bitwise when atol is 0) and in
+    every optimizer's per-parameter state."""
+    import torch
+
+    def same(a, b):
+        return torch.equal(a, b) if not atol else torch.allclose(a, b, atol=atol, rtol=0)
+
+    for key, value in model_a.items():
+        assert same(value, model_b[key]), f"{key} differs"
+    for opt_a, opt_b in zip(optimizers_a, optimizers_b):
+        for idx, entries in opt_a["state"].items():
+            for name, value in entries.items():
+                assert same(value, opt_b["state"][idx][name]), f"optimizer state {idx}.{name} differs"

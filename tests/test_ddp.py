@@ -12,7 +12,7 @@ from torch import nn
 
 from gan_lightning.callbacks import Preemption
 from gan_lightning.distributed import CommunicationCounter, PlayerDDPStrategy
-from tests.helpers import digits, tiny_ali, tiny_bigan, tiny_gan, tiny_trainer
+from tests.helpers import assert_same_training_state, digits, tiny_ali, tiny_bigan, tiny_gan, tiny_trainer
 
 
 class RecordPerRank(L.Callback):
@@ -50,15 +50,7 @@ def player_ddp(**kwargs):
 
 
 def assert_same_state(a, b, atol=0.0):
-    for name, p in a["params"].items():
-        if atol:
-            assert torch.allclose(p, b["params"][name], atol=atol, rtol=0), f"{name} differs"
-        else:
-            assert torch.equal(p, b["params"][name]), f"{name} differs"
-    for opt_a, opt_b in zip(a["optim"], b["optim"]):
-        for idx, state in opt_a["state"].items():
-            for key, value in state.items():
-                assert torch.allclose(value, opt_b["state"][idx][key], atol=atol or 0, rtol=0), f"optim {idx}.{key}"
+    assert_same_training_state(a["params"], b["params"], a["optim"], b["optim"], atol=atol)
 
 
 @pytest.mark.ddp

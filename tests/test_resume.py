@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gan_lightning.callbacks import Preemption
 from gan_lightning.errors import Preempted
-from tests.helpers import digits, tiny_ali, tiny_trainer
+from tests.helpers import assert_same_training_state, digits, tiny_ali, tiny_trainer
 
 EPOCHS, BATCHES = 2, 6  # 12 iterations in all
 
@@ -65,12 +65,7 @@ def state(net, trainer):
 def assert_identical(a, b):
     assert a["iteration"] == b["iteration"] == EPOCHS * BATCHES
     assert a["lr"] == b["lr"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), f"{key} differs after resuming"
-    for opt_a, opt_b in zip(a["optimizers"], b["optimizers"]):
-        for idx, entries in opt_a["state"].items():
-            for name, value in entries.items():
-                assert torch.equal(value, opt_b["state"][idx][name]), f"optimizer state {idx}.{name} differs"
+    assert_same_training_state(a["model"], b["model"], a["optimizers"], b["optimizers"])
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ machine, started by slurm/local/start-local-slurm.sh), with 2 CPU tasks and gloo
 
 Checks: the 2-task DDP job trains and finishes; a job requeued mid-run from outside (`scontrol
 requeue`: SIGTERM, save, requeue) and a job that hits a short time limit (`--signal=USR1@40`: save,
-requeue itself) both end with exactly the parameters of the uninterrupted job; an array job runs its
+requeue itself; its requeued run then gets a longer limit) both end with exactly the parameters of the uninterrupted job; an array job runs its
 members with their own seeds and folders. Needs root (to start the daemons); CI runs as root.
 """
 import os
@@ -16,14 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import assert_same_training_state
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/toy/bigan_ring.yaml"
-ITERATIONS = 480  # ~40 s on 2 CPU tasks here: long enough for a signal to arrive mid-run
+ITERATIONS = 1000  # 35 to 80 s on 2 CPU tasks here: a signal 12 to 30 s into the job arrives mid-run
 CPU_TASKS = ["--gres=none", "--cpus-per-task=1"]  # the scripts ask for GPUs; these machines have none
-TRAIN = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
-         str(ITERATIONS), "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "40"]
+TRAIN = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.limit_train_batches",  # 2 epochs
+         str(ITERATIONS // 2), "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "40"]
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +34,15 @@ def cluster():
         pytest.skip("starting a local SLURM cluster needs root (CI runs as root)")
     if not shutil.which("slurmctld") and not shutil.which("apt-get"):
         pytest.skip("no SLURM packages and no apt-get to install them")
+    already_up = subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout.count("is UP") > 0 \
+        if shutil.which("scontrol") else False
     env = {**os.environ, "SLURM_PROCTRACK": "cgroup"}  # cgroup: a job's leftover processes die with it
-    subprocess.run(["bash", str(REPO / "slurm/local/start-local-slurm.sh")], env=env, check=True, timeout=600,
-                   capture_output=True)
+    started = subprocess.run(["bash", str(REPO / "slurm/local/start-local-slurm.sh")], env=env, timeout=600,
+                             capture_output=True, text=True)
+    assert started.returncode == 0, f"the local SLURM cluster did not start:\n{started.stderr[-3000:]}"
     yield
+    if not already_up:  # leave the machine as we found it
+        subprocess.run(["bash", str(REPO / "slurm/local/stop-local-slurm.sh")], capture_output=True, timeout=300)
 
 
 def sbatch(script: str, *args: str, options=(), out: Path, env=None) -> str:
@@ -82,12 +89,7 @@ def final_state(run_dir: Path) -> dict:
 
 def assert_same_training(a: dict, b: dict) -> None:
     assert a["gan_lightning"]["iteration"] == b["gan_lightning"]["iteration"] == ITERATIONS
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), f"{key} differs from the uninterrupted job"
-    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"]):
-        for idx, entries in opt_a["state"].items():
-            for name, value in entries.items():
-                assert torch.equal(value, opt_b["state"][idx][name]), f"optimizer state {idx}.{name} differs"
+    assert_same_training_state(a["state_dict"], b["state_dict"], a["optimizer_states"], b["optimizer_states"])
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +125,21 @@ def test_job_requeued_from_outside_resumes_exactly(uninterrupted, tmp_path):
 
 
 def test_job_at_its_time_limit_requeues_itself_and_resumes_exactly(uninterrupted, tmp_path):
-    # A 1-minute limit with the warning 40 s ahead: SLURM signals each run ~12-30 s in (not on the dot).
+    # A 1-minute limit with the warning 40 s ahead: SLURM signals the run ~12-30 s in (not on the dot).
     job_id = sbatch("train.sbatch", CONFIG, *TRAIN, "--run_dir", str(tmp_path / "run"), out=tmp_path,
                     options=[*CPU_TASKS, "--ntasks-per-node=2", "--time=1", "--signal=USR1@40"])
-    info = wait_for(job_id, timeout=600)
+    deadline = time.time() + 300
+    while int(job(job_id).get("Restarts", 0)) == 0:  # the callback requeued the job
+        assert time.time() < deadline and job(job_id).get("JobState") in ("PENDING", "RUNNING"), job(job_id)
+        time.sleep(1)
+    # Each run here spends ~10 s starting: give the requeued run the time to finish in one go.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=10"], check=True)
+    info = wait_for(job_id)
     text = (tmp_path / f"slurm-{job_id}.out").read_text(errors="replace")
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, text[-3000:]
     # every requeue came from the callback (SLURM itself would have ended the job at its limit) and resumed
-    assert len(resumed_at(text)) == int(info["Restarts"]) and "SIGUSR1 received: saved" in text, text[-3000:]
+    assert "SIGUSR1 received: saved" in text and f"requeued SLURM job {job_id}" in text, text[-3000:]
+    assert len(resumed_at(text)) == int(info["Restarts"]), text[-3000:]
     assert_same_training(final_state(tmp_path / "run"), uninterrupted)
 
 

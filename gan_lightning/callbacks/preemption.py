@@ -89,7 +89,7 @@ class Preemption(L.Callback):
         if self.checkpoint_dir(trainer) is None:
             raise ConfigError("the Preemption callback saves into the ModelCheckpoint's folder: add a "
                               "lightning.pytorch.callbacks.ModelCheckpoint with a fixed dirpath to trainer.callbacks")
-        environment = trainer.strategy.cluster_environment
+        environment = getattr(trainer.strategy, "cluster_environment", None)  # parallel strategies only
         if isinstance(environment, SLURMEnvironment):
             environment.auto_requeue = False  # this callback requeues; Lightning's handler saves inside the handler
         self.received = self.received or _early["signal"]  # one that came during start-up
