@@ -111,6 +111,10 @@ def main(args: list[str] | None = None) -> None:
 def _main(args: list[str] | None) -> None:
     silence_noise()
     argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "submit":
+        from gan_lightning import submit
+
+        return submit.main(argv[1:])
     if argv and argv[0] in ("evaluate", "sample"):
         from gan_lightning.commands import CheckpointError, run
 
@@ -129,8 +133,9 @@ def _main(args: list[str] | None) -> None:
             save_config_kwargs={"overwrite": True},  # resumes and requeues rerun in the same folder
             parser_class=ShortErrorParser,
             parser_kwargs={"description": "gan_lightning: fit, validate, test and predict run Lightning's loops on a "
-                           "config; `evaluate --ckpt_path CKPT` scores a checkpoint and `sample --ckpt_path CKPT` "
-                           "writes its samples (see `python -m gan_lightning evaluate --help`)."},
+                           "config; `evaluate --ckpt_path CKPT` scores a checkpoint, `sample --ckpt_path CKPT` "
+                           "writes its samples, `submit --config CONFIG` sends a config to SLURM (see "
+                           "`python -m gan_lightning submit --help`)."},
             args=args,
         )
     except (DatasetNotFoundError, WeightsNotFoundError, ConfigError, FloatingPointError) as err:

@@ -193,3 +193,19 @@ def test_run_dir_moves_every_output_of_the_config(monkeypatch, tmp_path):
     assert checkpoint.dirpath == str(tmp_path / "seed3" / "checkpoints")
     assert cli.trainer.default_root_dir == str(tmp_path / "seed3")
     assert cli.trainer.logger.save_dir == str(tmp_path / "seed3")
+
+
+def test_submit_builds_the_sbatch_command_of_the_matching_script(capsys):
+    from gan_lightning.cli import main
+
+    main(["submit", "--config", "configs/bigan.yaml", "--nodes", "2", "--gpus-per-node", "4", "--time", "1:00:00",
+          "--dry-run", "--", "--run_dir", "runs/b"])
+    assert capsys.readouterr().out.split() == ["sbatch", "--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4",
+                                               "--time=1:00:00", "slurm/multinode.sbatch", "configs/bigan.yaml",
+                                               "--run_dir", "runs/b"]
+    main(["submit", "--config", "configs/bigan.yaml", "--seeds", "3", "4", "--gpus-per-node", "0", "--dry-run"])
+    out = capsys.readouterr().out
+    assert out.startswith("SEEDS='3 4' sbatch --array=0-1 ") and "--gres=none" in out and "slurm/array.sbatch" in out
+    with pytest.raises(SystemExit):
+        main(["submit", "--config", "configs/missing.yaml", "--dry-run"])
+    assert "configs/missing.yaml: no such file" in capsys.readouterr().err
