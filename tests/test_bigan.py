@@ -97,7 +97,7 @@ def test_ema_follows_the_update_rule_and_is_what_sample_uses(tmp_path):
     decay = 0.75
     after_step = []
 
-    class Record(L.Callback):  # runs before the module's own on_train_batch_end, which updates the EMA
+    class Record(L.Callback):  # after training_step, which stepped G and then updated the EMA
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             after_step.append(copy.deepcopy(pl_module.generator.state_dict()))
 

@@ -48,7 +48,7 @@ def cluster():
 def sbatch(script: str, *args: str, options=(), out: Path, env=None) -> str:
     result = subprocess.run(["sbatch", "--parsable", f"--output={out}/slurm-%j.out", *options, f"slurm/{script}",
                              *args], cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})},
-                            timeout=60)
+                            timeout=600)  # with --wait, sbatch returns when the job ends
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().split(";")[0]
 
