@@ -24,13 +24,13 @@ from lightning.pytorch.strategies import DDPStrategy
 from gan_lightning.distributed import CommunicationCounter, PlayerDDPStrategy
 
 RESULTS = Path(__file__).parent / "results"
-CASES = {  # name: (config, extra command-line options)
-    "GAN (DCGAN)": ("configs/gan.yaml", []),
-    "WGAN-GP, n_critic 5": ("configs/gan.yaml", ["--model.init_args.loss", "wasserstein",
-                                                 "--model.init_args.gradient_penalty", "10",
-                                                 "--model.init_args.n_critic", "5"]),
-    "ALI (DCGAN networks)": ("configs/ali.yaml", []),
-    "BiGAN (MLP 1024)": ("configs/bigan.yaml", []),
+CASES = {  # key: (name, config, extra command-line options)
+    "gan": ("GAN (DCGAN)", "configs/gan.yaml", []),
+    "wgan_gp": ("WGAN-GP, n_critic 5", "configs/gan.yaml", ["--model.init_args.loss", "wasserstein",
+                                                            "--model.init_args.gradient_penalty", "10",
+                                                            "--model.init_args.n_critic", "5"]),
+    "ali": ("ALI (DCGAN networks)", "configs/ali.yaml", []),
+    "bigan": ("BiGAN (MLP 1024)", "configs/bigan.yaml", []),
 }
 
 
@@ -87,11 +87,12 @@ def measure(config: str, extra: list[str], strategy_name: str, iterations: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--models", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default=str(RESULTS / "ddp_communication"))
     args = parser.parse_args()
     rows = []
-    for name, (config, extra) in CASES.items():
+    for name, config, extra in (CASES[key] for key in args.models):
         player = measure(config, extra, "player_ddp", args.iterations, args.data_dir)
         default = measure(config, extra, "ddp", args.iterations, args.data_dir)
         it = player["iterations"]
@@ -104,7 +105,8 @@ def main() -> None:
         print(f"{name:24s} updated {rows[-1]['updated_bytes_per_iteration'] / 2**20:8.2f} MiB/it  "
               f"player_ddp x{rows[-1]['player_ddp_ratio']:.3f}  lightning ddp x{rows[-1]['lightning_ddp_ratio']:.3f}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = {"command": f"python benchmarks/ddp_communication.py --iterations {args.iterations}", "commit": commit,
+    models = "" if args.models == list(CASES) else f" --models {' '.join(args.models)}"
+    meta = {"command": f"python benchmarks/ddp_communication.py --iterations {args.iterations}{models}", "commit": commit,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} CPU threads, 2 ranks, gloo",
             "torch": torch.__version__, "lightning": L.__version__, "date": datetime.date.today().isoformat()}
     Path(args.out + ".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))

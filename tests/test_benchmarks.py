@@ -43,3 +43,17 @@ def test_evaluation_overhead_benchmark_times_both_paths(tmp_path, data_dir):
     assert set(report["seconds_median"]) == {"bare", "scores[fid,is]", "scores[fid,is,kid]"}
     assert all(v > 0 for v in report["seconds_median"].values()) and report["n_real"] == 500
     assert {"fd_fashion_classifier", "is_fashion_classifier", "kid_fashion_classifier"} <= set(report["last_scores"])
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_communication_benchmark_counts_both_strategies(tmp_path, data_dir):
+    out = tmp_path / "ddp"
+    subprocess.run([sys.executable, "benchmarks/ddp_communication.py", "--iterations", "2", "--models", "wgan_gp",
+                    "--data-dir", str(data_dir), "--out", str(out)], cwd=REPO, check=True, timeout=300,
+                   capture_output=True)
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert row["model"] == "WGAN-GP, n_critic 5" and row["iterations"] == 2
+    assert row["player_ddp_ratio"] == 1.0  # two D steps, no G step: D's bytes twice, nothing else
+    assert row["lightning_ddp_ratio"] > 1.9  # every backward sends G's zeros too
+    assert "| WGAN-GP, n_critic 5 |" in out.with_suffix(".md").read_text()
