@@ -112,3 +112,40 @@ def test_preemption_needs_a_checkpoint_folder(tmp_path):
     trainer = tiny_trainer(tmp_path, callbacks=[Preemption()])
     with pytest.raises(ConfigError, match="ModelCheckpoint"):
         trainer.fit(model(), digits())
+
+
+@pytest.mark.slow
+def test_sigkill_between_periodic_checkpoints_loses_only_the_iterations_since_the_last(tmp_path):
+    """A real process killed with SIGKILL; the same command with --ckpt_path last ends where an
+    uninterrupted run ends, bit for bit."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def command(run_dir):  # the toy config, plus a checkpoint every 20 iterations (2 optimizer steps each)
+        return [sys.executable, "-m", "gan_lightning", "fit", "--config", "configs/toy/bigan_ring.yaml",
+                "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "120", "--trainer.limit_val_batches", "0",
+                "--model.init_args.width", "64", "--run_dir", str(run_dir), "--ckpt_path", "last",
+                "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                "--trainer.callbacks.dirpath", str(run_dir / "periodic"), "--trainer.callbacks.every_n_train_steps", "40",
+                "--trainer.callbacks.save_last", "true", "--trainer.callbacks.save_top_k", "0"]
+
+    subprocess.run(command(tmp_path / "whole"), cwd=repo, check=True, capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(killed), cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    periodic = killed / "periodic" / "last.ckpt"
+    deadline = time.time() + 240
+    while not periodic.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.kill()  # somewhere after the first periodic checkpoint
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = torch.load(periodic, weights_only=True)["gan_lightning"]["iteration"]
+    assert 0 < saved < 120 and saved % 20 == 0
+    subprocess.run(command(killed), cwd=repo, check=True, capture_output=True, timeout=300)
+    whole, resumed = (torch.load(run / "periodic" / "last.ckpt", weights_only=True) for run in (tmp_path / "whole", killed))
+    assert whole["gan_lightning"]["iteration"] == resumed["gan_lightning"]["iteration"] == 120
+    assert_same_training_state(whole["state_dict"], resumed["state_dict"], whole["optimizer_states"],
+                               resumed["optimizer_states"])
