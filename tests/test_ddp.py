@@ -196,3 +196,10 @@ def test_gradient_accumulation_all_reduces_once_per_step_under_block_backward_sy
     assert_same_state(r0, r1)
     d_bytes = sum(p.numel() * p.element_size() for p in model.discriminator.parameters())
     assert r0["bytes"] == r0["iteration"] * d_bytes
+
+
+@pytest.mark.ddp
+def test_lightnings_one_ddp_per_module_is_refused_with_the_fix(tmp_path):
+    strategy = DDPStrategy(start_method="fork", process_group_backend="gloo")
+    with pytest.raises(Exception, match="set trainer.strategy to player_ddp"):
+        tiny_trainer(tmp_path, devices=2, strategy=strategy).fit(tiny_bigan(), digits())

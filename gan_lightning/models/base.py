@@ -19,9 +19,11 @@ from typing import Callable, Iterator, Literal, Optional, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from gan_lightning.errors import ConfigError
 from gan_lightning.losses import su_regulariser
 
 
@@ -146,6 +148,23 @@ class AdversarialModule(L.LightningModule):
             if network.training and next(network.parameters()).requires_grad:
                 return wrappers[name]
         return super().__getattr__(name)
+
+    def setup(self, stage: str) -> None:
+        """Refuse Lightning's one-DDP-per-module strategy, which fails on the first player step (or, with
+        ``find_unused_parameters``, all-reduces every network's gradients at every step)."""
+        from lightning.pytorch.strategies import DDPStrategy
+
+        from gan_lightning.distributed import PlayerDDPStrategy
+
+        strategy = self.trainer.strategy
+        if stage == "fit" and isinstance(strategy, DDPStrategy) and not isinstance(strategy, PlayerDDPStrategy):
+            fix = "set trainer.strategy to player_ddp (one DDP per player network: each step sends only its gradients)"
+            if not strategy._ddp_kwargs.get("find_unused_parameters"):
+                raise ConfigError(f"trainer.strategy {type(strategy).__name__} wraps the whole {type(self).__name__} "
+                                  f"in one DDP, which fails when a player's step leaves the other players' "
+                                  f"networks unused: {fix}.")
+            rank_zero_warn(f"{type(strategy).__name__} with find_unused_parameters all-reduces every network's "
+                           f"gradients at every step (twice the bytes of player_ddp): {fix}.")
 
     def configure_model(self) -> None:
         if self.compile_networks:
