@@ -14,8 +14,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import gan_lightning.callbacks  # noqa: F401  (makes the callbacks' short names known to configs)
 import gan_lightning.distributed  # noqa: F401  (registers the strategy name player_ddp)
 import gan_lightning.models  # noqa: F401  (makes the models' short names known to configs)
-from gan_lightning.callbacks.preemption import catch_signals_early, slurm_job_id
+from gan_lightning.callbacks.preemption import slurm_job_id
 from gan_lightning.cli_errors import shorten
+from gan_lightning.early_signals import catch_signals_early
 from gan_lightning.data import DatasetNotFoundError, GANDataModule
 from gan_lightning.errors import ConfigError, Preempted
 from gan_lightning.metrics.features import WeightsNotFoundError

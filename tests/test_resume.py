@@ -149,3 +149,24 @@ def test_sigkill_between_periodic_checkpoints_loses_only_the_iterations_since_th
     assert whole["gan_lightning"]["iteration"] == resumed["gan_lightning"]["iteration"] == 120
     assert_same_training_state(whole["state_dict"], resumed["state_dict"], whole["optimizer_states"],
                                resumed["optimizer_states"])
+
+
+@pytest.mark.slow
+def test_a_signal_during_start_up_is_held_until_the_first_iteration(tmp_path):
+    """SLURM may send its warning while Python still imports torch: the run must not die of it."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    process = subprocess.Popen([sys.executable, "-m", "gan_lightning", "fit", "--config", "configs/toy/bigan_ring.yaml",
+                                "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "50",
+                                "--trainer.limit_val_batches", "0", "--run_dir", str(tmp_path)],
+                               cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGUSR1)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output[-2000:]
+    assert "SIGUSR1 received: saved" in output and "at iteration 1" in output
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["gan_lightning"]["iteration"] == 1

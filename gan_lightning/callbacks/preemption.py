@@ -22,18 +22,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 
+from gan_lightning.early_signals import pop_early_signal
 from gan_lightning.errors import ConfigError, Preempted
-
-
-_early: dict[str, Optional[int]] = {"signal": None}
-
-
-def catch_signals_early(*names: str) -> None:
-    """Record these signals from process start (the CLI calls this first thing), so that one arriving
-    while Python imports and the trainer starts is not fatal (SIGUSR1's default action kills the
-    process) but is acted on by ``Preemption`` at the first iteration boundary."""
-    for name in names:
-        signal.signal(getattr(signal, name), lambda signum, frame: _early.update(signal=signum))
 
 
 def slurm_job_id() -> Optional[str]:
@@ -92,8 +82,7 @@ class Preemption(L.Callback):
         environment = getattr(trainer.strategy, "cluster_environment", None)  # parallel strategies only
         if isinstance(environment, SLURMEnvironment):
             environment.auto_requeue = False  # this callback requeues; Lightning's handler saves inside the handler
-        self.received = self.received or _early["signal"]  # one that came during start-up
-        _early["signal"] = None
+        self.received = self.received or pop_early_signal()  # one that came during start-up
         self._install()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
