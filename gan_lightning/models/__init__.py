@@ -1,6 +1,7 @@
-"""One LightningModule per paper; ``base`` holds what the adversarial ones share."""
+"""One LightningModule per paper; ``base`` holds what they share (players, noise, counters, EMA)."""
 from gan_lightning.models.ali import ALI, BiGAN
 from gan_lightning.models.base import AdversarialModule
 from gan_lightning.models.gan import GAN
+from gan_lightning.models.vae import VAE
 
-__all__ = ["AdversarialModule", "GAN", "ALI", "BiGAN"]
+__all__ = ["AdversarialModule", "GAN", "ALI", "BiGAN", "VAE"]

@@ -45,7 +45,7 @@ Prior = Literal["gaussian", "uniform"]
 
 
 class AdversarialModule(L.LightningModule):
-    """Base class of GAN, ALI/BiGAN and AAE: manual optimisation of several players in turn.
+    """Base class of GAN, ALI/BiGAN, AAE and the VAE baseline: manual optimisation of players in turn.
 
     Args:
         latent_dim: dimension of z.
@@ -183,7 +183,9 @@ class AdversarialModule(L.LightningModule):
 
     def optimizer(self, player: str):
         """The LightningOptimizer of a player, by name."""
-        return self.optimizers()[list(self._players).index(player)]
+        optimizers = self.optimizers()  # Lightning returns a lone optimizer unwrapped
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        return optimizers[list(self._players).index(player)]
 
     def step(self, optimizer, loss: torch.Tensor, player: str) -> None:
         """One update of a player: zero its gradients, backpropagate, step."""
