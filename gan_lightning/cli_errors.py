@@ -9,7 +9,8 @@ _NOISE = re.compile(r"Does not validate against any of the Union|Subtypes:|^\s*E
 
 
 _CHOICES = {  # what a user can name as model.class_path / data.class_path
-    "model": ["gan_lightning.models.GAN", "gan_lightning.models.ALI", "gan_lightning.models.BiGAN"],
+    "model": ["gan_lightning.models.GAN", "gan_lightning.models.ALI", "gan_lightning.models.BiGAN",
+              "gan_lightning.models.VAE"],
     "data": ["gan_lightning.data.GANDataModule"],
 }
 
