@@ -100,12 +100,6 @@ def test_a_crash_between_checkpoints_resumes_from_the_newest_periodic_one(tmp_pa
     assert_identical(state(*resumed), uninterrupted[True])
 
 
-def test_the_signal_handler_only_records():
-    callback = Preemption()
-    callback._record(signal.SIGUSR1, None)
-    assert callback.received == signal.SIGUSR1  # no checkpoint, no I/O: saving waits for the iteration boundary
-
-
 def test_preemption_needs_a_checkpoint_folder(tmp_path):
     from gan_lightning.errors import ConfigError
 

@@ -144,7 +144,7 @@ def test_job_at_its_time_limit_requeues_itself_and_resumes_exactly(uninterrupted
 
 
 def test_array_job_runs_each_member_with_its_own_seed_and_folder(cluster, tmp_path):
-    job_id = sbatch("array.sbatch", CONFIG, "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1",
+    sbatch("array.sbatch", CONFIG, "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1",
                     "--trainer.limit_train_batches", "20", "--trainer.limit_val_batches", "0",
                     out=tmp_path, options=[*CPU_TASKS, "--array=0-1", "--ntasks-per-node=1", "--time=10", "--wait"],
                     env={"SEEDS": "3 4", "SWEEP": f"test-{tmp_path.name}"})
@@ -157,4 +157,3 @@ def test_array_job_runs_each_member_with_its_own_seed_and_folder(cluster, tmp_pa
         assert saved["hyper_parameters"]["seed"] == seed and saved["gan_lightning"]["iteration"] == 20
     first = next(iter(runs[3]["state_dict"]))
     assert not torch.equal(runs[3]["state_dict"][first], runs[4]["state_dict"][first]), "seeds gave the same run"
-    assert job_id

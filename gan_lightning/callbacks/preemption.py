@@ -76,7 +76,7 @@ class Preemption(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if self.checkpoint_dir(trainer) is None:
+        if self.checkpoint_callback(trainer) is None:
             raise ConfigError("the Preemption callback saves into the ModelCheckpoint's folder: add a "
                               "lightning.pytorch.callbacks.ModelCheckpoint with a fixed dirpath to trainer.callbacks")
         environment = getattr(trainer.strategy, "cluster_environment", None)  # parallel strategies only
@@ -96,11 +96,10 @@ class Preemption(L.Callback):
     # --- at the iteration boundary: agree, save, requeue, stop -------------------------------
 
     @staticmethod
-    def checkpoint_dir(trainer: L.Trainer) -> Optional[Path]:
-        for cb in trainer.checkpoint_callbacks:
-            if isinstance(cb, ModelCheckpoint) and cb.dirpath:
-                return Path(cb.dirpath)
-        return None
+    def checkpoint_callback(trainer: L.Trainer) -> Optional[ModelCheckpoint]:
+        """The first ModelCheckpoint with a fixed folder: where the signal's checkpoint goes."""
+        return next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath),
+                    None)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
@@ -126,9 +125,8 @@ class Preemption(L.Callback):
             self.save_and_stop(trainer, *self._pending)
 
     def save_and_stop(self, trainer: L.Trainer, signum: signal.Signals, iteration: int) -> None:
-        directory = self.checkpoint_dir(trainer)
-        callback = next(cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint))
-        path = directory / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+        callback = self.checkpoint_callback(trainer)
+        path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
         partial = path.with_name(path.name + ".partial")
         trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes; ends with a barrier
         if trainer.is_global_zero:

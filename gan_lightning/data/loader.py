@@ -37,7 +37,7 @@ class ResumableSampler(DistributedSampler):
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.n, self.batch_size = n, batch_size
         self.skip = 0  # batches of the current epoch already consumed (set when resuming)
-        self.num_samples = self.batches * batch_size if drop_last else len(self._indices())
+        self.num_samples = self.batches * batch_size if drop_last else n // world_size
         self.total_size = self.num_samples * world_size
 
     @property
@@ -60,11 +60,14 @@ class ResumableSampler(DistributedSampler):
         per_rank = self.n // self.num_replicas  # evaluation: strided shares of equal length
         return order[self.rank :: self.num_replicas][:per_rank]
 
-    def __iter__(self) -> Iterator[int]:
+    def take_epoch(self) -> torch.Tensor:
+        """This rank's indices for the rest of the current epoch; the sampler moves on to the next epoch."""
         indices = self._indices()[self.skip * self.batch_size :]
-        self.skip = 0
-        yield from indices.tolist()
-        self.epoch += 1
+        self.skip, self.epoch = 0, self.epoch + 1
+        return indices
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self.take_epoch().tolist()
 
     def __len__(self) -> int:
         return self.num_samples
@@ -105,7 +108,7 @@ class DeviceTensorLoader:
         return self.sampler.batches
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        indices = torch.tensor(list(self.sampler), dtype=torch.long).to(self.tensors[0].device)
+        indices = self.sampler.take_epoch().to(self.tensors[0].device)
         for batch in indices.split(self.batch_size):
             yield tuple(t[batch] for t in self.tensors)
 

@@ -19,10 +19,12 @@ from typing import Callable, Iterator, Literal, Optional, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from gan_lightning.distributed import PlayerDDPStrategy
 from gan_lightning.errors import ConfigError
 from gan_lightning.losses import su_regulariser
 
