@@ -10,7 +10,8 @@ _NOISE = re.compile(r"Does not validate against any of the Union|Subtypes:|^\s*E
 
 _CHOICES = {  # what a user can name as model.class_path / data.class_path
     "model": ["gan_lightning.models.GAN", "gan_lightning.models.ALI", "gan_lightning.models.BiGAN",
-              "gan_lightning.models.VAE"],
+              "gan_lightning.models.VAE", "gan_lightning.models.AAE", "gan_lightning.models.SemiSupervisedAAE",
+              "gan_lightning.models.ClusteringAAE", "gan_lightning.models.RealNVP"],
     "data": ["gan_lightning.data.GANDataModule"],
 }
 

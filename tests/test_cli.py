@@ -52,6 +52,8 @@ def smoke_callbacks(spec: dict, swapped: bool, out: Path) -> Path:
             if swapped:
                 continue
             args.update(n_train=500, n_test=500, every_n_epochs=1)
+        if name in ("LatentScatter", "StyleGrid"):
+            args.update(every_n_epochs=1, **({"n_points": 500} if name == "LatentScatter" else {}))
         callbacks.append(cb)
     spec["trainer"]["callbacks"] = callbacks
     out.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -83,8 +85,11 @@ def test_every_config_fits_end_to_end_on_cpu(config, tmp_path, data_dir, monkeyp
                 "ModeCoverage": "val/modes"}
     for callback, key in expected.items():
         assert (callback in kept) == (key in logged), f"{callback} kept: {callback in kept}, {key} logged: {logged}"
-    if "Interpolations" in kept:
-        assert list((root / "samples").glob("interpolations_it*.png"))
+    for callback, picture in [("Interpolations", "interpolations"), ("LatentScatter", "latent"), ("StyleGrid", "styles")]:
+        assert (callback in kept) == bool(list((root / "samples").glob(f"{picture}_it*.png"))), f"{callback}: {picture}"
+    model = spec["model"]["class_path"].rsplit(".", 1)[-1]
+    if model in ("SemiSupervisedAAE", "ClusteringAAE"):  # held-out classification error / cluster accuracy
+        assert ("val/error" if model == "SemiSupervisedAAE" else "val/cluster_accuracy") in logged
 
 
 @pytest.mark.slow

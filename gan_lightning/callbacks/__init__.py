@@ -1,6 +1,7 @@
 """Callbacks: they measure and draw through the model's public sample / encode / reconstruct."""
 from gan_lightning.callbacks.image_metrics import ImageMetrics
 from gan_lightning.callbacks.images import Interpolations, SampleGrid
+from gan_lightning.callbacks.latent import LatentScatter, StyleGrid
 from gan_lightning.callbacks.preemption import Preemption
 from gan_lightning.callbacks.probes import EncoderProbe
 from gan_lightning.callbacks.progress import GANProgressBar
@@ -8,4 +9,4 @@ from gan_lightning.callbacks.summary import RunSummary
 from gan_lightning.callbacks.toy import ModeCoverage
 
 __all__ = ["SampleGrid", "Interpolations", "ImageMetrics", "EncoderProbe", "RunSummary", "GANProgressBar",
-           "ModeCoverage", "Preemption"]
+           "ModeCoverage", "Preemption", "LatentScatter", "StyleGrid"]

@@ -23,6 +23,7 @@ class SampleGrid(L.Callback):
         self.n_samples, self.n_reconstructions, self.seed = n_samples, n_reconstructions, seed
         self._dirpath = dirpath
         self._x_val: Optional[torch.Tensor] = None
+        self._y_val: Optional[torch.Tensor] = None
 
     def dirpath(self, trainer: L.Trainer) -> Path:
         return Path(self._dirpath or Path(trainer.default_root_dir) / "samples")
@@ -30,6 +31,7 @@ class SampleGrid(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx == 0 and self._x_val is None:
             self._x_val = batch[0][: self.n_reconstructions].detach()
+            self._y_val = batch[1][: self.n_reconstructions] if len(batch) > 1 else None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         x = self._x_val
@@ -42,7 +44,7 @@ class SampleGrid(L.Callback):
         samples = pl_module.sample(self.n_samples, generator=torch.Generator().manual_seed(self.seed))
         pictures = {"samples": (samples, int(self.n_samples**0.5))}
         if hasattr(pl_module, "reconstruct"):
-            pairs = torch.stack([x, pl_module.reconstruct(x)], dim=1).flatten(0, 1)  # x_1, G(E(x_1)), x_2, ...
+            pairs = torch.stack([x, pl_module.reconstruct(x, self._y_val)], dim=1).flatten(0, 1)  # x_1, G(E(x_1)), x_2, ...
             pictures["reconstructions"] = (pairs, 16)
         for name, (images, nrow) in pictures.items():
             path = out / f"{name}_it{step:07d}.png"

@@ -41,6 +41,7 @@ class GANDataModule(L.LightningDataModule):
         num_workers: int = 0,
         download: bool = True,
         seed: int = 0,
+        n_labelled: Optional[int] = None,
     ):
         """The shared data for every model; images are served in [-1, 1] with their labels.
 
@@ -55,7 +56,10 @@ class GANDataModule(L.LightningDataModule):
                 index-gathering, with no DataLoader workers (small datasets only; fastest for small GANs).
             num_workers: DataLoader worker processes when ``on_device`` is off.
             download: let torchvision download missing files (users' machines; not possible offline).
-            seed: seed of the train/val split, the toy mixtures and the on-device shuffling.
+            seed: seed of the train/val split, the toy mixtures, the on-device shuffling and the labelled subset.
+            n_labelled: semi-supervised learning: keep the labels of this many training examples (the same
+                number per class, chosen with ``seed``) and serve the others with label -1; the labelled
+                ones are also available whole through ``labelled_subset()``. None: every label is kept.
         """
         super().__init__()
         if batch_size < 1:
@@ -65,6 +69,8 @@ class GANDataModule(L.LightningDataModule):
         if on_device and dataset in ("celeba", "image_folder"):
             raise ValueError(f"data.on_device=true keeps the dataset in device memory; {dataset!r} is read "
                              "lazily from disk. Set data.on_device=false for it.")
+        if n_labelled is not None and n_labelled < 0:
+            raise ValueError(f"data.n_labelled must be >= 0 or null, got {n_labelled}")
         self.save_hyperparameters()
         self.root = Path(data_dir).expanduser()
         self.splits: dict[str, Dataset] = {}
@@ -112,6 +118,34 @@ class GANDataModule(L.LightningDataModule):
             order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
             self.splits = {"train": TensorDataset(*full[order[n_val:]]), "val": TensorDataset(*full[order[:n_val]]),
                            "test": TensorDataset(*load_tensors(name, self.root, "test", False))}
+        if self.hparams.n_labelled is not None:
+            self.labelled_indices()  # fail at set-up, naming the option, if the data cannot have a labelled subset
+
+    def labelled_indices(self) -> torch.Tensor:
+        """Positions in the training split of the examples whose labels are kept: n_labelled // C per class
+        (the first n_labelled % C classes one more), chosen with ``seed``; all of them when n_labelled is None."""
+        tensors = self._tensors("train")
+        labels = tensors[1] if tensors is not None and len(tensors) > 1 else None
+        n, name = self.hparams.n_labelled, self.hparams.dataset
+        if labels is None or self.num_classes == 0:
+            raise ValueError(f"data.n_labelled needs a labelled dataset held in memory; {name!r} has no labels here")
+        if n is None:
+            return torch.arange(len(labels))
+        if n > len(labels):
+            raise ValueError(f"data.n_labelled={n} exceeds the {len(labels)} training examples of {name!r}")
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.seed + 7))
+        shuffled = labels[order]
+        chosen = [order[shuffled == c][: n // self.num_classes + (c < n % self.num_classes)]
+                  for c in range(self.num_classes)]
+        return torch.cat(chosen).sort().values
+
+    def labelled_subset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The labelled training examples as (images in [-1, 1], labels), on the CPU."""
+        if not self.splits:
+            self.setup("fit")
+        x, y = self._tensors("train")[:2]
+        keep = self.labelled_indices()
+        return to_model_range(x[keep]), y[keep]
 
     def _tensors(self, split: str) -> Optional[list[torch.Tensor]]:
         ds = self.splits[split]
@@ -126,10 +160,17 @@ class GANDataModule(L.LightningDataModule):
         order = dict(shuffle=train, drop_last=train, seed=self.hparams.seed, rank=rank, world_size=world)
         position = self._position if train else None
         tensors = self._tensors(split)
+        if split == "train" and self.hparams.n_labelled is not None:
+            hidden, keep = torch.full_like(tensors[1], -1), self.labelled_indices()
+            hidden[keep] = tensors[1][keep]
+            tensors = [tensors[0], hidden, *tensors[2:]]  # unlabelled examples carry -1
+            dataset = TensorDataset(*tensors)
+        else:
+            dataset = self.splits[split]
         if self.hparams.on_device and tensors is not None and self.trainer is not None:
             return DeviceTensorLoader(tensors, self.hparams.batch_size, device=self.trainer.strategy.root_device,
                                       position=position, **order)
-        return ResumableDataLoader(self.splits[split], self.hparams.batch_size, position=position, **order,
+        return ResumableDataLoader(dataset, self.hparams.batch_size, position=position, **order,
                                    num_workers=self.hparams.num_workers,
                                    persistent_workers=self.hparams.num_workers > 0)
 

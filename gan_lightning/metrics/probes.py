@@ -7,7 +7,7 @@
 - Reconstruction MSE: mean of ``(x - G(E(x)))^2`` in the model's [-1, 1] range.
 """
 import warnings
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -41,10 +41,11 @@ def linear_probe_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test:
 
 
 @torch.no_grad()
-def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,
-            batch_size: int = 500) -> torch.Tensor:
-    """fn over x in batches on ``device``, results gathered on the CPU."""
-    return torch.cat([fn(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+def batched(fn: Callable[..., torch.Tensor], x: torch.Tensor, device: torch.device,
+            batch_size: int = 500, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """fn over x (and its labels, when given) in batches on ``device``, results gathered on the CPU."""
+    extra = lambda i: () if labels is None else (labels[i:i + batch_size].to(device),)  # noqa: E731
+    return torch.cat([fn(x[i:i + batch_size].to(device), *extra(i)).float().cpu() for i in range(0, len(x), batch_size)])
 
 
 def probe_scores(encode: Callable, reconstruct: Callable, train: tuple[torch.Tensor, torch.Tensor],
@@ -63,5 +64,7 @@ def probe_scores(encode: Callable, reconstruct: Callable, train: tuple[torch.Ten
         scores["probe_1nn_pixels"] = one_nn_accuracy(x_train, y_train, x_test, y_test)
         if linear:
             scores["probe_linear_pixels"] = linear_probe_accuracy(x_train, y_train, x_test, y_test)
-    scores["reconstruction_mse"] = float(((batched(reconstruct, x_test, device) - x_test.float()) ** 2).mean())
+    # Labels reach reconstruct for models that decode with them (the supervised AAE); the others ignore them.
+    x_hat = batched(reconstruct, x_test, device, labels=y_test)
+    scores["reconstruction_mse"] = float(((x_hat - x_test.float()) ** 2).mean())
     return scores

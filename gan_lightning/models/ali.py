@@ -126,8 +126,8 @@ class ALI(AdversarialModule):
             h = encoder(x.to(self.device))
         return h[:, : self.latent_dim]
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """G(E(x)), the inversion the game learns."""
+    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """G(E(x)), the inversion the game learns; ``labels`` are not used."""
         return self.sample(z=self.encode(x))
 
 

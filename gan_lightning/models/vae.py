@@ -131,6 +131,6 @@ class VAE(AdversarialModule):
         with eval_mode(encoder):
             return self.posterior(x.to(self.device), encoder)[0]
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """The decoder's output at the posterior mean, G(mu(x))."""
+    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The decoder's output at the posterior mean, G(mu(x)); ``labels`` are not used."""
         return self.sample(z=self.encode(x))

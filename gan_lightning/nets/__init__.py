@@ -11,6 +11,7 @@ from typing import Callable, Literal, Optional
 from torch import nn
 
 from gan_lightning.nets.ali import ALIEncoder, ALIGenerator, ALIJointDiscriminator
+from gan_lightning.nets.latent import LatentDiscriminator
 from gan_lightning.nets.conv import (DCGANDiscriminator, DCGANEncoder, DCGANGenerator, DCGANJointDiscriminator)
 from gan_lightning.nets.mlp import JointDiscriminator, MLPDiscriminator, MLPEncoder, MLPGenerator
 from gan_lightning.nets.toy import MaxoutDiscriminator, ToyEncoder, ToyGenerator
@@ -44,4 +45,4 @@ ARCHITECTURES: dict[str, Architecture] = {
 __all__ = ["ARCHITECTURES", "Architecture", "ArchitectureName", "MLPGenerator", "MLPEncoder", "MLPDiscriminator",
            "JointDiscriminator", "DCGANGenerator", "DCGANEncoder", "DCGANDiscriminator", "DCGANJointDiscriminator",
            "ALIGenerator", "ALIEncoder", "ALIJointDiscriminator", "ToyGenerator", "ToyEncoder",
-           "MaxoutDiscriminator"]
+           "MaxoutDiscriminator", "LatentDiscriminator"]
