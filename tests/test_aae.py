@@ -233,25 +233,12 @@ def test_adversarial_generator_options_are_refused():
 @pytest.mark.parametrize("name", ["aae_gaussian_encoder", "semi_supervised"])
 def test_two_ranks_equal_one_process_and_send_each_phase_once(tmp_path, name):
     """The encoder belongs to several players: each phase all-reduces exactly the networks it updates."""
-    from gan_lightning.distributed import CommunicationCounter
-    from tests.test_ddp import RecordPerRank, assert_same_state, player_ddp, without_batch_norm
+    from tests.test_ddp import assert_same_state, one_process_and_two_ranks
 
     build = {"aae_gaussian_encoder": lambda: tiny_aae(encoder="gaussian", conditioning="prior", seed=3),
              "semi_supervised": lambda: tiny_semi(seed=3)}[name]
-
-    def run(out, devices, batch_size, strategy, counter=None):
-        out.mkdir()
-        torch.manual_seed(0)
-        model = without_batch_norm(build())
-        trainer = tiny_trainer(out, devices=devices, strategy=strategy, limit_train_batches=4,
-                               callbacks=[RecordPerRank(out, counter)])
-        trainer.fit(model, digits(batch_size=batch_size, on_device=True, n_labelled=100))
-        return model
-
-    counter = CommunicationCounter()
-    model = run(tmp_path / "one", 1, 32, "auto")
-    run(tmp_path / "two", 2, 16, player_ddp(ddp_comm_hook=counter.hook), counter)
-    one, r0, r1 = (torch.load(tmp_path / path) for path in ("one/rank0.pt", "two/rank0.pt", "two/rank1.pt"))
+    data = lambda batch_size: digits(batch_size=batch_size, on_device=True, n_labelled=100)  # noqa: E731
+    model, one, r0, r1 = one_process_and_two_ranks(tmp_path, build, data, batches=4)
     assert_same_state(r0, r1)
     assert_same_state(r0, one, atol=1e-6)
     size = lambda net: sum(p.numel() * p.element_size() for p in model.get_submodule(net).parameters())  # noqa: E731

@@ -79,22 +79,30 @@ MODELS = {
 }
 
 
-@pytest.mark.ddp
-@pytest.mark.parametrize("name", MODELS)
-def test_two_ranks_equal_one_process_on_the_concatenated_batch_and_send_each_player_once(tmp_path, name):
+def one_process_and_two_ranks(tmp_path, build, data=None, batches: int = 5):
+    """Fit ``build()`` (batch norm removed) on one process with batches of 32 and on two ranks with 16 each,
+    counting the bytes the ranks all-reduce: (model, one process's record, rank 0's, rank 1's)."""
+    counter = CommunicationCounter()
+    data = data or (lambda batch_size: digits(batch_size=batch_size, on_device=True))
+
     def run(out, devices, batch_size, strategy, counter=None):
         out.mkdir()
         torch.manual_seed(0)
-        model = without_batch_norm(MODELS[name]())
-        trainer = tiny_trainer(out, devices=devices, strategy=strategy, limit_train_batches=5,
+        model = without_batch_norm(build())
+        trainer = tiny_trainer(out, devices=devices, strategy=strategy, limit_train_batches=batches,
                                callbacks=[RecordPerRank(out, counter)])
-        trainer.fit(model, digits(batch_size=batch_size, on_device=True))
+        trainer.fit(model, data(batch_size))
         return model
 
-    counter = CommunicationCounter()
     model = run(tmp_path / "one", 1, 32, "auto")
     run(tmp_path / "two", 2, 16, player_ddp(ddp_comm_hook=counter.hook), counter)
-    one, r0, r1 = (torch.load(tmp_path / path) for path in ("one/rank0.pt", "two/rank0.pt", "two/rank1.pt"))
+    return (model, *(torch.load(tmp_path / path) for path in ("one/rank0.pt", "two/rank0.pt", "two/rank1.pt")))
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("name", MODELS)
+def test_two_ranks_equal_one_process_on_the_concatenated_batch_and_send_each_player_once(tmp_path, name):
+    model, one, r0, r1 = one_process_and_two_ranks(tmp_path, MODELS[name])
     assert_same_state(r0, r1)
     assert_same_state(r0, one, atol=1e-6)
 

@@ -37,10 +37,10 @@ def test_one_nn_takes_the_label_of_the_nearest_training_point():
 
 def test_probes_of_the_identity_encoder_equal_the_pixel_baseline_and_a_perfect_autoencoder_has_zero_mse():
     (x, y), (xt, yt) = clusters(200, 0), clusters(100, 1)
-    scores = probe_scores(lambda v: v, lambda v: v, (x, y), (xt, yt), torch.device("cpu"))
+    scores = probe_scores(lambda v: v, lambda v, labels: v, (x, y), (xt, yt), torch.device("cpu"))
     assert scores["probe_1nn"] == scores["probe_1nn_pixels"] and scores["probe_linear"] == scores["probe_linear_pixels"]
     assert scores["reconstruction_mse"] == 0.0
-    noisy = probe_scores(lambda v: v, lambda v: v + 0.5, (x, y), (xt, yt), torch.device("cpu"), linear=False)
+    noisy = probe_scores(lambda v: v, lambda v, labels: v + 0.5, (x, y), (xt, yt), torch.device("cpu"), linear=False)
     assert noisy["reconstruction_mse"] == pytest.approx(0.25)
 
 

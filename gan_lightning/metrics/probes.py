@@ -51,7 +51,8 @@ def batched(fn: Callable[..., torch.Tensor], x: torch.Tensor, device: torch.devi
 def probe_scores(encode: Callable, reconstruct: Callable, train: tuple[torch.Tensor, torch.Tensor],
                  test: tuple[torch.Tensor, torch.Tensor], device: torch.device, pixels: bool = True,
                  linear: bool = True) -> dict[str, float]:
-    """Probe accuracies of ``encode`` (images in [-1, 1] -> features) and of raw pixels, and the test MSE.
+    """Probe accuracies of ``encode`` (images in [-1, 1] -> features) and of raw pixels, and the test MSE of
+    ``reconstruct(images, labels)``.
 
     ``train`` and ``test`` are (images in [-1, 1], labels) on the CPU.
     """
