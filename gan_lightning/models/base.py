@@ -219,7 +219,14 @@ class AdversarialModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Runs after the mixed-precision scaler has unscaled the gradients (Lightning #18089).
-        if self.gradient_clip_val is not None:
+        if self.gradient_clip_val is None:
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            # fp32 and bf16: no loss scaling, so the gradients are true ones and clipping them directly is
+            # right for every optimizer (Lightning's clip_gradients refuses fused Adam under any AMP).
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_val)
+        else:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
 
     def _check_finite(self, loss: torch.Tensor, player: str) -> None:
