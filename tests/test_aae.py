@@ -244,3 +244,33 @@ def test_two_ranks_equal_one_process_and_send_each_phase_once(tmp_path, name):
     size = lambda net: sum(p.numel() * p.element_size() for p in model.get_submodule(net).parameters())  # noqa: E731
     per_iteration = sum(size(net) for networks, _, _ in model._players.values() for net in networks)
     assert r0["bytes"] == r0["iteration"] * per_iteration
+
+
+@pytest.mark.parametrize("name", ["aae_conditioned_gaussian_encoder", "semi_supervised"])
+def test_signal_mid_epoch_and_resume_equals_the_uninterrupted_run_bit_for_bit(tmp_path, name):
+    """The prior draws, the labelled batches of the classification phase and the hidden labels all resume."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from gan_lightning.callbacks import Preemption
+    from gan_lightning.errors import Preempted
+    from tests.helpers import assert_same_training_state
+    from tests.test_resume import SignalAt
+
+    build = {"aae_conditioned_gaussian_encoder": lambda: tiny_aae(encoder="gaussian", conditioning="prior", seed=5,
+                                                                  ema_decay=0.9),
+             "semi_supervised": lambda: tiny_semi(seed=5, cluster_heads=True, latent_dim=2, ema_decay=0.9)}[name]
+
+    def fit(root, *callbacks, ckpt_path=None):
+        torch.manual_seed(0)
+        model = build()
+        trainer = tiny_trainer(root, max_epochs=2, limit_train_batches=6, enable_checkpointing=True, callbacks=[
+            *callbacks, ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0)])
+        trainer.fit(model, digits(batch_size=16, n_labelled=60), ckpt_path=ckpt_path)
+        return model, [opt.state_dict() for opt in trainer.optimizers]
+
+    whole, whole_opt = fit(tmp_path / "whole")
+    with pytest.raises(Preempted):
+        fit(tmp_path / "cut", SignalAt(4), Preemption(requeue=False))
+    resumed, resumed_opt = fit(tmp_path / "cut", ckpt_path="last")
+    assert resumed.iteration == whole.iteration == 12
+    assert_same_training_state(whole.state_dict(), resumed.state_dict(), whole_opt, resumed_opt)
