@@ -20,6 +20,7 @@ from gan_lightning.early_signals import catch_signals_early
 from gan_lightning.data import DatasetNotFoundError, GANDataModule
 from gan_lightning.errors import ConfigError, Preempted
 from gan_lightning.metrics.features import WeightsNotFoundError
+from gan_lightning.tracking import SaveAndLogConfig, WandbSettings
 
 
 class ShortErrorParser(LightningArgumentParser):
@@ -41,6 +42,7 @@ class GANLightningCLI(LightningCLI):
                             help="Move this run's outputs: every path in the config under trainer.default_root_dir "
                                  "(checkpoints, logs, samples) is placed under RUN_DIR instead, e.g. one folder per "
                                  "seed of a SLURM array.")
+        parser.add_class_arguments(WandbSettings, "wandb", help="Weights & Biases (optional; CSV logs are always written)")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -53,6 +55,24 @@ class GANLightningCLI(LightningCLI):
             super().instantiate_classes()
         except (ValueError, TypeError) as err:  # a value the constructors refuse: say which, no traceback
             self.parser.error(str(err))
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """The config's trainer, plus a W&B logger beside its CSV log when ``wandb.mode`` asks for one."""
+        trainer = super().instantiate_trainer(**kwargs)
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        raw = self.config[self.subcommand] if self.subcommand else self.config
+        settings = config.get("wandb")
+        logger = settings.logger(trainer.default_root_dir, run_name(raw)) if settings is not None else None
+        if logger is not None:
+            trainer.loggers = [*trainer.loggers, logger]
+        return trainer
+
+
+def run_name(config: Namespace) -> str:
+    """A run's default name: its config file's (``aae_semi_100``), and its run folder's with --run_dir."""
+    files = [str(path) for path in config.get("config") or []]
+    name = os.path.splitext(os.path.basename(files[0]))[0] if files else "run"
+    return f"{name}/{os.path.basename(os.path.normpath(config.run_dir))}" if config.get("run_dir") else name
 
 
 def relocate(config: Namespace, old_root: Optional[str], new_root: str) -> None:
@@ -97,6 +117,8 @@ def silence_noise() -> None:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Our checkpoints hold the state after an iteration's updates, with counters to match (models/base.py).
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps")
+    # Lightning loads our own checkpoints on resume; torch's weights_only default is not the user's concern.
+    warnings.filterwarnings("ignore", message=r"`weights_only` was not set")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
 
 
@@ -118,6 +140,13 @@ def _main(args: list[str] | None) -> None:
         from gan_lightning import submit
 
         return submit.main(argv[1:])
+    if argv and argv[0] == "compare":
+        from gan_lightning import compare
+
+        try:
+            return compare.main(argv[1:])
+        except (FileNotFoundError, ValueError) as err:
+            sys.exit(f"gan_lightning: error: {err}")
     if argv and argv[0] in ("evaluate", "sample"):
         from gan_lightning.commands import CheckpointError, run
 
@@ -133,11 +162,12 @@ def _main(args: list[str] | None) -> None:
             subclass_mode_model=True,
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # each model builds one optimizer per player
+            save_config_callback=SaveAndLogConfig,  # config.yaml beside the logs, and the whole config in W&B
             save_config_kwargs={"overwrite": True},  # resumes and requeues rerun in the same folder
             parser_class=ShortErrorParser,
             parser_kwargs={"description": "gan_lightning: fit, validate, test and predict run Lightning's loops on a "
                            "config; `evaluate --ckpt_path CKPT` scores a checkpoint, `sample --ckpt_path CKPT` "
-                           "writes its samples, `submit --config CONFIG` sends a config to SLURM (see "
+                           "writes its samples, `submit --config CONFIG` sends a config to SLURM, `compare RUN_DIR ...` tables and plots runs (see "
                            "`python -m gan_lightning submit --help`)."},
             args=args,
         )

@@ -1,9 +1,17 @@
-"""A progress bar that shows the iteration counter and images seen as whole numbers."""
+"""A progress bar with the iteration counter, images seen, images per second and the latest losses."""
+import time
+
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class GANProgressBar(TQDMProgressBar):
-    """TQDM bar with ``iteration`` and ``images_seen`` as integers and without Lightning's ``v_num``."""
+    """TQDM bar with ``iteration`` and ``images_seen`` as integers, ``img/s`` since the last refresh of the
+    counters, and without Lightning's ``v_num``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._last: tuple[float, float] | None = None  # (time, images_seen) when the counters last changed
+        self._rate: float | None = None
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
@@ -11,4 +19,13 @@ class GANProgressBar(TQDMProgressBar):
         for counter in ("iteration", "images_seen"):
             if counter in metrics:
                 metrics[counter] = int(float(metrics[counter]))
+        seen = getattr(pl_module, "images_seen", None)
+        if seen is not None and trainer.training:
+            now = time.perf_counter()
+            if self._last is not None and seen > self._last[1]:
+                self._rate = (seen - self._last[1]) / max(now - self._last[0], 1e-9)
+            if self._last is None or seen != self._last[1]:
+                self._last = (now, seen)
+            if self._rate is not None:
+                metrics["img/s"] = int(self._rate)
         return metrics

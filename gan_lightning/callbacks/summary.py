@@ -4,22 +4,34 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from gan_lightning.callbacks.images import SampleGrid
+from gan_lightning.tracking import WandbLogger
 
 
 class RunSummary(L.Callback):
     """Prints the model's networks and parameter counts, the data, the devices and the output folders."""
 
-    def _outputs(self, trainer: L.Trainer) -> list[str]:
-        lines = []
+    def _folders(self, trainer: L.Trainer) -> list[tuple[str, str]]:
+        folders = []
         for cb in trainer.callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath:
-                lines.append(f"  checkpoints -> {cb.dirpath}")
+                folders.append(("checkpoints", str(cb.dirpath)))
             if isinstance(cb, SampleGrid):
-                lines.append(f"  samples     -> {cb.dirpath(trainer)}")
-        lines += [f"  logs        -> {logger.log_dir or logger.save_dir}" for logger in trainer.loggers]
-        return lines
+                folders.append(("samples", str(cb.dirpath(trainer))))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                mode = "offline, `wandb sync` it later" if logger._offline else "online"
+                folders.append(("wandb", f"{logger.experiment.dir} ({mode})"))
+            else:
+                folders.append(("logs", str(logger.log_dir or logger.save_dir)))
+        return folders
+
+    def _outputs(self, trainer: L.Trainer) -> list[str]:
+        return [f"  {name:<11} -> {path}" for name, path in self._folders(trainer)]
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_outputs(dict(self._folders(trainer)))
         nets = [f"{name} {sum(p.numel() for p in m.parameters()):,}" for name, m in pl_module.named_children()
                 if name != "ema" and any(True for _ in m.parameters())]
         data = trainer.datamodule

@@ -476,12 +476,14 @@ class SemiSupervisedAAE(AdversarialModule):
         self._evaluate_labelled(batch, batch_idx, "val")
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         self._log_classification("val")
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate_labelled(batch, batch_idx, "test")
 
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
         self._log_classification("test")
 
     # --- the public API that callbacks and users call --------------------------------------

@@ -347,6 +347,13 @@ class AdversarialModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self.log_dict(self.evaluate(batch[0], batch_idx, "val"), sync_dist=True)
 
+    def on_validation_epoch_end(self) -> None:
+        # The counters beside the held-out metrics: every logged row carries its iteration, the x-axis.
+        self.log_dict(self._counters())
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self._counters())
+
     def test_step(self, batch, batch_idx: int) -> None:
         self.log_dict(self.evaluate(batch[0], batch_idx, "test"), sync_dist=True)
 

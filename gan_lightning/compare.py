@@ -1,0 +1,131 @@
+"""``compare``: several runs side by side from their CSV logs, for users offline or without W&B.
+
+    python -m gan_lightning compare runs/aae_semi_100 runs/aae_semi_1000 [--metrics val/error] [--out compare.png]
+
+Prints, per metric, each run's best value (lowest for losses, errors and distances; highest for
+accuracies, scores and probes), the iteration it was reached at, and the last value; and draws every
+metric's curves against training iterations on one PNG. A run is a folder holding ``metrics.csv`` files
+(every ``version_N`` of a resumed run, in order) or one CSV file.
+"""
+import argparse
+import csv
+import math
+import re
+from pathlib import Path
+from typing import Optional
+
+# Metrics whose larger values are better; everything else (losses, errors, FD, KID, bits/dim) is minimised.
+HIGHER_IS_BETTER = re.compile(r"accuracy|probe|/is_|/modes|/hq|_real$")
+
+
+def higher_is_better(metric: str) -> bool:
+    return bool(HIGHER_IS_BETTER.search(metric)) and not metric.endswith("_std")
+
+
+def _version(path: Path) -> int:
+    match = re.search(r"version_(\d+)", str(path))
+    return int(match[1]) if match else -1
+
+
+def read_run(run: Path) -> dict[str, list[tuple[float, float]]]:
+    """{metric: [(iteration, value), ...]} from a run folder's metrics.csv files (in version order) or a CSV."""
+    files = [run] if run.is_file() else sorted(run.rglob("metrics.csv"), key=_version)
+    if not files:
+        raise FileNotFoundError(f"no metrics.csv under {run}: pass a run folder (trainer.default_root_dir) or a CSV file")
+    series: dict[str, list[tuple[float, float]]] = {}
+    for file in files:
+        with open(file, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("epoch") == "epoch":  # a header repeated by an appended log
+                    continue
+                x = row.get("iteration")  # every row the models log carries it (not Lightning's optimizer steps)
+                if not x:
+                    continue
+                for key, value in row.items():
+                    if key and value and key not in ("epoch", "step", "iteration", "images_seen"):
+                        series.setdefault(key, []).append((float(x), float(value)))
+    return series
+
+
+def summarise(series: list[tuple[float, float]], metric: str) -> dict[str, float]:
+    finite = [(x, v) for x, v in series if math.isfinite(v)]
+    pick = max if higher_is_better(metric) else min
+    best_x, best = pick(finite, key=lambda point: point[1]) if finite else (math.nan, math.nan)
+    return {"best": best, "at": best_x, "last": series[-1][1], "points": len(series)}
+
+
+def default_metrics(runs: dict[str, dict]) -> list[str]:
+    """The held-out metrics every run logged (val/ and test/), else the training losses they share."""
+    shared = set.intersection(*(set(series) for series in runs.values()))
+    held_out = sorted(m for m in shared if m.startswith(("val/", "test/")) and not m.endswith(("_std", "_floor")))
+    return held_out or sorted(m for m in shared if m.startswith("train/"))
+
+
+def table(runs: dict[str, dict], metrics: list[str]) -> str:
+    """A plain-text table: one block per metric, one line per run."""
+    name_width = max(len(name) for name in runs)
+    lines = []
+    for metric in metrics:
+        lines.append(f"{metric}  ({'higher' if higher_is_better(metric) else 'lower'} is better)")
+        for name, series in runs.items():
+            if metric not in series:
+                lines.append(f"  {name:<{name_width}}  (not logged)")
+                continue
+            s = summarise(series[metric], metric)
+            lines.append(f"  {name:<{name_width}}  best {s['best']:.4g} at iteration {s['at']:.0f}   last {s['last']:.4g}")
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, dict], metrics: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(len(metrics), 3)
+    rows = math.ceil(len(metrics) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        for name, series in runs.items():
+            if metric in series:
+                x, y = zip(*series[metric])
+                ax.plot(x, y, label=name, marker="." if len(x) < 50 else None)
+        ax.set_title(metric)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def run_names(paths: list[Path]) -> list[str]:
+    """Short unique names: each path's last part, or more of it where two end alike."""
+    for depth in range(1, 6):
+        names = ["/".join(p.with_suffix("").parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gan_lightning compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (trainer.default_root_dir) or metrics CSV files")
+    parser.add_argument("--metrics", nargs="+", help="metrics to compare (default: the val/ and test/ ones all runs logged)")
+    parser.add_argument("--out", type=Path, default=Path("compare.png"), help="the PNG of the curves")
+    args = parser.parse_args(argv)
+    runs = {name: read_run(path) for name, path in zip(run_names(args.runs), args.runs)}
+    metrics = args.metrics or default_metrics(runs)
+    if not metrics:
+        raise ValueError("these runs logged no metric in common; name some with --metrics")
+    unknown = [m for m in metrics if not any(m in series for series in runs.values())]
+    if unknown:
+        logged = sorted(set().union(*runs.values()))
+        raise ValueError(f"no run logged {', '.join(unknown)}; logged: {', '.join(logged)}")
+    print(table(runs, metrics))
+    plot(runs, metrics, args.out)
+    print(f"wrote {args.out}")

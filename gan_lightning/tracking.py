@@ -1,0 +1,128 @@
+"""Weights & Biases, first-class and optional: one ``wandb:`` section in a config, beside the CSV log that is
+always written.
+
+    wandb:
+      mode: auto          # auto: online when logged in (`wandb login` or WANDB_API_KEY), else CSV only
+      project: gan_lightning
+      group: null         # default: the SLURM array's id, so a sweep's runs sit side by side
+
+What the run gets: the full resolved config, every ``train/``, ``val/`` and ``test/`` metric against
+``iteration`` (training iterations; ``images_seen`` is there too), the pictures the callbacks draw, the
+output folders, and an id that a requeued SLURM job reuses (``resume: allow``). ``wandb.finish()`` runs on
+rank 0 when training ends.
+"""
+import netrc
+import os
+from pathlib import Path
+from typing import Literal, Optional
+from urllib.parse import urlparse
+
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from gan_lightning.callbacks.preemption import slurm_job_id
+
+Mode = Literal["auto", "online", "offline", "off"]
+X_AXES = ("iteration", "images_seen")
+
+
+def wandb_logged_in() -> bool:
+    """Whether W&B has an API key here: WANDB_API_KEY, or a netrc entry for the W&B host (``wandb login``)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+class WandbSettings:
+    def __init__(self, mode: Mode = "auto", project: str = "gan_lightning", entity: Optional[str] = None,
+                 group: Optional[str] = None, job_type: str = "train", tags: Optional[list[str]] = None,
+                 name: Optional[str] = None, id: Optional[str] = None):
+        """Where and how a run is logged to Weights & Biases.
+
+        Args:
+            mode: ``auto`` (online when logged in, else no W&B run), ``online``, ``offline`` (a local run
+                to ``wandb sync`` later) or ``off``.
+            project: the W&B project.
+            entity: the W&B user or team (default: the logged-in user's).
+            group: runs of one sweep share it (default: ``array-<SLURM_ARRAY_JOB_ID>`` in a SLURM array).
+            job_type: e.g. ``train`` or ``eval``.
+            tags: labels to filter runs by.
+            name: the run's display name (default: the config file's name, and the run folder's with --run_dir).
+            id: the run's id (default: the SLURM job's, so a requeued job continues its run).
+        """
+        if mode not in Mode.__args__:
+            raise ValueError(f"wandb.mode must be one of {Mode.__args__}, got {mode!r}")
+        self.mode, self.project, self.entity, self.group = mode, project, entity, group
+        self.job_type, self.tags, self.name, self.id = job_type, list(tags or []), name, id
+
+    def resolved_mode(self) -> str:
+        """online, offline or off; ``auto`` is online when logged in."""
+        if self.mode != "auto":
+            return self.mode
+        if wandb_logged_in():
+            return "online"
+        rank_zero_info("gan_lightning: W&B is not logged in (`wandb login`), so this run logs to CSV only; "
+                       "--wandb.mode offline keeps a local W&B run to `wandb sync` later")
+        return "off"
+
+    def logger(self, save_dir: str, default_name: str) -> Optional["WandbLogger"]:
+        """The run's WandbLogger, or None when W&B is off."""
+        mode = self.resolved_mode()
+        if mode == "off":
+            return None
+        array = os.environ.get("SLURM_ARRAY_JOB_ID")
+        return WandbLogger(project=self.project, entity=self.entity, name=self.name or default_name,
+                           group=self.group or (f"array-{array}" if array else None), job_type=self.job_type,
+                           tags=self.tags, id=self.id or slurm_job_id(), resume="allow", offline=mode == "offline",
+                           save_dir=save_dir)
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's WandbLogger with training iterations as the x-axis, images logged at their iteration, the
+    output folders in the run summary, and ``wandb.finish()`` when training ends."""
+
+    @property
+    def experiment(self):
+        fresh = self._experiment is None
+        run = super().experiment
+        if fresh and hasattr(run, "define_metric"):
+            for axis in X_AXES:
+                run.define_metric(axis)
+            for prefix in ("train", "val", "test"):  # Lightning's default axis counts optimizer steps
+                run.define_metric(f"{prefix}/*", step_metric="iteration", step_sync=True)
+        return run
+
+    @rank_zero_only
+    def log_image(self, key: str, images: list, step: Optional[int] = None, **kwargs) -> None:
+        import wandb
+
+        images = [wandb.Image(str(image) if isinstance(image, Path) else image) for image in images]
+        self.experiment.log({key: images[0] if len(images) == 1 else images,  # one picture: shown full size
+                             **({"iteration": step} if step is not None else {})})
+
+    @rank_zero_only
+    def log_outputs(self, outputs: dict[str, str]) -> None:
+        """Where the run's files are (checkpoints, samples, logs), in the run's summary."""
+        self.experiment.summary.update({f"outputs/{k}": v for k, v in outputs.items()})
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if self._experiment is not None:
+            self._experiment.finish()
+            self._experiment = None  # a later stage (test) in this process continues the run (resume: allow)
+
+
+class SaveAndLogConfig(SaveConfigCallback):
+    """Writes config.yaml beside the logs (Lightning's behaviour) and puts the full resolved config in W&B."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        config = {k: v for k, v in self.config.as_dict().items() if k not in ("config", "wandb")}
+        for logger in trainer.loggers:
+            if isinstance(logger, LightningWandbLogger):
+                logger.experiment.config.update(config, allow_val_change=True)

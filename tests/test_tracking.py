@@ -1,0 +1,140 @@
+"""W&B and the local logs: a real offline W&B run read back record by record, the run id a requeued SLURM
+job reuses, the CSV log's iteration axis, and the compare helper's table and plot."""
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from gan_lightning.cli import main
+from gan_lightning.compare import higher_is_better, read_run, summarise
+from gan_lightning.compare import main as compare_main
+from gan_lightning.tracking import WandbSettings
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["--config", str(REPO / "configs/overlays/smoke.yaml")]
+
+
+def wandb_records(run_dir: Path) -> list:
+    """The protobuf records of an offline W&B run's ``run-*.wandb`` file (LevelDB log format: 32 KiB blocks of
+    [crc32, length, type] framed chunks after W&B's 7-byte header)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = next(run_dir.glob("run-*.wandb")).read_bytes()
+    assert data[:4] == b":W&B"
+    records, pending, pos, block = [], b"", 7, 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            break
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def by_kind(records, kind: str) -> list:
+    return [getattr(r, kind) for r in records if r.WhichOneof("record_type") == kind]
+
+
+def history_rows(records) -> list[dict]:
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in h.item}
+            for h in by_kind(records, "history")]
+
+
+@pytest.mark.slow
+def test_an_offline_wandb_run_holds_the_config_metrics_pictures_and_outputs(tmp_path, data_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")   # an array member of a requeued job: id and group are stable
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    main(["fit", "--config", str(REPO / "configs/aae_semi_100.yaml"), *SMOKE, "--data.init_args.data_dir", str(data_dir),
+          "--run_dir", str(tmp_path / "run"), "--wandb.mode", "offline", "--wandb.tags", "[smoke]"])
+    run_dir = next((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    records = wandb_records(run_dir)
+
+    run = by_kind(records, "run")[0]
+    assert (run.run_id, run.run_group, run.display_name) == ("77_3", "array-77", "aae_semi_100/run")
+    assert list(run.tags) == ["smoke"]
+    config = {item.key: json.loads(item.value_json) for c in by_kind(records, "config") for item in c.update}
+    assert config["model"]["class_path"] == "gan_lightning.models.SemiSupervisedAAE"   # the full resolved config
+    assert config["model"]["init_args"]["n_classes"] == 10 and config["data"]["init_args"]["n_labelled"] == 100
+    assert config["trainer"]["max_epochs"] == 1 and "wandb" not in config
+
+    rows = history_rows(records)
+    train = [r for r in rows if "train/d_loss" in r]
+    assert [r["iteration"] for r in train] == [1, 2, 3, 4]            # smoke: log_every_n_steps 1, 4 batches
+    assert all({"train/reconstruction", "train/e_loss", "train/c_loss", "images_seen"} <= set(r) for r in train)
+    held_out = next(r for r in rows if "val/error" in r)
+    assert held_out["iteration"] == 4 and 0 <= held_out["val/error"] <= 1
+    pictures = {key.split("/")[1]: row for row in rows for key in row if key.endswith("/_type")
+                and row[key] == "image-file"}
+    assert {"samples", "reconstructions", "interpolations"} <= set(pictures)
+    for name, row in pictures.items():
+        assert row["iteration"] == 4 and (run_dir / "files" / row[f"val/{name}/path"]).is_file()
+
+    summary = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+               for s in by_kind(records, "summary") for item in s.update}
+    assert summary["outputs/checkpoints"] == str(tmp_path / "run" / "checkpoints")
+    assert by_kind(records, "exit"), "wandb.finish() was not called"
+
+    # The CSV log is written beside it, with the iteration on every row the model logs.
+    csv_series = read_run(tmp_path / "run")
+    assert [x for x, _ in csv_series["train/d_loss"]] == [1, 2, 3, 4] and csv_series["val/error"][0][0] == 4
+
+
+def test_auto_mode_is_online_only_when_logged_in_and_the_id_survives_a_requeue(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    (tmp_path / "netrc").write_text("machine example.org login user password secret\n")
+    assert WandbSettings().resolved_mode() == "off"
+    assert WandbSettings().logger(str(tmp_path), "gan") is None
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password secret\n")   # after `wandb login`
+    assert WandbSettings().resolved_mode() == "online"
+    monkeypatch.setenv("SLURM_JOB_ID", "991")
+    for var in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(var, raising=False)
+    first = WandbSettings(mode="offline").logger(str(tmp_path), "gan")
+    requeued = WandbSettings(mode="offline").logger(str(tmp_path), "gan")   # the same job, restarted
+    assert first._wandb_init["id"] == requeued._wandb_init["id"] == "991"
+    assert first._wandb_init["resume"] == "allow" and first._wandb_init["group"] is None
+    assert WandbSettings(mode="offline", id="mine").logger(str(tmp_path), "gan")._wandb_init["id"] == "mine"
+    with pytest.raises(ValueError, match="wandb.mode"):
+        WandbSettings(mode="sometimes")
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    path.write_text(",".join(keys) + "\n" + "\n".join(",".join(str(r.get(k, "")) for k in keys) for r in rows) + "\n")
+    return path
+
+
+def test_compare_tables_each_runs_best_and_last_and_plots_their_curves(tmp_path, capsys):
+    # Run a was resumed: two versions, read in order; run b logged accuracy too.
+    write_csv(tmp_path / "a/logs/version_0/metrics.csv", [
+        {"epoch": 0, "step": 9, "iteration": 3, "val/error": 0.5, "train/d_loss": 1.0},
+        {"epoch": 0, "step": 18, "iteration": 6, "val/error": 0.3}])
+    write_csv(tmp_path / "a/logs/version_1/metrics.csv", [{"epoch": 1, "step": 27, "iteration": 9, "val/error": 0.4}])
+    write_csv(tmp_path / "b/logs/version_0/metrics.csv", [
+        {"epoch": 0, "iteration": 3, "val/error": 0.6, "val/cluster_accuracy": 0.2},
+        {"epoch": 1, "iteration": 6, "val/error": 0.2, "val/cluster_accuracy": 0.7},
+        {"epoch": 2, "iteration": 9, "val/error": 0.25, "val/cluster_accuracy": 0.6}])
+    assert read_run(tmp_path / "a")["val/error"] == [(3, 0.5), (6, 0.3), (9, 0.4)]
+    compare_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp.png")])
+    out = capsys.readouterr().out
+    assert "val/error  (lower is better)" in out
+    assert "a  best 0.3 at iteration 6   last 0.4" in out and "b  best 0.2 at iteration 6   last 0.25" in out
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000
+    assert summarise([(1, 0.2), (2, 0.7), (3, 0.6)], "val/cluster_accuracy")["best"] == 0.7
+    assert higher_is_better("val/probe_1nn") and not higher_is_better("val/fd_fashion_classifier")
+    with pytest.raises(ValueError, match="no run logged val/fid"):
+        compare_main([str(tmp_path / "a"), "--metrics", "val/fid"])
+    with pytest.raises(FileNotFoundError, match="no metrics.csv"):
+        compare_main([str(tmp_path / "missing")])
