@@ -49,6 +49,10 @@ class GANLightningCLI(LightningCLI):
         if config.get("run_dir"):
             relocate(config, config.trainer.default_root_dir, config.run_dir)
         stable_wandb_runs(config)
+        if config.trainer.get("enable_progress_bar") is False:  # the switch wins over the config's bar
+            callbacks = config.trainer.get("callbacks") or []
+            config.trainer.callbacks = [cb for cb in callbacks
+                                        if not str(getattr(cb, "class_path", "")).endswith("ProgressBar")]
 
     def instantiate_classes(self) -> None:
         try:
@@ -117,6 +121,8 @@ def silence_noise() -> None:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Our checkpoints hold the state after an iteration's updates, with counters to match (models/base.py).
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps")
+    if "SLURM_JOB_ID" not in os.environ:  # outside an allocation, running without srun is what the user meant
+        warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
     # Lightning loads our own checkpoints on resume; torch's weights_only default is not the user's concern.
     warnings.filterwarnings("ignore", message=r"`weights_only` was not set")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 # Metrics whose larger values are better; everything else (losses, errors, FD, KID, bits/dim) is minimised.
-HIGHER_IS_BETTER = re.compile(r"accuracy|probe|/is_|/modes|/hq|_real$")
+HIGHER_IS_BETTER = re.compile(r"accuracy|probe|/is_|/modes|high_quality|_real$")
 
 
 def higher_is_better(metric: str) -> bool:

@@ -200,6 +200,15 @@ def test_run_dir_moves_every_output_of_the_config(monkeypatch, tmp_path):
     assert cli.trainer.logger.save_dir == str(tmp_path / "seed3")
 
 
+def test_disabling_the_progress_bar_drops_the_configs_bar_instead_of_failing(monkeypatch):
+    """Lightning refuses enable_progress_bar=False beside a progress-bar callback; the switch should just work."""
+    bars = lambda cli: [cb for cb in cli.trainer.callbacks if "ProgressBar" in type(cb).__name__]  # noqa: E731
+    assert bars(_cli(["--config", "configs/bigan.yaml"], monkeypatch))
+    cli = _cli(["--config", "configs/bigan.yaml", "--trainer.enable_progress_bar", "false"], monkeypatch)
+    assert not bars(cli) and cli.trainer.progress_bar_callback is None
+    assert any(type(cb).__name__ == "RunSummary" for cb in cli.trainer.callbacks)  # the others stay
+
+
 def test_submit_builds_the_sbatch_command_of_the_matching_script(capsys):
     from gan_lightning.cli import main
 

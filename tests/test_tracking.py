@@ -133,7 +133,8 @@ def test_compare_tables_each_runs_best_and_last_and_plots_their_curves(tmp_path,
     assert "a  best 0.3 at iteration 6   last 0.4" in out and "b  best 0.2 at iteration 6   last 0.25" in out
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
     assert summarise([(1, 0.2), (2, 0.7), (3, 0.6)], "val/cluster_accuracy")["best"] == 0.7
-    assert higher_is_better("val/probe_1nn") and not higher_is_better("val/fd_fashion_classifier")
+    assert higher_is_better("val/probe_1nn") and higher_is_better("val/modes") and higher_is_better("val/high_quality")
+    assert not higher_is_better("val/fd_fashion_classifier") and not higher_is_better("val/reverse_kl")
     with pytest.raises(ValueError, match="no run logged val/fid"):
         compare_main([str(tmp_path / "a"), "--metrics", "val/fid"])
     with pytest.raises(FileNotFoundError, match="no metrics.csv"):
