@@ -149,6 +149,17 @@ def test_a_nan_loss_stops_training_naming_the_player_and_keeps_the_checkpoint(tm
     assert BiGAN.load_from_checkpoint(tmp_path / "good.ckpt").iteration == 2
 
 
+def test_an_optimizer_setting_torch_refuses_names_the_player_before_training(tmp_path):
+    from functools import partial
+
+    from gan_lightning.errors import ConfigError
+
+    model = tiny_bigan(optimizer_d=partial(torch.optim.Adam, lr=-1.0))
+    with pytest.raises(ConfigError, match="discriminator player's optimizer refuses its settings .*Invalid learning rate"):
+        tiny_trainer(tmp_path).fit(model, digits())
+    assert model.iteration == 0
+
+
 def test_bad_model_values_name_the_key():
     with pytest.raises(ValueError, match="model.n_critic"):
         tiny_bigan(n_critic=0)

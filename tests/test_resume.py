@@ -91,6 +91,20 @@ def test_sigterm_saves_and_stops_too(tmp_path, uninterrupted):
     assert_identical(state(*fit(tmp_path, Preemption(), ckpt_path="last")), uninterrupted[True])
 
 
+def test_ctrl_c_saves_at_the_iteration_boundary_and_resumes_bit_for_bit(tmp_path, uninterrupted, capsys):
+    with pytest.raises(Preempted, match="SIGINT received: saved .*last.ckpt at iteration 3"):
+        fit(tmp_path, SignalAt(3, signal.SIGINT), Preemption())
+    assert "Ctrl-C again to quit without saving" in capsys.readouterr().err
+    assert_identical(state(*fit(tmp_path, Preemption(), ckpt_path="last")), uninterrupted[True])
+
+
+def test_a_second_ctrl_c_quits_at_once_without_saving(tmp_path):
+    preemption = Preemption()
+    preemption._record(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):
+        preemption._record(signal.SIGINT, None)
+
+
 def test_a_crash_between_checkpoints_resumes_from_the_newest_periodic_one(tmp_path, uninterrupted):
     # every_n_train_steps counts optimizer steps: 2 per iteration here, so a checkpoint every 4 iterations.
     with pytest.raises(SystemExit):

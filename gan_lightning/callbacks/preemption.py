@@ -13,6 +13,7 @@ Lightning's ``last`` picks the newest ``last*.ckpt`` in the ModelCheckpoint's fi
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -40,13 +41,14 @@ class Preemption(L.Callback):
         requeue_signal: the signal SLURM sends before the time limit (``#SBATCH --signal=USR1@90``);
             on it the job is saved and requeued.
         stop_signals: signals on which the run is saved and stopped without a requeue (SIGTERM:
-            ``scancel``, or SLURM's own preemption, which requeues by itself with ``--requeue``).
+            ``scancel``, or SLURM's own preemption, which requeues by itself with ``--requeue``; SIGINT:
+            Ctrl-C, where a second Ctrl-C quits at once without saving).
         requeue: ``auto`` requeues when running in a SLURM job; ``true`` / ``false`` force it.
         check_every_n_iterations: how often the ranks agree whether a signal arrived (one all-reduce of
             one number); SLURM's warning comes ~90 s ahead, so any small value is safe.
     """
 
-    def __init__(self, requeue_signal: str = "SIGUSR1", stop_signals: list[str] = ("SIGTERM",),
+    def __init__(self, requeue_signal: str = "SIGUSR1", stop_signals: list[str] = ("SIGTERM", "SIGINT"),
                  requeue: Union[bool, str] = "auto", check_every_n_iterations: int = 1):
         if check_every_n_iterations < 1:
             raise ValueError(f"Preemption.check_every_n_iterations must be >= 1, got {check_every_n_iterations}")
@@ -66,6 +68,11 @@ class Preemption(L.Callback):
     # --- the handler only records ----------------------------------------------------------
 
     def _record(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT:
+            if self.received == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: quit now, as someone pressing it twice means
+            sys.stderr.write("\ngan_lightning: Ctrl-C: saving at the end of this iteration (Ctrl-C again to quit "
+                             "without saving)\n")
         self.received = signum
 
     def _install(self) -> None:

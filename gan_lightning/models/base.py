@@ -176,9 +176,13 @@ class AdversarialModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizers, schedulers = [], []
-        for networks, make_optimizer, make_scheduler in self._players.values():
+        for player, (networks, make_optimizer, make_scheduler) in self._players.items():
             params = [p for name in networks for p in getattr(self, name).parameters()]
-            optimizers.append(make_optimizer(params))
+            try:
+                optimizers.append(make_optimizer(params))
+            except ValueError as err:  # torch's check of lr, betas, eps, weight_decay
+                raise ConfigError(f"the {player} player's optimizer refuses its settings ({err}): fix that value in "
+                                  f"the model's optimizer options (e.g. model.init_args.optimizer_*.init_args.lr)") from None
             if make_scheduler is not None:
                 schedulers.append({"scheduler": make_scheduler(optimizers[-1]), "interval": "epoch"})
         return optimizers, schedulers
