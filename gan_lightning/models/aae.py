@@ -226,12 +226,6 @@ class AAE(AdversarialModule):
             logs[f"{stage}/recon_mse"] = F.mse_loss(self.reconstruct(x, y), x)
         return logs
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.log_dict(self.evaluate(batch[0], batch_idx, "val", batch[1] if len(batch) > 1 else None), sync_dist=True)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.log_dict(self.evaluate(batch[0], batch_idx, "test", batch[1] if len(batch) > 1 else None), sync_dist=True)
-
     # --- the public API that callbacks and users call --------------------------------------
 
     def draw_prior(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -454,13 +448,12 @@ class SemiSupervisedAAE(AdversarialModule):
             logs["train/c_loss"] = c_loss.detach()
         return logs
 
-    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
+                 y: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """G's reconstruction error; with labels, q(y|x)'s predictions are counted for the epoch's error."""
+        if y is not None and stage in self.contingency:
+            self.contingency[stage].update(self.classify(x).argmax(1), y)
         return {f"{stage}/recon_mse": F.mse_loss(self.reconstruct(x), x)}
-
-    def _evaluate_labelled(self, batch, batch_idx: int, stage: str) -> None:
-        self.log_dict(self.evaluate(batch[0], batch_idx, stage), sync_dist=True)
-        if len(batch) > 1:
-            self.contingency[stage].update(self.classify(batch[0]).argmax(1), batch[1])
 
     def _log_classification(self, stage: str) -> None:
         table = self.contingency[stage]
@@ -472,15 +465,9 @@ class SemiSupervisedAAE(AdversarialModule):
             self.log(f"{stage}/cluster_accuracy", table.compute()["cluster_accuracy"])
         table.reset()
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate_labelled(batch, batch_idx, "val")
-
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         self._log_classification("val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate_labelled(batch, batch_idx, "test")
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()

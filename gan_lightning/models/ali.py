@@ -110,7 +110,8 @@ class ALI(AdversarialModule):
                 self.discriminator(x, z_enc), self.discriminator(x_fake, z), self.loss))
         return logs
 
-    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
+                 y: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Reconstruction error of G(E(x)) and D's loss on held-out pairs, with the same z at every call."""
         z = self.draw_prior(len(x), generator=torch.Generator().manual_seed(batch_idx))
         with eval_mode(self.discriminator):

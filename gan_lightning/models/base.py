@@ -344,12 +344,14 @@ class AdversarialModule(L.LightningModule):
 
     # --- evaluation --------------------------------------------------------------------------
 
-    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
-        """The model's held-out figures on one batch, keyed ``{stage}/name``."""
+    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
+                 y: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """The model's held-out figures on one batch, keyed ``{stage}/name``; ``y`` are the batch's labels
+        (None for unlabelled data), for the models whose figures need them (the AAEs)."""
         raise NotImplementedError
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.log_dict(self.evaluate(batch[0], batch_idx, "val"), sync_dist=True)
+        self.log_dict(self.evaluate(batch[0], batch_idx, "val", batch[1] if len(batch) > 1 else None), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         # The counters beside the held-out metrics: every logged row carries its iteration, the x-axis.
@@ -359,7 +361,7 @@ class AdversarialModule(L.LightningModule):
         self.log_dict(self._counters())
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self.log_dict(self.evaluate(batch[0], batch_idx, "test"), sync_dist=True)
+        self.log_dict(self.evaluate(batch[0], batch_idx, "test", batch[1] if len(batch) > 1 else None), sync_dist=True)
 
     # --- the public API that callbacks and users call ----------------------------------------
 

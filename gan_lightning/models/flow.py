@@ -120,7 +120,8 @@ class RealNVP(AdversarialModule):
         self.step(opt, loss, player="flow")
         return {"train/bits_per_dim": loss.detach()}
 
-    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
+                 y: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Bits/dim with fixed dequantisation noise (seeded by the batch index)."""
         noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(batch_idx)).to(self.device)
         flow = self.net("flow")

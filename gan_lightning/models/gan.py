@@ -103,7 +103,8 @@ class GAN(AdversarialModule):
             loss=lambda x_fake: gan_generator_loss(self.discriminator(x_fake), self.loss))
         return logs
 
-    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
+                 y: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """D's loss on held-out data against samples from a fixed z."""
         x_fake = self.sample(len(x), generator=torch.Generator().manual_seed(batch_idx))
         with eval_mode(self.discriminator):

@@ -115,7 +115,8 @@ class VAE(AdversarialModule):
         return {"train/loss": loss.detach(), "train/nll": parts["nll"].mean().detach(),
                 "train/kl": parts["kl"].mean().detach()}
 
-    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+    def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
+                 y: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """The negative ELBO (with beta = kl_weight), its parts and G(mu(x))'s squared error, fixed noise."""
         eps = torch.randn(len(x), self.latent_dim, generator=torch.Generator().manual_seed(batch_idx)).to(self.device)
         with torch.no_grad():
