@@ -4,10 +4,12 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Optional
 import warnings
 
 import lightning as L
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -15,9 +17,11 @@ import gan_lightning.callbacks  # noqa: F401  (makes the callbacks' short names 
 import gan_lightning.distributed  # noqa: F401  (registers the strategy name player_ddp)
 import gan_lightning.models  # noqa: F401  (makes the models' short names known to configs)
 from gan_lightning.callbacks.preemption import slurm_job_id
+from gan_lightning.checkpoints import CheckpointError, read_checkpoint
 from gan_lightning.cli_errors import shorten
 from gan_lightning.early_signals import catch_signals_early
-from gan_lightning.data import DatasetNotFoundError, GANDataModule
+from gan_lightning.data import DatasetCorruptError, DatasetNotFoundError, GANDataModule
+from gan_lightning.data.loader import DataLoaderWorkerDied
 from gan_lightning.errors import ConfigError, Preempted
 from gan_lightning.metrics.features import WeightsNotFoundError
 from gan_lightning.tracking import SaveAndLogConfig, WandbSettings
@@ -43,6 +47,36 @@ class GANLightningCLI(LightningCLI):
                                  "(checkpoints, logs, samples) is placed under RUN_DIR instead, e.g. one folder per "
                                  "seed of a SLURM array.")
         parser.add_class_arguments(WandbSettings, "wandb", help="Weights & Biases (optional; CSV logs are always written)")
+
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path FILE``: read it with the weights-only loader (one line when it is truncated or unsafe),
+        and refuse a checkpoint of another model or other settings, naming both, where Lightning would silently
+        replace the config's model with the checkpoint's."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():  # none, or a keyword such as "last"
+            return
+        weights_only = self.config[subcommand].get("weights_only") is not False
+        hparams = dict(read_checkpoint(ckpt_path, weights_only=weights_only).get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        model = self.config[subcommand].get("model")
+        saved_class = hparams.pop("_class_path", None)
+        if model is not None and saved_class and model.get("class_path"):
+            if saved_class.rsplit(".", 1)[-1] != str(model.class_path).rsplit(".", 1)[-1]:
+                raise CheckpointError(f"checkpoint {ckpt_path} holds a {saved_class.rsplit('.', 1)[-1]} model, but "
+                                      f"the config builds a {str(model.class_path).rsplit('.', 1)[-1]}: pass the "
+                                      "checkpoint of a run of this config, or use that run's config")
+            init_args = model.get("init_args") or Namespace()
+            differ = [f"model.{key}: {saved!r} in the checkpoint, {init_args[key]!r} in the config"
+                      for key, saved in hparams.items()
+                      if key in init_args and key != "data_shape" and not _same(saved, init_args[key])]
+            if differ:
+                raise CheckpointError(f"checkpoint {ckpt_path} was trained with other settings ({'; '.join(differ)}): "
+                                      "resume with the settings it has (drop those overrides), or start a new run "
+                                      "without --ckpt_path")
+        if hparams and saved_class:  # Lightning's behaviour: the checkpoint's settings fill the config's model
+            self.config = self.parser.parse_object(
+                {subcommand: {"model": {"class_path": saved_class, "dict_kwargs": hparams}}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -70,6 +104,12 @@ class GANLightningCLI(LightningCLI):
         if logger is not None:
             trainer.loggers = [*trainer.loggers, logger]
         return trainer
+
+
+def _same(a, b) -> bool:
+    """Equal as config values (a checkpoint's tuples are the config's lists)."""
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return norm(a) == norm(b)
 
 
 def run_name(config: Namespace) -> str:
@@ -154,7 +194,7 @@ def _main(args: list[str] | None) -> None:
         except (FileNotFoundError, ValueError) as err:
             sys.exit(f"gan_lightning: error: {err}")
     if argv and argv[0] in ("evaluate", "sample"):
-        from gan_lightning.commands import CheckpointError, run
+        from gan_lightning.commands import run
 
         try:
             run(argv[0], argv[1:])
@@ -177,7 +217,8 @@ def _main(args: list[str] | None) -> None:
                            "`python -m gan_lightning submit --help`)."},
             args=args,
         )
-    except (DatasetNotFoundError, WeightsNotFoundError, ConfigError, FloatingPointError) as err:
+    except (DatasetNotFoundError, DatasetCorruptError, WeightsNotFoundError, ConfigError, CheckpointError,
+            FloatingPointError, DataLoaderWorkerDied, torch.OutOfMemoryError) as err:  # each says what to change: no traceback
         sys.exit(f"gan_lightning: error: {err}")
     except Preempted:  # saved, and requeued where asked; the callback has said so
         sys.exit(0)

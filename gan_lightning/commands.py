@@ -18,28 +18,13 @@ from typing import Optional
 import numpy as np
 import torch
 
+from gan_lightning.checkpoints import CheckpointError, read_checkpoint
 from gan_lightning.data import GANDataModule
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, unreadable, or not one this project wrote."""
-
-
-def load_checkpoint(path: str) -> dict:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise CheckpointError(f"checkpoint {file} not found; checkpoints are in <default_root_dir>/checkpoints/")
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle errors, objects the weights-only loader refuses
-        raise CheckpointError(f"checkpoint {file} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                              "it is truncated, corrupted or not a checkpoint: use another one (last.ckpt is "
-                              "rewritten at every save; the epoch checkpoints beside it are older copies)") from None
 
 
 def load_model(path: str, device: str = "cpu"):
     """(model in eval mode on ``device``, data module) rebuilt from a checkpoint's hyperparameters."""
-    ckpt = load_checkpoint(path)
+    ckpt = read_checkpoint(path)  # weights only: a checkpoint from elsewhere cannot run code here
     hp = dict(ckpt.get("hyper_parameters", {}))
     class_path = hp.get("_class_path")
     if not class_path or "state_dict" not in ckpt:

@@ -2,9 +2,14 @@
 always written.
 
     wandb:
-      mode: auto          # auto: online when logged in (`wandb login` or WANDB_API_KEY), else CSV only
+      mode: auto          # online when logged in and W&B is reachable, else offline (`wandb sync` it later)
       project: gan_lightning
       group: null         # default: the SLURM array's id, so a sweep's runs sit side by side
+
+A missing login (`wandb login` or WANDB_API_KEY) or an unreachable W&B host does not stop a run: it logs to
+W&B offline, a local run in ``<save_dir>/wandb/offline-run-*`` to ``wandb sync`` later, and one warning on
+rank 0 says why. W&B's own ``WANDB_MODE`` (``disabled``, ``offline``, ``online``) is followed when the config
+says ``auto``; ``--wandb.mode off`` turns W&B off.
 
 What the run gets: the full resolved config, every ``train/``, ``val/`` and ``test/`` metric against
 ``iteration`` (training iterations; ``images_seen`` is there too), the pictures the callbacks draw, the
@@ -13,28 +18,42 @@ rank 0 when training ends.
 """
 import netrc
 import os
+import socket
 from pathlib import Path
 from typing import Literal, Optional
 from urllib.parse import urlparse
 
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-
-from gan_lightning.callbacks.preemption import slurm_job_id
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 Mode = Literal["auto", "online", "offline", "off"]
 X_AXES = ("iteration", "images_seen")
+ENV_MODES = {"disabled": "off", "offline": "offline", "dryrun": "offline", "online": "online", "run": "online"}
+
+
+def wandb_host() -> tuple[str, int]:
+    """The W&B server's host and port: WANDB_BASE_URL's (default https://api.wandb.ai, port 443)."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
 
 
 def wandb_logged_in() -> bool:
     """Whether W&B has an API key here: WANDB_API_KEY, or a netrc entry for the W&B host (``wandb login``)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(wandb_host()[0]) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the W&B host opens within ``timeout`` seconds (no request is sent)."""
+    try:
+        socket.create_connection(wandb_host(), timeout=timeout).close()
+        return True
+    except OSError:  # refused, timed out, no route, unknown host
         return False
 
 
@@ -45,8 +64,12 @@ class WandbSettings:
         """Where and how a run is logged to Weights & Biases.
 
         Args:
-            mode: ``auto`` (online when logged in, else no W&B run), ``online``, ``offline`` (a local run
-                to ``wandb sync`` later) or ``off``.
+            mode: ``auto``, ``online``, ``offline`` (a local run in ``<save_dir>/wandb/offline-run-*`` to
+                ``wandb sync`` later) or ``off``. ``auto`` is ``online`` unless W&B's ``WANDB_MODE`` says
+                ``disabled`` (off) or ``offline``; that variable does not override any other mode.
+                Online (``auto`` or ``online``) falls back to offline, with one warning, when W&B is not
+                logged in (``wandb login`` or WANDB_API_KEY) or its host (WANDB_BASE_URL's, default
+                api.wandb.ai:443) does not answer within 3 seconds.
             project: the W&B project.
             entity: the W&B user or team (default: the logged-in user's).
             group: runs of one sweep share it (default: ``array-<SLURM_ARRAY_JOB_ID>`` in a SLURM array).
@@ -60,26 +83,35 @@ class WandbSettings:
         self.mode, self.project, self.entity, self.group = mode, project, entity, group
         self.job_type, self.tags, self.name, self.id = job_type, list(tags or []), name, id
 
-    def resolved_mode(self) -> str:
-        """online, offline or off; ``auto`` is online when logged in."""
-        if self.mode != "auto":
-            return self.mode
-        if wandb_logged_in():
+    def resolved_mode(self, save_dir: str = ".") -> str:
+        """online, offline or off (see ``mode``); an online run that cannot be one is offline, and a warning
+        on rank 0 says why and how to sync the run kept in ``save_dir``."""
+        mode = ENV_MODES.get(os.environ.get("WANDB_MODE", "").lower(), "auto") if self.mode == "auto" else self.mode
+        if mode in ("offline", "off"):
+            return mode
+        if not wandb_logged_in():
+            reason = "W&B is not logged in (`wandb login` or WANDB_API_KEY)"
+        elif not wandb_reachable():
+            reason = "W&B's host {}:{} is unreachable".format(*wandb_host())
+        else:
             return "online"
-        rank_zero_info("gan_lightning: W&B is not logged in (`wandb login`), so this run logs to CSV only; "
-                       "--wandb.mode offline keeps a local W&B run to `wandb sync` later")
-        return "off"
+        run = os.path.join(save_dir, "wandb", "offline-run-*")
+        rank_zero_warn(f"gan_lightning: {reason}, so this run logs to W&B offline: `wandb sync {run}` uploads it "
+                       "later; --wandb.mode off turns W&B off")
+        return "offline"
 
     def logger(self, save_dir: str, default_name: str) -> Optional["WandbLogger"]:
         """The run's WandbLogger, or None when W&B is off."""
-        mode = self.resolved_mode()
+        from gan_lightning.callbacks.preemption import slurm_job_id  # here: callbacks import this module
+
+        mode = self.resolved_mode(save_dir)
         if mode == "off":
             return None
         array = os.environ.get("SLURM_ARRAY_JOB_ID")
         return WandbLogger(project=self.project, entity=self.entity, name=self.name or default_name,
                            group=self.group or (f"array-{array}" if array else None), job_type=self.job_type,
                            tags=self.tags, id=self.id or slurm_job_id(), resume="allow", offline=mode == "offline",
-                           save_dir=save_dir)
+                           save_dir=save_dir, mode=mode)  # mode: wins over a WANDB_MODE the user set
 
 
 class WandbLogger(LightningWandbLogger):

@@ -1,9 +1,15 @@
+import dataclasses
+import gzip
+import shutil
+import struct
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
 from PIL import Image
 
-from gan_lightning.data import DatasetNotFoundError, DeviceTensorLoader, GANDataModule
+from gan_lightning.data import DatasetCorruptError, DatasetNotFoundError, DeviceTensorLoader, GANDataModule
 from gan_lightning.data.toy import mixture_modes
 from tests.helpers import tiny_bigan, tiny_trainer
 
@@ -107,6 +113,96 @@ def test_image_folder_resizes_mixed_sizes_and_reports_empty_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetNotFoundError, match="empty"):
         GANDataModule("image_folder", data_dir=str(tmp_path / "empty")).setup()
+
+
+def fake_idx_set(raw: Path, n_train: int = 6, n_test: int = 4) -> None:
+    """A tiny but valid set of the four Fashion-MNIST idx files (headers as in the real ones)."""
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in [("train", n_train), ("t10k", n_test)]:
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">4I", 0x803, n, 28, 28) + bytes(n * 28 * 28))
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">2I", 0x801, n) + bytes(range(n)))
+
+
+def fashion_mnist_gz_files(folder: Path) -> None:
+    """The four *-ubyte.gz files in ``folder``: Debian's real ones where installed, else gzipped fakes."""
+    debian = Path("/usr/share/datasets/fashion-mnist")
+    folder.mkdir(parents=True, exist_ok=True)
+    if all((debian / f"{s}-ubyte.gz").exists() for s in ["train-images-idx3", "train-labels-idx1",
+                                                         "t10k-images-idx3", "t10k-labels-idx1"]):
+        for f in debian.glob("*-ubyte.gz"):
+            shutil.copyfile(f, folder / f.name)
+        return
+    fake_idx_set(folder / "fake")
+    for f in (folder / "fake").iterdir():
+        (folder / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes()))
+    shutil.rmtree(folder / "fake")
+
+
+@pytest.mark.parametrize("where", ["data_dir", "debian"])
+def test_truncated_gz_names_the_file_and_the_fix_and_leaves_no_raw_file(tmp_path, monkeypatch, where):
+    from gan_lightning.data import sources
+
+    data_dir = tmp_path / "data"
+    gz_dir = data_dir if where == "data_dir" else tmp_path / "debian"
+    fashion_mnist_gz_files(gz_dir)
+    monkeypatch.setitem(sources.SOURCES, "fashion_mnist",
+                        dataclasses.replace(sources.SOURCES["fashion_mnist"], debian_dir=str(tmp_path / "debian")))
+    bad = gz_dir / "train-labels-idx1-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    dm = GANDataModule("fashion_mnist", data_dir=str(data_dir), download=False)
+    with pytest.raises(DatasetCorruptError) as err:
+        dm.prepare_data()
+    message = str(err.value)
+    assert str(bad) in message and "truncated" in message and "\n" not in message
+    assert ("apt-get install --reinstall dataset-fashion-mnist" if where == "debian" else "delete it") in message
+    raw = data_dir / "FashionMNIST" / "raw"
+    assert not (raw / "train-labels-idx1-ubyte").exists() and not list(raw.glob("*.part"))
+    with pytest.raises(DatasetCorruptError, match="truncated"):  # and again, not a half file taken as staged
+        dm.setup()
+    bad.write_bytes(b"not gzip at all" * 10)
+    with pytest.raises(DatasetCorruptError, match="not a gzip file"):
+        dm.prepare_data()
+
+
+def test_truncated_or_garbage_idx_files_are_named_before_torchvision_reads_them(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    fake_idx_set(raw)
+    dm = GANDataModule("fashion_mnist", data_dir=str(tmp_path), download=False, val_fraction=0.5)
+    dm.setup()  # the well-formed set loads
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 3, "val": 3, "test": 4}
+    images = raw / "train-images-idx3-ubyte"
+    good = images.read_bytes()
+    images.write_bytes(good[:-100])
+    with pytest.raises(DatasetCorruptError) as err:
+        GANDataModule("fashion_mnist", data_dir=str(tmp_path), download=False).setup()
+    assert str(images) in str(err.value) and "truncated" in str(err.value) and "delete it" in str(err.value)
+    images.write_bytes(b"\x89PNG" + good[4:])  # wrong magic number
+    with pytest.raises(DatasetCorruptError, match="not an idx images file"):
+        GANDataModule("fashion_mnist", data_dir=str(tmp_path), download=False).prepare_data()
+    fake_idx_set(raw, n_test=5)
+    labels = raw / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(struct.pack(">2I", 0x801, 3) + bytes(3))  # well-formed, but 3 labels for 5 images
+    with pytest.raises(DatasetCorruptError, match="3 examples") as err:
+        GANDataModule("fashion_mnist", data_dir=str(tmp_path), download=False).prepare_data()
+    assert str(labels) in str(err.value) and str(raw / "t10k-images-idx3-ubyte") in str(err.value)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_corrupted_image_in_a_folder_is_named_when_its_batch_is_read(tmp_path, num_workers):
+    for i in range(8):
+        (tmp_path / "imgs" / "a").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20), color=(i * 20, 0, 255)).save(tmp_path / "imgs" / "a" / f"{i}.png")
+    bad = tmp_path / "imgs" / "a" / "3.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    dm = GANDataModule("image_folder", data_dir=str(tmp_path / "imgs"), image_size=16, batch_size=1,
+                       val_fraction=0.1, num_workers=num_workers)
+    dm.setup()
+    with pytest.raises(DatasetCorruptError) as err:
+        for split in ("train", "val", "test"):
+            for _ in batches(dm, split):
+                pass
+    message = str(err.value)  # one line even when a DataLoader worker raised it
+    assert str(bad) in message and "remove that file" in message and "\n" not in message
 
 
 def test_bad_values_are_refused_with_the_key_name():

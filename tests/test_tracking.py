@@ -1,15 +1,19 @@
 """W&B and the local logs: a real offline W&B run read back record by record, the run id a requeued SLURM
 job reuses, the CSV log's iteration axis, and the compare helper's table and plot."""
+import glob
 import json
+import socket
 import struct
+import warnings
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.utilities import rank_zero_only
 
 from gan_lightning.cli import main
 from gan_lightning.compare import higher_is_better, read_run, summarise
 from gan_lightning.compare import main as compare_main
-from gan_lightning.tracking import WandbSettings
+from gan_lightning.tracking import WandbSettings, wandb_host, wandb_reachable
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--config", str(REPO / "configs/overlays/smoke.yaml")]
@@ -48,15 +52,32 @@ def history_rows(records) -> list[dict]:
             for h in by_kind(records, "history")]
 
 
+def not_logged_in(monkeypatch, tmp_path: Path) -> None:
+    """No WANDB_API_KEY, and a netrc without the W&B host; W&B's own WANDB_MODE unset."""
+    for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    (tmp_path / "netrc").write_text("machine example.org login user password secret\n")
+
+
+def wandb_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if "W&B" in str(w.message)]
+
+
 @pytest.mark.slow
 def test_an_offline_wandb_run_holds_the_config_metrics_pictures_and_outputs(tmp_path, data_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")   # an array member of a requeued job: id and group are stable
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
-    main(["fit", "--config", str(REPO / "configs/aae_semi_100.yaml"), *SMOKE, "--data.init_args.data_dir", str(data_dir),
-          "--run_dir", str(tmp_path / "run"), "--wandb.mode", "offline", "--wandb.tags", "[smoke]"])
+    not_logged_in(monkeypatch, tmp_path)   # the config's mode auto: offline, and one warning says how to sync
+    with pytest.warns(UserWarning) as record:
+        main(["fit", "--config", str(REPO / "configs/aae_semi_100.yaml"), *SMOKE, "--data.init_args.data_dir",
+              str(data_dir), "--run_dir", str(tmp_path / "run"), "--wandb.tags", "[smoke]"])
+    [warning] = wandb_warnings(record)
+    sync = warning.split("`wandb sync ")[1].split("`")[0]
     run_dir = next((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert glob.glob(sync) == [str(run_dir)]   # the command the warning gives syncs this run
     records = wandb_records(run_dir)
 
     run = by_kind(records, "run")[0]
@@ -89,14 +110,19 @@ def test_an_offline_wandb_run_holds_the_config_metrics_pictures_and_outputs(tmp_
     assert [x for x, _ in csv_series["train/d_loss"]] == [1, 2, 3, 4] and csv_series["val/error"][0][0] == 4
 
 
-def test_auto_mode_is_online_only_when_logged_in_and_the_id_survives_a_requeue(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    (tmp_path / "netrc").write_text("machine example.org login user password secret\n")
-    assert WandbSettings().resolved_mode() == "off"
-    assert WandbSettings().logger(str(tmp_path), "gan") is None
+def test_auto_mode_is_online_only_when_logged_in_and_reachable_and_the_id_survives_a_requeue(tmp_path, monkeypatch):
+    not_logged_in(monkeypatch, tmp_path)
+    monkeypatch.setattr("gan_lightning.tracking.wandb_reachable", lambda timeout=3.0: True)
+    with pytest.warns(UserWarning, match="not logged in"):
+        assert WandbSettings().resolved_mode() == "offline"
     (tmp_path / "netrc").write_text("machine api.wandb.ai login user password secret\n")   # after `wandb login`
-    assert WandbSettings().resolved_mode() == "online"
+    assert wandb_host() == ("api.wandb.ai", 443)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # online: no warning
+        assert WandbSettings().resolved_mode() == "online"
+    monkeypatch.setattr("gan_lightning.tracking.wandb_reachable", lambda timeout=3.0: False)
+    with pytest.warns(UserWarning, match="api.wandb.ai:443 is unreachable"):
+        assert WandbSettings().resolved_mode() == "offline"
     monkeypatch.setenv("SLURM_JOB_ID", "991")
     for var in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(var, raising=False)
@@ -107,6 +133,71 @@ def test_auto_mode_is_online_only_when_logged_in_and_the_id_survives_a_requeue(t
     assert WandbSettings(mode="offline", id="mine").logger(str(tmp_path), "gan")._wandb_init["id"] == "mine"
     with pytest.raises(ValueError, match="wandb.mode"):
         WandbSettings(mode="sometimes")
+
+
+def test_without_a_login_auto_and_online_log_offline_and_rank_0_warns_once_how_to_sync(tmp_path, monkeypatch):
+    not_logged_in(monkeypatch, tmp_path)
+    monkeypatch.setattr("gan_lightning.tracking.wandb_reachable", lambda timeout=3.0: pytest.fail("probed, no login"))
+    for mode in ("auto", "online"):
+        with pytest.warns(UserWarning) as record:
+            logger = WandbSettings(mode=mode).logger(str(tmp_path / "run"), "gan")
+        assert logger._offline and logger._wandb_init["mode"] == "offline"
+        assert [str(w.message) for w in record] == [
+            "gan_lightning: W&B is not logged in (`wandb login` or WANDB_API_KEY), so this run logs to W&B offline: "
+            f"`wandb sync {tmp_path}/run/wandb/offline-run-*` uploads it later; --wandb.mode off turns W&B off"]
+    monkeypatch.setattr(rank_zero_only, "rank", 1)   # another DDP process: the same choice, silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert WandbSettings().logger(str(tmp_path / "run"), "gan")._offline
+
+
+def test_when_the_wandb_host_refuses_auto_and_online_log_offline_and_name_the_host(tmp_path, monkeypatch):
+    with socket.socket() as free:   # a local port that nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "secret")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    assert not wandb_reachable()
+    for mode in ("auto", "online"):
+        with pytest.warns(UserWarning) as record:
+            logger = WandbSettings(mode=mode).logger(str(tmp_path), "gan")
+        assert logger._offline and logger._wandb_init["mode"] == "offline"
+        [warning] = wandb_warnings(record)
+        assert warning.startswith(f"gan_lightning: W&B's host 127.0.0.1:{port} is unreachable, so this run logs to "
+                                  f"W&B offline: `wandb sync {tmp_path}/wandb/offline-run-*` uploads it later")
+
+
+def test_when_logged_in_and_the_wandb_host_answers_auto_and_online_log_online(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as server:   # the W&B host: it accepts connections
+        port = server.getsockname()[1]
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+        (tmp_path / "netrc").write_text("machine 127.0.0.1 login user password secret\n")   # `wandb login` there
+        assert wandb_host() == ("127.0.0.1", port) and wandb_reachable()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for mode in ("auto", "online"):
+                logger = WandbSettings(mode=mode).logger(str(tmp_path), "gan")
+                assert not logger._offline and logger._wandb_init["mode"] == "online"
+
+
+def test_wandb_mode_from_the_environment_decides_auto_but_not_a_mode_the_config_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "secret")
+    monkeypatch.setattr("gan_lightning.tracking.wandb_reachable", lambda timeout=3.0: True)
+    assert WandbSettings().logger(str(tmp_path), "gan") is None   # WANDB_MODE=disabled (conftest): no W&B run
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert WandbSettings().resolved_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert WandbSettings().resolved_mode() == "online"
+    assert WandbSettings(mode="off").logger(str(tmp_path), "gan") is None
+    assert WandbSettings(mode="offline").resolved_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    # The config's mode goes to wandb.init, where it wins over W&B's variable.
+    assert WandbSettings(mode="online").logger(str(tmp_path), "gan")._wandb_init["mode"] == "online"
+    assert WandbSettings(mode="offline").logger(str(tmp_path), "gan")._wandb_init["mode"] == "offline"
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

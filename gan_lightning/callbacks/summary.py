@@ -1,4 +1,6 @@
 """A start-up summary and a closing line that say what runs and where its outputs go."""
+import os
+
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
@@ -20,7 +22,8 @@ class RunSummary(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 mode = "offline, `wandb sync` it later" if logger._offline else "online"
-                folders.append(("wandb", f"{logger.experiment.dir} ({mode})"))
+                run_folder = os.path.dirname(os.path.normpath(logger.experiment.dir))  # experiment.dir is its files/
+                folders.append(("wandb", f"{run_folder} ({mode})"))
             else:
                 folders.append(("logs", str(logger.log_dir or logger.save_dir)))
         return folders

@@ -71,7 +71,10 @@ class GANDataModule(L.LightningDataModule):
                              "lazily from disk. Set data.on_device=false for it.")
         if n_labelled is not None and n_labelled < 0:
             raise ValueError(f"data.n_labelled must be >= 0 or null, got {n_labelled}")
-        self.save_hyperparameters()
+        # In checkpoints (evaluate rebuilds the data from them) but not in the loggers' hyperparameters: Lightning
+        # refuses to log a model and a data module that share a key with different values (model.seed and
+        # data.seed may rightly differ); config.yaml and the W&B run hold the whole config anyway.
+        self.save_hyperparameters(logger=False)
         self.root = Path(data_dir).expanduser()
         self.splits: dict[str, Dataset] = {}
 

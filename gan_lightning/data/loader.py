@@ -130,9 +130,61 @@ class ResumableDataLoader(DataLoader):
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
         self.position = position
 
+    def __iter__(self):
+        return WorkerDeathExplained(super().__iter__(), self.num_workers)
+
     def state_dict(self) -> dict:
         return self.position() if self.position is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.sampler.resume(state)
+
+
+class DataLoaderWorkerDied(RuntimeError):
+    """A DataLoader worker process ended without an exception of its own (a signal); the message says why."""
+
+
+# What each way of dying usually means, and what to do about it.
+_WORKER_DEATHS = {
+    "Killed": "most often the kernel's out-of-memory killer (see `dmesg`): lower data.num_workers or "
+              "data.batch_size, or give the job more memory",
+    "Bus error": "the shared memory the workers pass batches through (/dev/shm) is full: enlarge it (docker: "
+                 "--shm-size) or lower data.num_workers",
+    "Segmentation fault": "a crash in native code while reading data (an image library, a corrupt file): run with "
+                          "data.num_workers 0 to see it in the main process",
+}
+
+
+class WorkerDeathExplained:
+    """A DataLoader iterator whose worker deaths say the cause and the fix instead of torch's bare
+    "DataLoader worker (pid(s) N) exited unexpectedly"; everything else passes through."""
+
+    def __init__(self, iterator, num_workers: int):
+        self._iterator, self._num_workers = iterator, num_workers
+
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        return len(self._iterator)
+
+    def __getattr__(self, name: str):
+        return getattr(self._iterator, name)
+
+    def __next__(self):
+        try:
+            return next(self._iterator)
+        except RuntimeError as err:
+            if "DataLoader worker" not in str(err) or "exited unexpectedly" not in str(err):
+                raise
+            causes, cause = [], err
+            while cause is not None:
+                causes.append(str(cause).strip())
+                cause = cause.__cause__ or cause.__context__
+            how = next((c for c in causes if "killed by signal" in c), causes[0])
+            advice = next((a for signal, a in _WORKER_DEATHS.items() if signal in how),
+                          "run with data.num_workers 0 to see the error in the main process")
+            raise DataLoaderWorkerDied(
+                f"a DataLoader worker died ({how.rstrip('. ')}; data.num_workers={self._num_workers}): {advice}. "
+                "Checkpoints already written are intact: resume with --ckpt_path last") from err

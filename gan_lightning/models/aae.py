@@ -108,7 +108,7 @@ class AAE(AdversarialModule):
             scheduler_d: optional schedule of optimizer_d.
             scheduler_e: optional schedule of optimizer_e.
             **kwargs: the shared options of ``AdversarialModule`` (n_critic: D_z steps per encoder step,
-                ema_decay, gradient_clip_val, seed, stop_on_nonfinite, compile).
+                ema_decay, gradient_clip_val, seed, on_nonfinite, compile).
         """
         super().__init__(latent_dim=latent_dim, prior="gaussian", **kwargs)
         check_adversarial_options(self, width, discriminator_width, prior_std)
@@ -333,7 +333,7 @@ class SemiSupervisedAAE(AdversarialModule):
             scheduler_e: optional schedule of optimizer_e.
             scheduler_c: optional schedule of optimizer_c.
             **kwargs: the shared options of ``AdversarialModule`` (n_critic, ema_decay, gradient_clip_val,
-                seed, stop_on_nonfinite, compile).
+                seed, on_nonfinite, compile).
         """
         super().__init__(latent_dim=latent_dim, prior="gaussian", **kwargs)
         check_adversarial_options(self, width, discriminator_width, prior_std)

@@ -18,12 +18,14 @@ from typing import Callable, Iterator, Literal, Optional, Sequence
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from gan_lightning.checkpoints import CheckpointError, SafeCheckpointIO
 from gan_lightning.distributed import PlayerDDPStrategy
 from gan_lightning.errors import ConfigError
 from gan_lightning.losses import su_regulariser
@@ -61,13 +63,19 @@ class AdversarialModule(L.LightningModule):
             generator seeded with (seed, iteration) and keeps this rank's rows, and seeds the global RNG
             (dropout) with (seed, iteration, rank): ranks draw different noise, a resumed run draws the
             same, and W ranks draw together what one process would for the W batches concatenated.
-        stop_on_nonfinite: raise, naming the player and iteration, when a loss becomes NaN or Inf.
+        on_nonfinite: what to do when a player's loss or gradients become NaN or Inf: ``stop`` (raise, naming
+            the player and the iteration; checkpoints already written stay intact), ``skip`` (drop that
+            player's update, count it in ``train/skipped_<player>``, warn once; stop after
+            ``MAX_CONSECUTIVE_SKIPS`` in a row) or ``ignore``. With fp16's loss scaler the scaler skips
+            overflowing steps itself and only losses are checked.
         su_lambda: weight of Su's generator regulariser ||G(z) - G_old(z)||^2 (mean over elements;
             Su 2018 used 5), G_old(z) being the output before this iteration's generator updates.
         generator_steps: generator updates per discriminator update, on the same z (Su used 2; the
             regulariser is zero on the first).
         compile: compile every network with ``torch.compile`` (in place: checkpoints keep their keys).
     """
+
+    MAX_CONSECUTIVE_SKIPS = 20  # on_nonfinite: skip stops after this many skipped updates of a player in a row
 
     iteration: int      # training iterations (batches) completed: the step users see
     images_seen: int    # training examples consumed, summed over all ranks
@@ -80,7 +88,7 @@ class AdversarialModule(L.LightningModule):
         ema_decay: Optional[float] = None,
         gradient_clip_val: Optional[float] = None,
         seed: int = 0,
-        stop_on_nonfinite: bool = True,
+        on_nonfinite: Literal["stop", "skip", "ignore"] = "stop",
         su_lambda: float = 0.0,
         generator_steps: int = 1,
         compile: bool = False,
@@ -98,7 +106,9 @@ class AdversarialModule(L.LightningModule):
         self.automatic_optimization = False
         self.latent_dim, self.prior = latent_dim, prior
         self.n_critic, self.ema_decay, self.gradient_clip_val = n_critic, ema_decay, gradient_clip_val
-        self.seed, self.stop_on_nonfinite, self.compile_networks = seed, stop_on_nonfinite, compile
+        if on_nonfinite not in ("stop", "skip", "ignore"):
+            raise ValueError(f"model.on_nonfinite must be stop, skip or ignore, got {on_nonfinite!r}")
+        self.seed, self.on_nonfinite, self.compile_networks = seed, on_nonfinite, compile
         self.su_lambda, self.generator_steps = su_lambda, generator_steps
         self.iteration = 0
         self.images_seen = 0
@@ -106,6 +116,8 @@ class AdversarialModule(L.LightningModule):
         self.ema = nn.ModuleDict()
         self.noise: Optional[torch.Generator] = None  # the training noise; see training_step
         self._finite: dict[str, torch.Tensor] = {}  # per player: all losses finite since the last check
+        self.skipped: dict[str, int] = {}      # per player: updates skipped for NaN/Inf (on_nonfinite: skip)
+        self._skipped_in_a_row: dict[str, int] = {}
 
     # --- players and their optimizers -------------------------------------------------------
 
@@ -152,13 +164,17 @@ class AdversarialModule(L.LightningModule):
         return super().__getattr__(name)
 
     def setup(self, stage: str) -> None:
-        """Refuse Lightning's one-DDP-per-module strategy, which fails on the first player step (or, with
-        ``find_unused_parameters``, all-reduces every network's gradients at every step)."""
+        """Write and read checkpoints with ``SafeCheckpointIO`` (atomic, weights-only; see
+        ``gan_lightning/checkpoints.py``), and refuse Lightning's one-DDP-per-module strategy, which fails on
+        the first player step (or, with ``find_unused_parameters``, all-reduces every network's gradients
+        at every step)."""
         from lightning.pytorch.strategies import DDPStrategy
 
         from gan_lightning.distributed import PlayerDDPStrategy
 
         strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # atomic writes, weights-only reads
+            strategy.checkpoint_io = SafeCheckpointIO()
         if stage == "fit" and isinstance(strategy, DDPStrategy) and not isinstance(strategy, PlayerDDPStrategy):
             fix = "set trainer.strategy to player_ddp (one DDP per player network: each step sends only its gradients)"
             if not strategy._ddp_kwargs.get("find_unused_parameters"):
@@ -194,12 +210,47 @@ class AdversarialModule(L.LightningModule):
         return optimizers[list(self._players).index(player)]
 
     def step(self, optimizer, loss: torch.Tensor, player: str) -> None:
-        """One update of a player: zero its gradients, backpropagate, step."""
-        if self.stop_on_nonfinite:
+        """One update of a player: zero its gradients, backpropagate, check the loss and gradients are finite
+        (``on_nonfinite``), step."""
+        if self.on_nonfinite == "stop":
             self._check_finite(loss, player)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        optimizer.step()
+        if self.on_nonfinite == "ignore" or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            optimizer.step()
+            return
+        # NaN/Inf anywhere in the gradients shows in their total norm (one fused reduction per player).
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.new_zeros(())
+        if self.on_nonfinite == "stop":
+            self._check_finite(norm, player, what="gradient norm")
+            optimizer.step()
+        elif self._finite_on_every_rank(loss, norm):
+            self._skipped_in_a_row[player] = 0
+            optimizer.step()
+        else:
+            self._skip(optimizer, player, loss)
+
+    def _finite_on_every_rank(self, *values: torch.Tensor) -> bool:
+        """Whether all values are finite on every rank (skipping must be unanimous: one synchronisation)."""
+        ok = torch.stack([torch.isfinite(v.detach()).all() for v in values]).all().to(torch.int32)
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        return bool(ok)
+
+    def _skip(self, optimizer, player: str, loss: torch.Tensor) -> None:
+        """Drop this update of ``player`` (on_nonfinite: skip): no optimizer step, gradients cleared."""
+        optimizer.zero_grad(set_to_none=True)
+        self.skipped[player] = self.skipped.get(player, 0) + 1
+        self._skipped_in_a_row[player] = self._skipped_in_a_row.get(player, 0) + 1
+        if self._skipped_in_a_row[player] >= self.MAX_CONSECUTIVE_SKIPS:
+            self._raise_nonfinite(player, f"were NaN or Inf in {self.MAX_CONSECUTIVE_SKIPS} iterations in a row, up "
+                                          f"to iteration {self.iteration} (each update skipped): the model is not "
+                                          "recovering", what="loss or gradients")
+        if self.skipped[player] == 1:
+            rank_zero_warn(f"the {player} loss or gradients are NaN or Inf at iteration {self.iteration} (loss "
+                           f"{loss.item():.4g}): skipping that update (model.on_nonfinite=skip); skipped updates "
+                           f"are counted in train/skipped_{player}")
 
     def generator_updates(self, optimizer, player: str, outputs: tuple, regenerate: Callable[[], tuple],
                           loss: Callable[..., torch.Tensor]) -> torch.Tensor:
@@ -233,20 +284,21 @@ class AdversarialModule(L.LightningModule):
         else:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
 
-    def _check_finite(self, loss: torch.Tensor, player: str) -> None:
-        """Stop on a NaN or Inf loss, naming the player. On the CPU every loss is checked at once; on an
-        accelerator a flag accumulates on the device (no synchronisation) and is read when logging."""
-        if loss.device.type == "cpu":
-            if not torch.isfinite(loss):
-                self._raise_nonfinite(player, f"is {loss.item()} at iteration {self.iteration}")
+    def _check_finite(self, value: torch.Tensor, player: str, what: str = "loss") -> None:
+        """Stop on a NaN or Inf loss (or gradient norm), naming the player. On the CPU every value is checked at
+        once; on an accelerator a flag accumulates on the device (no synchronisation), read when logging."""
+        if value.device.type == "cpu":
+            if not torch.isfinite(value):
+                self._raise_nonfinite(player, f"is {value.item()} at iteration {self.iteration}", what)
             return
-        ok = torch.isfinite(loss.detach())
+        ok = torch.isfinite(value.detach())
         self._finite[player] = ok if player not in self._finite else self._finite[player] & ok
 
-    def _raise_nonfinite(self, player: str, when: str):
+    def _raise_nonfinite(self, player: str, when: str, what: str = "loss"):
+        skip = "" if self.on_nonfinite == "skip" else ", or set model.on_nonfinite skip to drop such updates"
         raise FloatingPointError(
-            f"the {player} loss {when}. Lower the learning rate, set model.gradient_clip_val, or use a stabler "
-            f"loss; the checkpoints already on disk are intact.")
+            f"the {player} {what} {when}. Lower the learning rate, set model.gradient_clip_val or use a stabler "
+            f"loss{skip}; the checkpoints already on disk are intact.")
 
     @property
     def generator_turn(self) -> bool:
@@ -263,7 +315,8 @@ class AdversarialModule(L.LightningModule):
         any ``on_train_batch_end`` then holds an iteration count that matches its weights.
         """
         self.seed_iteration(self.iteration)
-        logs = self.update_players(batch)
+        with self.explain_out_of_memory(batch, "training"):
+            logs = self.update_players(batch)
         if self.generator_turn:
             for name, averaged in self.ema.items():
                 averaged.update_parameters(self.get_submodule(name))
@@ -312,13 +365,14 @@ class AdversarialModule(L.LightningModule):
         if self.iteration % max(self.trainer.log_every_n_steps, 1) == 0:  # Lightning writes logs on these batches
             for player, ok in self._finite.items():
                 if not ok:
-                    self._raise_nonfinite(player, f"became NaN or Inf between iterations "
+                    self._raise_nonfinite(player, f"or gradient norm became NaN or Inf between iterations "
                                                   f"{self.iteration - self.trainer.log_every_n_steps} and {self.iteration}")
             self._finite.clear()
             self.log_dict({**(outputs or {}), **self._counters()}, prog_bar=True, on_step=True, on_epoch=False)
 
     def _counters(self) -> dict[str, float]:
-        return {"iteration": float(self.iteration), "images_seen": float(self.images_seen)}
+        skipped = {f"train/skipped_{player}": float(n) for player, n in self.skipped.items()}
+        return {"iteration": float(self.iteration), "images_seen": float(self.images_seen), **skipped}
 
     def on_train_epoch_end(self) -> None:
         # Checkpoint names use {iteration}; the counters are equal on every rank, so syncing changes nothing.
@@ -351,7 +405,9 @@ class AdversarialModule(L.LightningModule):
         raise NotImplementedError
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.log_dict(self.evaluate(batch[0], batch_idx, "val", batch[1] if len(batch) > 1 else None), sync_dist=True)
+        with self.explain_out_of_memory(batch, "validation"):
+            metrics = self.evaluate(batch[0], batch_idx, "val", batch[1] if len(batch) > 1 else None)
+        self.log_dict(metrics, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         # The counters beside the held-out metrics: every logged row carries its iteration, the x-axis.
@@ -361,7 +417,25 @@ class AdversarialModule(L.LightningModule):
         self.log_dict(self._counters())
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self.log_dict(self.evaluate(batch[0], batch_idx, "test", batch[1] if len(batch) > 1 else None), sync_dist=True)
+        with self.explain_out_of_memory(batch, "test"):
+            metrics = self.evaluate(batch[0], batch_idx, "test", batch[1] if len(batch) > 1 else None)
+        self.log_dict(metrics, sync_dist=True)
+
+    @contextlib.contextmanager
+    def explain_out_of_memory(self, batch, stage: str) -> Iterator[None]:
+        """Re-raise torch's out-of-memory error with the batch size that caused it and what to change."""
+        try:
+            yield
+        except torch.OutOfMemoryError as err:
+            n = len(batch[0])
+            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            setting = f"data.batch_size={datamodule.hparams.batch_size}" if datamodule is not None else "data.batch_size"
+            precision = str(self.trainer.precision) if self._trainer is not None else "32"
+            amp = "" if "bf16" in precision or "16" in precision else ", or --trainer.precision bf16-mixed to halve activations"
+            raise torch.OutOfMemoryError(
+                f"out of {self.device.type} memory in a {stage} step of {type(self).__name__} with {n} examples per "
+                f"device ({setting}; {str(err).splitlines()[0].strip()}): lower it, e.g. --data.batch_size "
+                f"{max(n // 2, 1)}{amp}; checkpoints already written are intact") from None
 
     # --- the public API that callbacks and users call ----------------------------------------
 
@@ -389,13 +463,31 @@ class AdversarialModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["gan_lightning"] = {"model": type(self).__name__, "iteration": self.iteration,
-                                       "images_seen": self.images_seen}
+                                       "images_seen": self.images_seen, "skipped": dict(self.skipped)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("gan_lightning", {})
         if saved.get("model", type(self).__name__) != type(self).__name__:
-            raise ValueError(f"this checkpoint holds a {saved['model']} model, but the config builds a "
+            raise CheckpointError(f"this checkpoint holds a {saved['model']} model, but the config builds a "
                              f"{type(self).__name__}: pass the checkpoint of a {type(self).__name__} run, "
                              f"or set model.class_path to {saved['model']}.")
+        self._refuse_other_shapes(checkpoint)
         self.iteration = saved.get("iteration", 0)
         self.images_seen = saved.get("images_seen", 0)
+        self.skipped = dict(saved.get("skipped", {}))
+
+    def _refuse_other_shapes(self, checkpoint: dict) -> None:
+        """A checkpoint of this model built with other sizes (latent_dim, width, data shape): one line naming
+        the settings that differ and the first weights that do not fit, instead of a page of size mismatches."""
+        theirs, ours = checkpoint.get("state_dict", {}), self.state_dict()
+        misfits = [f"{key} is {tuple(theirs[key].shape)} there, {tuple(value.shape)} here"
+                   for key, value in ours.items() if key in theirs and theirs[key].shape != value.shape]
+        if not misfits:
+            return
+        saved_hp, hp = checkpoint.get("hyper_parameters", {}), dict(self.hparams)
+        differ = [f"model.{key}: {saved_hp[key]!r} in the checkpoint, {hp[key]!r} in the config"
+                  for key in hp if key in saved_hp and saved_hp[key] != hp[key] and not key.startswith("_")]
+        raise CheckpointError(
+            f"this checkpoint's {type(self).__name__} has other shapes than the config builds "
+            f"({'; '.join(differ) or 'same settings'}; {misfits[0]}{f' and {len(misfits) - 1} more' if len(misfits) > 1 else ''}): "
+            f"set those values as the checkpoint has them to resume it, or start without --ckpt_path")

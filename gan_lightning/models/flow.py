@@ -65,7 +65,7 @@ class RealNVP(AdversarialModule):
             optimizer: optimizer of the flow (default: Adam 1e-3).
             scheduler: optional learning-rate schedule, stepped once per epoch.
             **kwargs: the shared options of ``AdversarialModule`` (ema_decay, gradient_clip_val, seed,
-                stop_on_nonfinite, compile).
+                on_nonfinite, compile).
         """
         super().__init__(latent_dim=math.prod(data_shape), prior="gaussian", **kwargs)
         if steps_per_level < 1 or hidden < 1 or not 0 < logit_alpha < 0.5 or temperature <= 0:

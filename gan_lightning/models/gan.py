@@ -56,7 +56,7 @@ class GAN(AdversarialModule):
             scheduler_d: optional learning-rate schedule of D, stepped once per epoch.
             scheduler_g: optional learning-rate schedule of G, stepped once per epoch.
             **kwargs: the shared options of ``AdversarialModule`` (n_critic, su_lambda, generator_steps,
-                ema_decay, gradient_clip_val, seed, stop_on_nonfinite, compile).
+                ema_decay, gradient_clip_val, seed, on_nonfinite, compile).
         """
         super().__init__(latent_dim=latent_dim, prior=prior, **kwargs)
         if width < 1 or min(gradient_penalty, r1_penalty) < 0:

@@ -76,7 +76,7 @@ class VAE(AdversarialModule):
             optimizer: optimizer of the encoder and decoder together (default: Adam 1e-3).
             scheduler: optional learning-rate schedule, stepped once per epoch.
             **kwargs: the shared options of ``AdversarialModule`` (ema_decay, gradient_clip_val, seed,
-                stop_on_nonfinite, compile).
+                on_nonfinite, compile).
         """
         super().__init__(latent_dim=latent_dim, prior="gaussian", **kwargs)
         if width < 1 or sigma <= 0 or kl_weight < 0:

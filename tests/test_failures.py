@@ -1,0 +1,214 @@
+"""The failure catalogue (docs/failures.md): for each bad input or fault, the message and the files kept.
+
+The rows tested elsewhere name their tests in the catalogue; these are the rest.
+"""
+import errno
+import hashlib
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import Dataset
+
+import gan_lightning.checkpoints as checkpoints
+from gan_lightning.callbacks import EncoderProbe, LatentScatter
+from gan_lightning.checkpoints import CheckpointError
+from gan_lightning.data.loader import DataLoaderWorkerDied, ResumableDataLoader
+from gan_lightning.errors import ConfigError
+from gan_lightning.models import BiGAN
+from tests.helpers import digits, tiny_bigan, tiny_gan, tiny_trainer
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def trained_checkpoint(tmp_path: Path, **model_kwargs) -> Path:
+    trainer = tiny_trainer(tmp_path, limit_train_batches=2)
+    trainer.fit(tiny_bigan(**model_kwargs), digits())
+    path = tmp_path / "good.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def nan_gradients_of(network: torch.nn.Module, when=lambda: True) -> None:
+    """Make the network's first parameter's gradient NaN (the loss stays finite) whenever ``when()``."""
+    param = next(network.parameters())
+    param.register_hook(lambda grad: grad * float("nan") if when() else grad)
+
+
+# --- 3. Divergence --------------------------------------------------------------------------------
+
+def test_nan_gradients_under_a_finite_loss_stop_naming_the_player_and_iteration_before_the_step(tmp_path):
+    model = tiny_bigan()
+    nan_gradients_of(model.discriminator, when=lambda: model.iteration == 1)
+    with pytest.raises(FloatingPointError, match="discriminator gradient norm is nan at iteration 1"):
+        tiny_trainer(tmp_path).fit(model, digits())
+    assert all(torch.isfinite(p).all() for p in model.parameters()), "the NaN step was taken"
+
+
+def test_skip_mode_drops_the_bad_updates_counts_them_and_trains_on(tmp_path):
+    model = tiny_bigan(on_nonfinite="skip")
+    nan_gradients_of(model.discriminator, when=lambda: model.iteration in (1, 2))
+    weights = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            weights.append(next(pl_module.discriminator.parameters()).detach().clone())
+
+    trainer = tiny_trainer(tmp_path, limit_train_batches=5, callbacks=[Record()], log_every_n_steps=1,
+                           logger=CSVLogger(tmp_path))
+    with pytest.warns(UserWarning, match="discriminator loss or gradients are NaN or Inf at iteration 1 .*skipping"):
+        trainer.fit(model, digits())
+    assert model.skipped == {"discriminator": 2}
+    assert torch.equal(weights[0], weights[1]) and torch.equal(weights[1], weights[2])  # iterations 1, 2 skipped
+    assert not torch.equal(weights[2], weights[3]) and torch.isfinite(weights[-1]).all()  # then it trains on
+    assert trainer.logged_metrics["train/skipped_discriminator"] == 2
+    trainer.save_checkpoint(tmp_path / "skip.ckpt")
+    assert BiGAN.load_from_checkpoint(tmp_path / "skip.ckpt").skipped == {"discriminator": 2}
+
+
+def test_skip_mode_stops_when_a_player_does_not_recover(tmp_path, monkeypatch):
+    monkeypatch.setattr(BiGAN, "MAX_CONSECUTIVE_SKIPS", 3)
+    model = tiny_bigan(on_nonfinite="skip")
+    nan_gradients_of(model.generator)
+    with pytest.warns(UserWarning), pytest.raises(FloatingPointError, match="generator_encoder loss or gradients were NaN "
+                                                                             "or Inf in 3 iterations in a row"):
+        tiny_trainer(tmp_path, limit_train_batches=10).fit(model, digits())
+
+
+# --- 4. Checkpoints -------------------------------------------------------------------------------
+
+def test_a_full_disk_while_writing_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    good = trained_checkpoint(tmp_path)
+    before = digest(good)
+    real_save = torch.save
+
+    def save_then_fill_the_disk(obj, file, *args, **kwargs):
+        real_save(obj, file, *args, **kwargs)
+        file.truncate(100)  # what reached the disk before it filled up
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoints.torch, "save", save_then_fill_the_disk)
+    trainer = tiny_trainer(tmp_path, limit_train_batches=1)
+    trainer.fit(tiny_bigan(), digits())
+    with pytest.raises(CheckpointError, match=f"could not write checkpoint {good} \\(No space left on device\\): "
+                                              f"{good} is unchanged"):
+        trainer.save_checkpoint(good)
+    assert digest(good) == before and BiGAN.load_from_checkpoint(good).iteration == 2
+    assert list(tmp_path.glob("*.partial")) == []
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL in the middle of a write (not an Exception: nothing may catch it)."""
+
+
+def test_a_kill_during_a_periodic_checkpoint_keeps_the_last_whole_one(tmp_path, monkeypatch):
+    real_save, saves = torch.save, []
+
+    def killed_on_the_third_save(obj, file, *args, **kwargs):
+        saves.append(obj["gan_lightning"]["iteration"])
+        # Written beside the destination, not in memory or a temp folder on another disk, then renamed.
+        assert Path(file.name) == tmp_path / "ckpt" / "last.ckpt.partial"
+        if len(saves) == 3:
+            file.write(b"PK\x03\x04 half a zip")
+            raise Killed  # the write never finishes
+        real_save(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "save", killed_on_the_third_save)
+    every_step = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True, save_top_k=0)
+    with pytest.raises(Killed):
+        tiny_trainer(tmp_path, limit_train_batches=5, enable_checkpointing=True, callbacks=[every_step]).fit(
+            tiny_bigan(), digits())
+    assert BiGAN.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt").iteration == saves[1]
+    assert list((tmp_path / "ckpt").glob("*.partial")) == []
+
+
+def test_a_truncated_checkpoint_given_to_fit_is_refused_in_one_line_and_left_alone(tmp_path):
+    good = trained_checkpoint(tmp_path)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    before = digest(cut)
+    with pytest.raises(CheckpointError, match=f"checkpoint {cut} cannot be read .*truncated, corrupted") as err:
+        tiny_trainer(tmp_path).fit(tiny_bigan(), digits(), ckpt_path=cut)
+    assert "\n" not in str(err.value) and digest(cut) == before
+
+
+def test_fit_reads_checkpoints_weights_only_and_says_so_when_a_file_needs_more(tmp_path):
+    good = trained_checkpoint(tmp_path)
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["surprise"] = Path("/")  # any Python object beyond tensors and plain values
+    torch.save(ckpt, tmp_path / "pickled.ckpt")
+    with pytest.raises(CheckpointError, match="holds Python objects besides tensors.*weights_only false"):
+        tiny_trainer(tmp_path, max_epochs=2).fit(tiny_bigan(), digits(), ckpt_path=tmp_path / "pickled.ckpt")
+    model = tiny_bigan()  # the user trusts it: weights_only=False (fit --weights_only false) loads it
+    tiny_trainer(tmp_path, max_epochs=2).fit(model, digits(), ckpt_path=tmp_path / "pickled.ckpt", weights_only=False)
+    assert model.iteration == 5
+    resumed = tiny_bigan()  # and our own checkpoints resume under the weights-only loader
+    tiny_trainer(tmp_path, max_epochs=2).fit(resumed, digits(), ckpt_path=good)
+    assert resumed.iteration == 5
+
+
+def test_a_checkpoint_of_another_shape_names_the_settings_and_the_weights_that_differ(tmp_path):
+    good = trained_checkpoint(tmp_path, latent_dim=4)
+    before = digest(good)
+    with pytest.raises(CheckpointError, match=r"model.latent_dim: 4 in the checkpoint, 3 in the config; "
+                                              r"\S+ is \(.*\) there, \(.*\) here"):
+        tiny_trainer(tmp_path, max_epochs=2).fit(tiny_bigan(latent_dim=3), digits(), ckpt_path=good)
+    assert digest(good) == before
+
+
+# --- 1. Config ------------------------------------------------------------------------------------
+
+def test_model_and_data_seeds_may_differ_and_both_are_kept(tmp_path):
+    trainer = tiny_trainer(tmp_path, logger=CSVLogger(tmp_path))
+    trainer.fit(tiny_bigan(seed=1), digits(seed=2))
+    trainer.save_checkpoint(tmp_path / "seeds.ckpt")
+    ckpt = torch.load(tmp_path / "seeds.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["seed"] == 1 and ckpt["datamodule_hyper_parameters"]["seed"] == 2
+
+
+@pytest.mark.parametrize("callback", [EncoderProbe, LatentScatter])
+def test_encoder_callbacks_refuse_a_model_without_an_encoder(callback, tmp_path):
+    with pytest.raises(ConfigError, match=f"{callback.__name__}.*GAN has (none|no encoder).*remove the callback"):
+        tiny_trainer(tmp_path, callbacks=[callback()]).fit(tiny_gan(), digits())
+
+
+# --- 7. Resources ---------------------------------------------------------------------------------
+
+def test_out_of_memory_names_the_batch_size_and_the_fix(tmp_path, monkeypatch):
+    model = tiny_bigan()
+
+    def too_big(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has 1.0 GiB free.")
+
+    monkeypatch.setattr(model, "update_players", too_big)
+    with pytest.raises(torch.OutOfMemoryError, match=r"training step of BiGAN with 16 examples per device "
+                                                     r"\(data.batch_size=16; CUDA out of memory. Tried to allocate "
+                                                     r"20.00 GiB.*--data.batch_size 8, or --trainer.precision bf16"):
+        tiny_trainer(tmp_path).fit(model, digits(batch_size=16))
+
+
+class DiesInWorker(Dataset):
+    """A dataset whose worker process is killed (as the out-of-memory killer would) on the third item."""
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int):
+        if i == 2 and torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return torch.zeros(2), 0
+
+
+def test_a_killed_dataloader_worker_is_reported_with_its_cause_and_fix():
+    loader = ResumableDataLoader(DiesInWorker(), 4, shuffle=False, drop_last=True, seed=0, rank=0, world_size=1,
+                                 num_workers=1)
+    with pytest.raises(DataLoaderWorkerDied, match="killed by signal: Killed.*num_workers=1.*out-of-memory killer"):
+        for _ in loader:
+            pass
