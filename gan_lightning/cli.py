@@ -57,13 +57,15 @@ class GANLightningCLI(LightningCLI):
         if not ckpt_path or not Path(ckpt_path).is_file():  # none, or a keyword such as "last"
             return
         weights_only = self.config[subcommand].get("weights_only") is not False
-        hparams = dict(read_checkpoint(ckpt_path, weights_only=weights_only).get("hyper_parameters", {}))
+        checkpoint = read_checkpoint(ckpt_path, weights_only=weights_only)
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
         model = self.config[subcommand].get("model")
         saved_class = hparams.pop("_class_path", None)
-        if model is not None and saved_class and model.get("class_path"):
-            if saved_class.rsplit(".", 1)[-1] != str(model.class_path).rsplit(".", 1)[-1]:
-                raise CheckpointError(f"checkpoint {ckpt_path} holds a {saved_class.rsplit('.', 1)[-1]} model, but "
+        saved_name = saved_class.rsplit(".", 1)[-1] if saved_class else checkpoint.get("gan_lightning", {}).get("model")
+        if model is not None and saved_name and model.get("class_path"):
+            if saved_name != str(model.class_path).rsplit(".", 1)[-1]:
+                raise CheckpointError(f"checkpoint {ckpt_path} holds a {saved_name} model, but "
                                       f"the config builds a {str(model.class_path).rsplit('.', 1)[-1]}: pass the "
                                       "checkpoint of a run of this config, or use that run's config")
             init_args = model.get("init_args") or Namespace()

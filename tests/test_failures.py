@@ -212,3 +212,38 @@ def test_a_killed_dataloader_worker_is_reported_with_its_cause_and_fix():
     with pytest.raises(DataLoaderWorkerDied, match="killed by signal: Killed.*num_workers=1.*out-of-memory killer"):
         for _ in loader:
             pass
+
+
+# --- through the command line: one line, before anything is built ----------------------------------
+
+GAN_RING = Path(__file__).resolve().parents[1] / "configs" / "toy" / "gan_ring.yaml"
+
+
+def cli_error(*args: str) -> str:
+    """The one line ``python -m gan_lightning`` ends with (in-process: the same ``main``)."""
+    from gan_lightning.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(list(args))
+    assert isinstance(stop.value.code, str) and "\n" not in stop.value.code, stop.value.code
+    return stop.value.code
+
+
+def test_fit_refuses_a_checkpoint_of_another_model_or_other_settings_naming_both(tmp_path):
+    config = ["fit", "--config", str(GAN_RING), "--trainer.default_root_dir", str(tmp_path)]
+    bigan = trained_checkpoint(tmp_path)
+    assert cli_error(*config, "--ckpt_path", str(bigan)).startswith(
+        f"gan_lightning: error: checkpoint {bigan} holds a BiGAN model, but the config builds a GAN")
+    gan_hparams = {"_class_path": "gan_lightning.models.GAN", "latent_dim": 99, "loss": "non_saturating"}
+    torch.save({"hyper_parameters": gan_hparams}, tmp_path / "gan.ckpt")
+    message = cli_error(*config, "--ckpt_path", str(tmp_path / "gan.ckpt"))
+    assert "other settings (model.latent_dim: 99 in the checkpoint, 2 in the config)" in message, message
+    assert "drop those overrides" in message and not (tmp_path / "checkpoints").exists()
+
+
+def test_fit_names_a_truncated_checkpoint_in_one_line(tmp_path):
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(trained_checkpoint(tmp_path).read_bytes()[:3000])
+    message = cli_error("fit", "--config", str(GAN_RING), "--trainer.default_root_dir", str(tmp_path),
+                        "--ckpt_path", str(cut))
+    assert message.startswith(f"gan_lightning: error: checkpoint {cut} cannot be read") and "truncated" in message

@@ -432,9 +432,11 @@ class AdversarialModule(L.LightningModule):
             setting = f"data.batch_size={datamodule.hparams.batch_size}" if datamodule is not None else "data.batch_size"
             precision = str(self.trainer.precision) if self._trainer is not None else "32"
             amp = "" if "bf16" in precision or "16" in precision else ", or --trainer.precision bf16-mixed to halve activations"
+            torch_says = ". ".join(str(err).splitlines()[0].split(". ")[:3]).rstrip(". ")  # what, how much, free
+            device = "GPU" if self.device.type == "cuda" else self.device.type
             raise torch.OutOfMemoryError(
-                f"out of {self.device.type} memory in a {stage} step of {type(self).__name__} with {n} examples per "
-                f"device ({setting}; {str(err).splitlines()[0].strip()}): lower it, e.g. --data.batch_size "
+                f"out of {device} memory in a {stage} step of {type(self).__name__} with {n} examples per "
+                f"device ({setting}; {torch_says}): lower it, e.g. --data.batch_size "
                 f"{max(n // 2, 1)}{amp}; checkpoints already written are intact") from None
 
     # --- the public API that callbacks and users call ----------------------------------------
