@@ -22,7 +22,8 @@ class RunSummary(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 mode = "offline, `wandb sync` it later" if logger._offline else "online"
-                run_folder = os.path.dirname(os.path.normpath(logger.experiment.dir))  # experiment.dir is its files/
+                files = logger.experiment.dir  # the run's files/ folder on rank 0; other ranks hold a dummy run
+                run_folder = os.path.dirname(os.path.normpath(files)) if isinstance(files, str) else "rank 0's run"
                 folders.append(("wandb", f"{run_folder} ({mode})"))
             else:
                 folders.append(("logs", str(logger.log_dir or logger.save_dir)))
