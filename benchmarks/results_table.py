@@ -1,0 +1,205 @@
+"""The README's Fashion-MNIST results table: every model trained from its config, then scored the same way.
+
+For each model: ``python -m gan_lightning fit`` on its config for ``--epochs`` epochs (validation off, so the
+time is training time), its own held-out figures on the test split (bits/dim for the flow, the negative ELBO
+for the VAE, the semi-supervised AAE's error) through ``Trainer.test`` without the config's callbacks, then
+``python -m gan_lightning evaluate`` (Frechet distance, Inception-style score and KID in the features of the
+project's Fashion-MNIST classifier, with the real-vs-real floor; 1-NN and linear probes of the encoder beside
+raw pixels; reconstruction MSE) and ``sample`` (a grid of 64 samples per model).
+
+Writes ``OUT.json`` (every raw figure, the commands, commit, machine and date), ``OUT.md`` (the table) and
+``OUT_samples/<model>.png``. The semi-supervised AAE row comes with the baseline the issue asks for: a
+logistic regression on the raw pixels of the same 100 labelled images.
+
+    python benchmarks/results_table.py --epochs 1                                  # CPU, about 30 minutes
+    python benchmarks/results_table.py --epochs 10 --accelerator gpu --jobs 9      # one GPU, models side by side
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> (config, extra options, paper / what it is)
+MODELS = {
+    "gan": ("configs/gan.yaml", [], "GAN, non-saturating (Goodfellow et al. 2014)"),
+    "gan_su": ("configs/gan.yaml", ["--model.init_args.su_lambda", "5", "--model.init_args.generator_steps", "2"],
+               "GAN + Su's regulariser (lambda 5, 2 G steps)"),
+    "ali": ("configs/ali.yaml", [], "ALI (Dumoulin et al. 2017)"),
+    "ali_su": ("configs/ali.yaml", ["--model.init_args.loss", "su"], "ALI with Su's G/E loss (Su 2018, eq. 41)"),
+    "bigan": ("configs/bigan.yaml", [], "BiGAN (Donahue et al. 2017)"),
+    "aae": ("configs/aae.yaml", [], "AAE, Gaussian prior (Makhzani et al. 2016)"),
+    "aae_semi_100": ("configs/aae_semi_100.yaml", [], "semi-supervised AAE, 100 labels"),
+    "vae": ("configs/vae.yaml", [], "VAE (Kingma & Welling 2014)"),
+    "flow": ("configs/flow.yaml", [], "RealNVP + Glow 1x1 conv (Dinh et al. 2017)"),
+}
+ENCODERS = {"ali", "ali_su", "bigan", "aae", "aae_semi_100", "vae"}
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a command, its output to ``log``; returns its wall time. Raises with the log's tail on failure."""
+    start = time.perf_counter()
+    with open(log, "a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        code = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({code}):\n{log.read_text()[-3000:]}")
+    return time.perf_counter() - start
+
+
+def held_out(ckpt: Path, device: str) -> dict:
+    """The model's own test figures (``evaluate(x, ..., "test")``), without the config's callbacks."""
+    import lightning as L
+
+    from gan_lightning.commands import load_model
+
+    model, datamodule = load_model(str(ckpt), device)
+    datamodule.hparams.data_dir = datamodule.root = Path(args.data_dir)
+    trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    metrics = trainer.test(model, datamodule, verbose=False)[0]
+    return {k: float(v) for k, v in metrics.items() if k.startswith("test/")}
+
+
+def pixel_baseline_on_labelled(config: str) -> dict:
+    """A classifier trained on the semi-supervised run's labelled images alone: logistic regression on pixels."""
+    import yaml
+
+    from gan_lightning.data import GANDataModule
+    from gan_lightning.metrics.probes import linear_probe_accuracy
+
+    data = yaml.safe_load((REPO / config).read_text())["data"]["init_args"]
+    dm = GANDataModule("fashion_mnist", data_dir=args.data_dir, n_labelled=data["n_labelled"], seed=data.get("seed", 0),
+                       val_fraction=data.get("val_fraction", 0.1))
+    dm.prepare_data()
+    dm.setup("fit")
+    x, y = dm.labelled_subset()
+    dm.setup("test")
+    test_x, test_y = [t for t in dm._tensors("test")][:2]
+    from gan_lightning.data import to_model_range
+
+    accuracy = linear_probe_accuracy(x.float(), y, to_model_range(test_x).float(), test_y)
+    return {"labels": int(len(y)), "pixel_logistic_regression_error": 1.0 - accuracy}
+
+
+def one_model(name: str) -> dict:
+    config, extra, what = MODELS[name]
+    run_dir = out_dir / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    log = run_dir / "commands.log"
+    python = [sys.executable, "-m", "gan_lightning"]
+    fit = [*python, "fit", "--config", config, *extra, "--run_dir", str(run_dir), "--trainer.max_epochs", str(args.epochs),
+           "--trainer.limit_val_batches", "0", "--trainer.accelerator", args.accelerator, "--trainer.precision",
+           args.precision, "--trainer.enable_progress_bar", "false", "--data.init_args.data_dir", args.data_dir,
+           "--wandb.mode", "off"]
+    if args.limit_train_batches:
+        fit += ["--trainer.limit_train_batches", str(args.limit_train_batches)]
+    seconds = run(fit, log)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    device = "cuda" if args.accelerator == "gpu" else "cpu"
+    evaluate = [*python, "evaluate", "--ckpt_path", str(ckpt), "--device", device, "--n_samples", str(args.n_samples),
+                "--n_train", str(args.n_train), "--data_dir", args.data_dir, "--out", str(run_dir / "eval.json"),
+                "--metrics", "fid", "is", "kid", *(["probes"] if name in ENCODERS else [])]
+    run(evaluate, log)
+    picture = samples_dir / f"{name}.npz"
+    run([*python, "sample", "--ckpt_path", str(ckpt), "--device", device, "--n", "64", "--out", str(picture)], log)
+    picture.unlink()  # the PNG grid beside it is what the README shows
+    scores = json.loads((run_dir / "eval.json").read_text())
+    row = {**scores, "class": scores["model"], "model": name, "what": what, "config": config, "options": extra,
+           "epochs": args.epochs, "iterations": scores["iteration"], "fit_seconds": round(seconds, 1),
+           **held_out(ckpt, device), "commands": [" ".join(fit), " ".join(evaluate)]}
+    if name == "aae_semi_100":
+        row.update(pixel_baseline_on_labelled(config))
+    print(f"{name}: {row['iterations']} iterations in {seconds:.0f} s", flush=True)
+    return row
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    gpu = f", {torch.cuda.get_device_name(0)}" if args.accelerator == "gpu" and torch.cuda.is_available() else ""
+    return f"{platform.node()} ({cpu}, {os.cpu_count()} CPU threads{gpu}), torch {torch.__version__}"
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def table(rows: list[dict], header: dict) -> str:
+    lines = [f"Fashion-MNIST, {header['epochs']} epoch(s) per model, {header['machine']}, commit {header['commit']}, "
+             f"{header['date']}. Command: `{header['command']}`. Scores in the features of the project's Fashion-MNIST "
+             f"classifier (`fashion_classifier`, not Inception): FD = Frechet distance, IS, KID x 1000, "
+             f"{header['n_samples']} samples against the training split; floor = FD between the training and test "
+             "splits. Probes on E(x) with "
+             f"{header['n_train']} training images, accuracy on the test split; pixels = the same probe on raw pixels.",
+             "",
+             "| model | iterations | fit time | FD (floor) | IS (real) | KID x1e3 | 1-NN E(x) / pixels | linear E(x) / pixels | recon MSE | own test figure |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        own = {"flow": ("bits/dim", r.get("test/bits_per_dim")), "vae": ("-ELBO nats", r.get("test/loss")),
+               "aae_semi_100": ("error", r.get("test/error"))}.get(r["model"])
+        probe = lambda k: (f"{100 * r[k]:.1f} / {100 * r[k + '_pixels']:.1f} %" if k in r else "-")  # noqa: E731
+        lines.append(
+            f"| {r['model']} | {r['iterations']} | {r['fit_seconds']:.0f} s | {fmt(r.get('fd_fashion_classifier'))} "
+            f"({fmt(r.get('fd_fashion_classifier_floor'))}) | {fmt(r.get('is_fashion_classifier'))} "
+            f"({fmt(r.get('is_fashion_classifier_real'))}) | {fmt(1000 * r['kid_fashion_classifier'] if 'kid_fashion_classifier' in r else None)} "
+            f"| {probe('probe_1nn')} | {probe('probe_linear')} | {fmt(r.get('reconstruction_mse'))} "
+            f"| {f'{own[0]} {fmt(own[1], 4)}' if own else '-'} |")
+    semi = next((r for r in rows if r["model"] == "aae_semi_100"), None)
+    if semi:
+        lines += ["", f"Semi-supervised AAE, {semi['labels']} labels: test error {100 * semi['test/error']:.1f} %; "
+                      f"logistic regression on the pixels of the same {semi['labels']} labelled images: "
+                      f"{100 * semi['pixel_logistic_regression_error']:.1f} %."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    global args, out_dir, samples_dir
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--limit_train_batches", type=int, default=None, help="cap iterations per epoch (tests)")
+    p.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--precision", default="32-true")
+    p.add_argument("--jobs", type=int, default=1, help="models trained at the same time")
+    p.add_argument("--n_samples", type=int, default=10_000)
+    p.add_argument("--n_train", type=int, default=10_000)
+    p.add_argument("--data_dir", default=str(REPO / "data"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fashion_mnist"))
+    args = p.parse_args()
+    out = Path(args.out)
+    out_dir, samples_dir = out.parent / f"{out.name}_runs", out.parent / f"{out.name}_samples"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = commit or os.environ.get("GIT_COMMIT", "unknown")  # a copy of the tree without .git (a GPU machine)
+    header = {"command": " ".join(["python", "benchmarks/results_table.py", *sys.argv[1:]]), "commit": commit,
+              "machine": machine(), "date": datetime.date.today().isoformat(), "epochs": args.epochs,
+              "n_samples": args.n_samples, "n_train": args.n_train, "accelerator": args.accelerator,
+              "precision": args.precision}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(one_model, args.models))
+    out.with_suffix(".json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table(rows, header))
+    print(out.with_suffix(".md").read_text())
+
+
+args: argparse.Namespace
+out_dir: Path
+samples_dir: Path
+
+if __name__ == "__main__":
+    main()
