@@ -75,3 +75,19 @@ def test_ali_networks_follow_the_papers_tables(size, width, x_channels, g_channe
     assert G(torch.randn(2, 256)).shape == (2, 3, size, size)
     with pytest.raises(ValueError, match="32x32.*64x64.*image_size"):
         ALIGenerator(8, (3, 48, 48))
+
+
+@pytest.mark.parametrize("architecture,shape", [("dcgan", (1, 28, 28)), ("dcgan", (3, 32, 32)), ("toy", (2,)),
+                                                ("mlp", (1, 8, 8))])
+def test_every_discriminator_takes_dropout_and_batch_norm_as_named_and_tells_inputs_apart(architecture, shape):
+    from gan_lightning.nets import ARCHITECTURES
+
+    make = ARCHITECTURES[architecture].discriminator
+    x = torch.randn(8, *shape)
+    for batch_norm in (True, False):
+        D = make(shape, 16, 0.0, batch_norm).train()  # dropout 0: training mode must not blank anything out
+        assert D(x).std() > 0, "D gives every input the same logit in training mode"
+        norms = [m for m in D.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+        if architecture != "toy":  # the maxout D has no batch norm at all
+            assert bool(norms) == batch_norm
+        assert all(m.p == 0.0 for m in D.modules() if isinstance(m, torch.nn.Dropout))

@@ -33,7 +33,9 @@ ARCHITECTURES: dict[str, Architecture] = {
                         lambda shape, w, dropout, batch_norm: MLPDiscriminator(shape, w, dropout, batch_norm),
                         JointDiscriminator),
     # DCGAN for 28x28, 32x32, 64x64; width = channels at the finest resolution
-    "dcgan": Architecture(DCGANGenerator, DCGANEncoder, DCGANDiscriminator, DCGANJointDiscriminator),
+    "dcgan": Architecture(DCGANGenerator, DCGANEncoder,
+                          lambda shape, w, dropout, batch_norm: DCGANDiscriminator(shape, w, batch_norm, dropout),
+                          DCGANJointDiscriminator),
     # the ALI paper's networks: CIFAR-10 / SVHN at 32x32 (width 32), CelebA at 64x64 (width 64)
     "ali": Architecture(ALIGenerator, ALIEncoder, None, ALIJointDiscriminator),
     # 2-D mixtures: G and E of `width` units (400), maxout D of width // 2 units (200) x 5 pieces
