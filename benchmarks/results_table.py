@@ -179,13 +179,15 @@ def main() -> None:
     p.add_argument("--n_train", type=int, default=10_000)
     p.add_argument("--data_dir", default=str(REPO / "data"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fashion_mnist"))
+    p.add_argument("--work_dir", default=None, help="the runs' checkpoints and logs (default: OUT_runs)")
     args = p.parse_args()
     out = Path(args.out)
-    out_dir, samples_dir = out.parent / f"{out.name}_runs", out.parent / f"{out.name}_samples"
+    out_dir = Path(args.work_dir) if args.work_dir else out.parent / f"{out.name}_runs"
+    samples_dir = out.parent / f"{out.name}_samples"
     out_dir.mkdir(parents=True, exist_ok=True)
     samples_dir.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    commit = commit or os.environ.get("GIT_COMMIT", "unknown")  # a copy of the tree without .git (a GPU machine)
+    commit = os.environ.get("GIT_COMMIT") or commit or "unknown"  # GIT_COMMIT: a copy of the tree on another machine
     header = {"command": " ".join(["python", "benchmarks/results_table.py", *sys.argv[1:]]), "commit": commit,
               "machine": machine(), "date": datetime.date.today().isoformat(), "epochs": args.epochs,
               "n_samples": args.n_samples, "n_train": args.n_train, "accelerator": args.accelerator,
