@@ -74,7 +74,7 @@ def pixel_baseline_on_labelled(config: str) -> dict:
     """A classifier trained on the semi-supervised run's labelled images alone: logistic regression on pixels."""
     import yaml
 
-    from gan_lightning.data import GANDataModule
+    from gan_lightning.data import GANDataModule, to_model_range
     from gan_lightning.metrics.probes import linear_probe_accuracy
 
     data = yaml.safe_load((REPO / config).read_text())["data"]["init_args"]
@@ -84,9 +84,7 @@ def pixel_baseline_on_labelled(config: str) -> dict:
     dm.setup("fit")
     x, y = dm.labelled_subset()
     dm.setup("test")
-    test_x, test_y = [t for t in dm._tensors("test")][:2]
-    from gan_lightning.data import to_model_range
-
+    test_x, test_y = dm._tensors("test")[:2]
     accuracy = linear_probe_accuracy(x.float(), y, to_model_range(test_x).float(), test_y)
     return {"labels": int(len(y)), "pixel_logistic_regression_error": 1.0 - accuracy}
 

@@ -134,10 +134,9 @@ class Preemption(L.Callback):
     def save_and_stop(self, trainer: L.Trainer, signum: signal.Signals, iteration: int) -> None:
         callback = self.checkpoint_callback(trainer)
         path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-        partial = path.with_name(path.name + ".partial")
-        trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes; ends with a barrier
-        if trainer.is_global_zero:
-            os.replace(partial, path)  # atomic: the previous last.ckpt stays whole until this instant
+        # Every rank takes part; rank 0 writes (atomically: AdversarialModule installs SafeCheckpointIO, which
+        # writes last.ckpt.partial and renames it, so the previous last.ckpt stays whole until the new one is).
+        trainer.save_checkpoint(path)
         message = f"gan_lightning: {signum.name} received: saved {path} at iteration {iteration}"
         rank_zero_info(message)
         trainer.strategy.barrier("Preemption.save_and_stop")
