@@ -141,20 +141,21 @@ def table(rows: list[dict], header: dict) -> str:
              f"{header['date']}. Command: `{header['command']}`. Scores in the features of the project's Fashion-MNIST "
              f"classifier (`fashion_classifier`, not Inception): FD = Frechet distance, IS, KID x 1000, "
              f"{header['n_samples']} samples against the training split; floor = FD between the training and test "
-             "splits. Probes on E(x) with "
+             "splits. Probes on E(x) (and on the encoder's penultimate layer, the BiGAN paper's second feature set) with "
              f"{header['n_train']} training images, accuracy on the test split; pixels = the same probe on raw pixels.",
              "",
-             "| model | iterations | fit time | FD (floor) | IS (real) | KID x1e3 | 1-NN E(x) / pixels | linear E(x) / pixels | recon MSE | own test figure |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | iterations | fit time | FD (floor) | IS (real) | KID x1e3 | 1-NN E(x) / pixels | 1-NN penultimate | linear E(x) / pixels | recon MSE | own test figure |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         own = {"flow": ("bits/dim", r.get("test/bits_per_dim")), "vae": ("-ELBO nats", r.get("test/loss")),
                "aae_semi_100": ("error", r.get("test/error"))}.get(r["model"])
         probe = lambda k: (f"{100 * r[k]:.1f} / {100 * r[k + '_pixels']:.1f} %" if k in r else "-")  # noqa: E731
+        penultimate = f"{100 * r['probe_1nn_penultimate']:.1f} %" if "probe_1nn_penultimate" in r else "-"
         lines.append(
             f"| {r['model']} | {r['iterations']} | {r['fit_seconds']:.0f} s | {fmt(r.get('fd_fashion_classifier'))} "
             f"({fmt(r.get('fd_fashion_classifier_floor'))}) | {fmt(r.get('is_fashion_classifier'))} "
             f"({fmt(r.get('is_fashion_classifier_real'))}) | {fmt(1000 * r['kid_fashion_classifier'] if 'kid_fashion_classifier' in r else None)} "
-            f"| {probe('probe_1nn')} | {probe('probe_linear')} | {fmt(r.get('reconstruction_mse'))} "
+            f"| {probe('probe_1nn')} | {penultimate} | {probe('probe_linear')} | {fmt(r.get('reconstruction_mse'))} "
             f"| {f'{own[0]} {fmt(own[1], 4)}' if own else '-'} |")
     semi = next((r for r in rows if r["model"] == "aae_semi_100"), None)
     if semi:

@@ -50,7 +50,7 @@ CONFIGS = {"gan": "configs/gan.yaml", "ali": "configs/ali.yaml", "bigan": "confi
 CPU_ITERATIONS = {"gan": 16, "ali": 12, "bigan": 20, "aae": 60, "vae": 200, "flow": 12}
 
 
-def build(name: str, data_dir: str, accelerator: str):
+def build(name: str, data_dir: str, accelerator: str, overrides: tuple[str, ...] = ()):
     """The model and data module of a config, as ``fit`` builds them (seed 0 for the weights)."""
     from gan_lightning.cli import GANLightningCLI
 
@@ -61,7 +61,7 @@ def build(name: str, data_dir: str, accelerator: str):
                               save_config_callback=None,
                               args=["--config", str(REPO / CONFIGS[name]), "--data.init_args.data_dir", data_dir,
                                     "--trainer.accelerator", accelerator, "--trainer.logger", "false",
-                                    "--wandb.mode", "off"])
+                                    "--wandb.mode", "off", *overrides])
     return cli.model, cli.datamodule
 
 
@@ -170,7 +170,7 @@ class _RequiresGrad(contextlib.AbstractContextManager):
 
 
 def plain_loop(name: str, args) -> tuple[float, int]:
-    model, data = build(name, args.data_dir, "cpu" if args.accelerator == "cpu" else "gpu")
+    model, data = build(name, args.data_dir, "cpu" if args.accelerator == "cpu" else "gpu", args.overrides)
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     data.prepare_data()
     data.setup("fit")
@@ -214,7 +214,7 @@ class Timer(L.Callback):
 
 
 def framework(name: str, args) -> tuple[float, int]:
-    model, data = build(name, args.data_dir, "cpu" if args.accelerator == "cpu" else "gpu")
+    model, data = build(name, args.data_dir, "cpu" if args.accelerator == "cpu" else "gpu", args.overrides)
     timer = Timer(args.warmup)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # the progress bar
         trainer = L.Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, max_epochs=1,
@@ -241,6 +241,9 @@ def main() -> None:
                         help="timed iterations per run (default: per model, a few seconds to a minute on a CPU)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/throughput_models")
+    parser.add_argument("--overrides", nargs=argparse.REMAINDER, default=[],
+                        help="the rest of the command line goes to every config, e.g. --overrides "
+                             "--model.init_args.on_nonfinite ignore")
     args = parser.parse_args()
 
     runs = {"plain": plain_loop, "framework": framework}

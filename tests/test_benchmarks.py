@@ -73,8 +73,59 @@ def test_results_table_trains_scores_and_draws_each_model(tmp_path, data_dir):
     assert all(r["iterations"] == 2 and r["fd_fashion_classifier"] > 0 for r in rows.values())
     semi = rows["aae_semi_100"]
     assert 0 < semi["probe_1nn"] <= 1 and 0 < semi["probe_1nn_pixels"] <= 1 and semi["reconstruction_mse"] > 0
+    assert 0 < semi["probe_1nn_penultimate"] <= 1 and "probe_1nn_penultimate" not in rows["flow"]
     assert "probe_1nn" not in rows["flow"] and rows["flow"]["test/bits_per_dim"] > 0
     assert 0 <= rows["aae_semi_100"]["test/error"] <= 1 and rows["aae_semi_100"]["labels"] == 100
     table = out.with_suffix(".md").read_text()
     assert "| aae_semi_100 | 2 |" in table and "bits/dim" in table and "logistic regression on the pixels" in table
     assert all((tmp_path / "fmnist_samples" / f"{name}.png").stat().st_size > 0 for name in rows)
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gan", "ali", "bigan", "aae", "vae", "flow"])
+def test_each_plain_loop_steps_every_player_of_its_model(name, data_dir):
+    """The plain loop that the framework is timed against does the model's whole iteration: two iterations
+    move every parameter of every player's optimizer (the flow's zero-initialised coupling outputs keep the
+    layers before them still on the first), and the EMA copies where the config keeps them."""
+    import torch
+
+    bench = _load_benchmark("throughput_models")
+    model, _ = bench.build(name, str(data_dir), "cpu")
+    optimizers, _ = model.configure_optimizers()
+    before = {id(p): p.detach().clone() for opt in optimizers for g in opt.param_groups for p in g["params"]}
+    ema_before = {n: [p.detach().clone() for p in a.parameters()] for n, a in model.ema.items()}
+    x = torch.rand(8, *model.hparams.data_shape) * 2 - 1
+    iteration = bench.plain_update(model, optimizers)
+    iteration(x)
+    iteration(x)
+    for opt in optimizers:
+        moved = [not torch.equal(before[id(p)], p) for g in opt.param_groups for p in g["params"]]
+        assert all(moved), f"{name}: {moved.count(False)} of {len(moved)} parameters of {type(opt).__name__} not updated"
+    for n, averaged in model.ema.items():
+        assert any(not torch.equal(a, b) for a, b in zip(ema_before[n], averaged.parameters())), n
+
+
+@pytest.mark.slow
+def test_model_throughput_benchmark_times_both_loops_and_writes_the_table(tmp_path, data_dir):
+    out = tmp_path / "throughput_models"
+    proc = subprocess.run([sys.executable, "benchmarks/throughput_models.py", "--models", "vae", "aae",
+                           "--warmup", "1", "--iterations", "3", "--repeats", "1", "--data_dir", str(data_dir),
+                           "--out", str(out)], cwd=REPO, timeout=600, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert set(report["models"]) == {"vae", "aae"} and report["commit"] and report["machine"]
+    for r in report["models"].values():
+        assert r["batch_size"] == 100 and r["iterations"] == 3
+        assert all(v > 0 for v in r["median"].values()) and set(r["median"]) == {"plain", "framework"}
+        assert r["framework_vs_plain"] == pytest.approx(r["median"]["framework"] / r["median"]["plain"])
+    table = out.with_suffix(".md").read_text()
+    assert "| vae (configs/vae.yaml) | 100 | 3 |" in table and "| aae (configs/aae.yaml) | 100 | 3 |" in table

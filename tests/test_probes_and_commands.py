@@ -1,4 +1,5 @@
 """Encoder probes, interpolation pictures, and the evaluate / sample commands on a real checkpoint."""
+import copy
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gan_lightning.metrics.probes import linear_probe_accuracy, one_nn_accuracy, probe_scores
+from gan_lightning.metrics.probes import linear_probe_accuracy, one_nn_accuracy, penultimate_features, probe_scores
 from tests.helpers import tiny_ali
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +89,26 @@ def test_sample_writes_an_npz_of_uint8_images_and_a_png(fashion_checkpoint, tmp_
 
 
 @pytest.mark.slow
+def test_penultimate_features_are_the_input_of_the_encoders_last_linear_layer_in_eval_mode():
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6),
+                                  torch.nn.LeakyReLU(0.2), torch.nn.Linear(6, 2)).train()
+    encoder[2].running_mean.fill_(3.0)  # eval mode uses these: a train-mode pass would not
+    x = torch.randn(5, 1, 2, 2)
+    features = penultimate_features(encoder)(x)
+    with torch.no_grad():
+        expected = encoder[3](copy.deepcopy(encoder[2]).eval()(encoder[1](x.flatten(1))))
+    assert torch.allclose(features, expected) and features.shape == (5, 6)
+    assert encoder[2].training and not encoder[2].running_mean.ne(3.0).any()  # mode restored, statistics kept
+    assert penultimate_features(torch.nn.Conv2d(1, 1, 1)) is None
+    # The probes score these features beside E(x)'s: the identity layer before a linear map keeps the clusters.
+    (x, y), (xt, yt) = clusters(200, 0), clusters(100, 1)
+    head = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(2, 1))
+    scores = probe_scores(head, lambda v, labels: v, (x, y), (xt, yt), torch.device("cpu"),
+                          penultimate=penultimate_features(head))
+    assert scores["probe_1nn_penultimate"] == scores["probe_1nn_pixels"] == 1.0 and "probe_linear_penultimate" in scores
+
+
 def test_evaluate_scores_a_checkpoint_prints_a_table_and_writes_json(fashion_checkpoint, tmp_path, data_dir):
     out = tmp_path / "eval.json"
     run = cli("evaluate", "--ckpt_path", str(fashion_checkpoint), "--n_samples", "200", "--n_real", "500",
@@ -95,7 +116,8 @@ def test_evaluate_scores_a_checkpoint_prints_a_table_and_writes_json(fashion_che
     assert run.returncode == 0, run.stderr
     scores = json.loads(out.read_text())
     for key in ("fd_fashion_classifier", "fd_fashion_classifier_floor", "is_fashion_classifier",
-                "kid_fashion_classifier", "probe_1nn", "probe_1nn_pixels", "probe_linear", "reconstruction_mse"):
+                "kid_fashion_classifier", "probe_1nn", "probe_1nn_pixels", "probe_linear", "reconstruction_mse",
+                "probe_1nn_penultimate", "probe_linear_penultimate"):
         assert key in scores and np.isfinite(scores[key]), key
         assert key in run.stdout
     assert scores["feature_extractor"] == "fashion_classifier" and "fid_inception" not in scores

@@ -138,7 +138,7 @@ def test_job_at_its_time_limit_requeues_itself_and_resumes_exactly(uninterrupted
     text = (tmp_path / f"slurm-{job_id}.out").read_text(errors="replace")
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, text[-3000:]
     # every requeue came from the callback (SLURM itself would have ended the job at its limit) and resumed
-    assert "SIGUSR1 received: saved" in text and f"requeued SLURM job {job_id}" in text, text[-3000:]
+    assert "SIGUSR1 received: saved" in text and f"requeueing SLURM job {job_id}" in text, text[-3000:]
     assert len(resumed_at(text)) == int(info["Restarts"]), text[-3000:]
     assert_same_training(final_state(tmp_path / "run"), uninterrupted)
 

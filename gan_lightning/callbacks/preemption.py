@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Union
 
@@ -47,6 +48,8 @@ class Preemption(L.Callback):
         check_every_n_iterations: how often the ranks agree whether a signal arrived (one all-reduce of
             one number); SLURM's warning comes ~90 s ahead, so any small value is safe.
     """
+
+    LOG_GRACE_SECONDS = 1.0  # between the last log line and ``scontrol requeue``, which ends the step
 
     def __init__(self, requeue_signal: str = "SIGUSR1", stop_signals: list[str] = ("SIGTERM", "SIGINT"),
                  requeue: Union[bool, str] = "auto", check_every_n_iterations: int = 1):
@@ -142,13 +145,17 @@ class Preemption(L.Callback):
         trainer.strategy.barrier("Preemption.save_and_stop")
         job = slurm_job_id()
         if signum == self.requeue_signal and (self.requeue is True or (self.requeue == "auto" and job is not None)):
-            action = f"requeued SLURM job {job}, which resumes from it"
+            action = f"requeueing SLURM job {job}, which resumes from it"
             if trainer.is_global_zero:  # SLURM then ends this run of the job and starts the next
+                rank_zero_info(f"gan_lightning: {action}")
+                # srun forwards the tasks' output to the job's log asynchronously, and the requeue ends the
+                # step at once: give the lines above the time to reach the log before it does.
+                time.sleep(self.LOG_GRACE_SECONDS)
                 result = subprocess.run(["scontrol", "requeue", str(job)], capture_output=True, text=True)
                 if result.returncode != 0:
                     action = (f"could NOT requeue SLURM job {job} ({result.stderr.strip() or result.returncode}): "
                               "resubmit it; the script's --ckpt_path last resumes from the checkpoint")
-                rank_zero_info(f"gan_lightning: {action}")
+                    rank_zero_info(f"gan_lightning: {action}")
         else:
             action = "stopped: run the same command with --ckpt_path last to resume"
             rank_zero_info(f"gan_lightning: {action}")

@@ -7,7 +7,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from gan_lightning.errors import ConfigError
 from gan_lightning.data import to_model_range
-from gan_lightning.metrics.probes import probe_scores
+from gan_lightning.metrics.probes import penultimate_features, probe_scores
 
 
 def labelled_split(datamodule, split: str, n: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,11 +36,14 @@ class EncoderProbe(L.Callback):
         n_test: test images they are scored on (default: all).
         every_n_epochs: probe at every n-th validation.
         linear: also fit the linear probe (scikit-learn's logistic regression).
+        penultimate: also probe the encoder's penultimate layer (the input of its last linear layer), the
+            BiGAN paper's second feature set: ``val/probe_1nn_penultimate``, ``val/probe_linear_penultimate``.
     """
 
     def __init__(self, n_train: Optional[int] = 10_000, n_test: Optional[int] = None, every_n_epochs: int = 1,
-                 linear: bool = True):
+                 linear: bool = True, penultimate: bool = True):
         self.n_train, self.n_test, self.every_n_epochs, self.linear = n_train, n_test, every_n_epochs, linear
+        self.penultimate = penultimate
         self._pixels: Optional[dict[str, float]] = None
         self.last: dict[str, float] = {}
 
@@ -56,8 +59,9 @@ class EncoderProbe(L.Callback):
             return
         dm = trainer.datamodule
         train, test = labelled_split(dm, "train", self.n_train), labelled_split(dm, "test", self.n_test)
+        penultimate = penultimate_features(pl_module.net("encoder")) if self.penultimate else None
         scores = probe_scores(pl_module.encode, pl_module.reconstruct, train, test, pl_module.device,
-                              pixels=self._pixels is None, linear=self.linear)
+                              pixels=self._pixels is None, linear=self.linear, penultimate=penultimate)
         if self._pixels is None:
             self._pixels = {k: v for k, v in scores.items() if k.endswith("_pixels")}
         self.last = {**scores, **self._pixels}

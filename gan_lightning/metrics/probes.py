@@ -1,7 +1,9 @@
 """Encoder probes (BiGAN/ALI evaluation): how much class information E(x) keeps, next to raw pixels.
 
 - 1-NN accuracy: each test point takes the label of its nearest training point (Euclidean distance
-  on the features), the BiGAN paper's protocol (97.35 % on MNIST, on par with pixels).
+  on the features), the BiGAN paper's protocol (97.35 % on MNIST, on par with pixels). The paper probes
+  two layers of the encoder: E(x) itself and its penultimate layer (``penultimate_features``: the input
+  of the encoder's last linear layer, e.g. the 1024 units before BiGAN's 50-d output).
 - Linear-probe accuracy: multinomial logistic regression (scikit-learn, 200 L-BFGS steps) on standardised
   features.
 - Reconstruction MSE: mean of ``(x - G(E(x)))^2`` in the model's [-1, 1] range.
@@ -10,6 +12,7 @@ import warnings
 from typing import Callable, Optional
 
 import torch
+from torch import nn
 
 
 @torch.no_grad()
@@ -48,19 +51,46 @@ def batched(fn: Callable[..., torch.Tensor], x: torch.Tensor, device: torch.devi
     return torch.cat([fn(x[i:i + batch_size].to(device), *extra(i)).float().cpu() for i in range(0, len(x), batch_size)])
 
 
+def penultimate_features(encoder: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """x -> the input of ``encoder``'s last linear layer, flattened (in eval mode, no gradients); None when
+    the encoder has no linear layer."""
+    from gan_lightning.models.base import eval_mode
+
+    linear = [m for m in encoder.modules() if isinstance(m, nn.Linear)]
+    if not linear:
+        return None
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        seen = []
+        handle = linear[-1].register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+        try:
+            with eval_mode(encoder):
+                encoder(x)
+        finally:
+            handle.remove()
+        return seen[-1].flatten(1)
+
+    return features
+
+
 def probe_scores(encode: Callable, reconstruct: Callable, train: tuple[torch.Tensor, torch.Tensor],
                  test: tuple[torch.Tensor, torch.Tensor], device: torch.device, pixels: bool = True,
-                 linear: bool = True) -> dict[str, float]:
-    """Probe accuracies of ``encode`` (images in [-1, 1] -> features) and of raw pixels, and the test MSE of
+                 linear: bool = True, penultimate: Optional[Callable] = None) -> dict[str, float]:
+    """Probe accuracies of ``encode`` (images in [-1, 1] -> features), of ``penultimate`` (the encoder's
+    penultimate layer, when given: ``*_penultimate``) and of raw pixels, and the test MSE of
     ``reconstruct(images, labels)``.
 
     ``train`` and ``test`` are (images in [-1, 1], labels) on the CPU.
     """
     (x_train, y_train), (x_test, y_test) = train, test
-    f_train, f_test = batched(encode, x_train, device), batched(encode, x_test, device)
-    scores = {"probe_1nn": one_nn_accuracy(f_train, y_train, f_test, y_test)}
-    if linear:
-        scores["probe_linear"] = linear_probe_accuracy(f_train, y_train, f_test, y_test)
+    scores = {}
+    for suffix, features in (("", encode), ("_penultimate", penultimate)):
+        if features is None:
+            continue
+        f_train, f_test = batched(features, x_train, device), batched(features, x_test, device)
+        scores[f"probe_1nn{suffix}"] = one_nn_accuracy(f_train, y_train, f_test, y_test)
+        if linear:
+            scores[f"probe_linear{suffix}"] = linear_probe_accuracy(f_train, y_train, f_test, y_test)
     if pixels:
         scores["probe_1nn_pixels"] = one_nn_accuracy(x_train, y_train, x_test, y_test)
         if linear:
