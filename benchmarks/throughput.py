@@ -76,8 +76,9 @@ def plain_loop(data: GANDataModule, device: str, warmup: int, iterations: int, h
     return images_per_second(stamps)
 
 
-def images_per_second(stamps: list[float]) -> float:
-    return BATCH / statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+def images_per_second(stamps: list[float], batch_size: int = BATCH) -> float:
+    """batch_size over the median interval between consecutive time stamps."""
+    return batch_size / statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
 
 
 class Timer(L.Callback):

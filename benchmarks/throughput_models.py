@@ -42,6 +42,7 @@ from gan_lightning.data import to_model_range
 from gan_lightning.losses import bigan_encoder_generator_loss, discriminator_loss, gan_discriminator_loss, gan_generator_loss
 from gan_lightning.models.aae import fooling_loss, reconstruction_error
 from gan_lightning.models.vae import gaussian_kl, reconstruction_nll
+from throughput import Timer, images_per_second  # benchmarks/throughput.py: the same timing as BiGAN's benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"gan": "configs/gan.yaml", "ali": "configs/ali.yaml", "bigan": "configs/bigan.yaml",
@@ -68,7 +69,7 @@ def build(name: str, data_dir: str, accelerator: str, overrides: tuple[str, ...]
 def check_plain_settings(model) -> None:
     """The plain loops write the configs' algorithm without the options they leave at their defaults."""
     for option, default in (("n_critic", 1), ("generator_steps", 1), ("su_lambda", 0.0)):
-        if getattr(model, option, default) not in (default, 0, None):
+        if getattr(model, option, default) != default:
             raise SystemExit(f"the plain loop of {type(model).__name__} does not implement {option}="
                              f"{getattr(model, option)}; drop it from the config or extend the loop")
 
@@ -87,9 +88,6 @@ def plain_update(model, optimizers: list) -> Callable[[torch.Tensor], None]:
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
                                            model.gradient_clip_val)
         optimizer.step()
-
-    def frozen(net):  # the other player's parameters need no gradient during a step
-        return _RequiresGrad(net)
 
     if kind == "GAN":
         opt_d, opt_g = optimizers
@@ -158,18 +156,18 @@ def plain_update(model, optimizers: list) -> Callable[[torch.Tensor], None]:
     return iteration
 
 
-class _RequiresGrad(contextlib.AbstractContextManager):
-    def __init__(self, net):
-        self.net = net
+@contextlib.contextmanager
+def frozen(net: torch.nn.Module):
+    """The other player's parameters need no gradients during a player's step."""
+    net.requires_grad_(False)
+    try:
+        yield
+    finally:
+        net.requires_grad_(True)
 
-    def __enter__(self):
-        self.net.requires_grad_(False)
 
-    def __exit__(self, *exc):
-        self.net.requires_grad_(True)
-
-
-def plain_loop(name: str, args) -> tuple[float, int]:
+def plain_loop(name: str, args, iterations: int) -> tuple[float, int]:
+    """(images/s, batch size) of the hand-written loop."""
     model, data = build(name, args.data_dir, "cpu" if args.accelerator == "cpu" else "gpu", args.overrides)
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     data.prepare_data()
@@ -179,55 +177,32 @@ def plain_loop(name: str, args) -> tuple[float, int]:
     iteration = plain_update(model, optimizers)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision.startswith("bf16")
                 else contextlib.nullcontext())
-    stamps, batch_size = [], None
-    loader = data.train_dataloader()
-    for i, batch in enumerate(loader):
+    stamps = []
+    for i, batch in enumerate(data.train_dataloader()):
         if i >= args.warmup:
             stamps.append(time.perf_counter())
-        if i == args.warmup + args.n_iterations:
+        if i == args.warmup + iterations:
             break
         x = to_model_range(batch[0].to(device, non_blocking=True))
-        batch_size = len(x)
         with autocast:
             iteration(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return batch_size / median_interval(stamps), batch_size
+    return images_per_second(stamps, data.hparams.batch_size), data.hparams.batch_size
 
 
-class Timer(L.Callback):
-    """Time stamps at the start of every batch after the warm-up, and one after the last batch."""
-
-    def __init__(self, warmup: int):
-        self.warmup, self.stamps, self.batch_size = warmup, [], None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.batch_size = len(batch[0])
-        if batch_idx >= self.warmup:
-            self.stamps.append(time.perf_counter())
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize()
-        if batch_idx == trainer.num_training_batches - 1:
-            self.stamps.append(time.perf_counter())
-
-
-def framework(name: str, args) -> tuple[float, int]:
+def framework(name: str, args, iterations: int) -> tuple[float, int]:
+    """(images/s, batch size) through the Trainer, timed between batches like the plain loop."""
     model, data = build(name, args.data_dir, "cpu" if args.accelerator == "cpu" else "gpu", args.overrides)
     timer = Timer(args.warmup)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # the progress bar
         trainer = L.Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, max_epochs=1,
-                            limit_train_batches=args.warmup + args.n_iterations, limit_val_batches=0,
+                            limit_train_batches=args.warmup + iterations, limit_val_batches=0,
                             logger=CSVLogger(tmp), log_every_n_steps=50, enable_checkpointing=False,
                             enable_model_summary=False, callbacks=[timer, GANProgressBar(refresh_rate=20)],
                             default_root_dir=tmp)
         trainer.fit(model, data)
-    return timer.batch_size / median_interval(timer.stamps), timer.batch_size
-
-
-def median_interval(stamps: list[float]) -> float:
-    return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+    return images_per_second(timer.stamps, data.hparams.batch_size), data.hparams.batch_size
 
 
 def main() -> None:
@@ -250,14 +225,14 @@ def main() -> None:
     results = {}
     for name in args.models:
         samples: dict[str, list[float]] = {v: [] for v in runs}
-        args.n_iterations = args.iterations or (CPU_ITERATIONS[name] if args.accelerator == "cpu" else 100)
+        iterations = args.iterations or (CPU_ITERATIONS[name] if args.accelerator == "cpu" else 100)
         for repeat in range(args.repeats):
             for variant in list(runs) if repeat % 2 == 0 else list(runs)[::-1]:  # ABBA: drift favours neither
-                images_per_s, batch_size = runs[variant](name, args)
+                images_per_s, batch_size = runs[variant](name, args, iterations)
                 samples[variant].append(images_per_s)
                 print(f"{name:6s} repeat {repeat}: {variant:10s} {images_per_s:9.1f} images/s", flush=True)
         ratio = statistics.median(f / p for f, p in zip(samples["framework"], samples["plain"]))
-        results[name] = {"config": CONFIGS[name], "batch_size": batch_size, "iterations": args.n_iterations,
+        results[name] = {"config": CONFIGS[name], "batch_size": batch_size, "iterations": iterations,
                          "samples": samples,
                          "median": {v: statistics.median(s) for v, s in samples.items()},
                          "framework_vs_plain": ratio}
@@ -268,7 +243,7 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     command = "python benchmarks/throughput_models.py " + " ".join(
         f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
-        if v is not None and k != "n_iterations")
+        if v is not None)
     report = {"command": command, "date": datetime.date.today().isoformat(), "commit": commit, "machine": machine,
               "torch": torch.__version__, "lightning": L.__version__, "precision": args.precision, "models": results}
     lines = [f"Command: {command}",

@@ -81,9 +81,11 @@ def test_results_table_trains_scores_and_draws_each_model(tmp_path, data_dir):
     assert all((tmp_path / "fmnist_samples" / f"{name}.png").stat().st_size > 0 for name in rows)
 
 
-def _load_benchmark(name: str):
+def _load_benchmark(name: str, monkeypatch):
+    """A benchmark script as a module, with benchmarks/ on the path as when it runs as a script."""
     import importlib.util
 
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -92,13 +94,13 @@ def _load_benchmark(name: str):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gan", "ali", "bigan", "aae", "vae", "flow"])
-def test_each_plain_loop_steps_every_player_of_its_model(name, data_dir):
+def test_each_plain_loop_steps_every_player_of_its_model(name, data_dir, monkeypatch):
     """The plain loop that the framework is timed against does the model's whole iteration: two iterations
     move every parameter of every player's optimizer (the flow's zero-initialised coupling outputs keep the
     layers before them still on the first), and the EMA copies where the config keeps them."""
     import torch
 
-    bench = _load_benchmark("throughput_models")
+    bench = _load_benchmark("throughput_models", monkeypatch)
     model, _ = bench.build(name, str(data_dir), "cpu")
     optimizers, _ = model.configure_optimizers()
     before = {id(p): p.detach().clone() for opt in optimizers for g in opt.param_groups for p in g["params"]}

@@ -88,7 +88,6 @@ def test_sample_writes_an_npz_of_uint8_images_and_a_png(fashion_checkpoint, tmp_
     assert np.array_equal(np.load(tmp_path / "t.npz")["x"], x)  # same seed, same samples
 
 
-@pytest.mark.slow
 def test_penultimate_features_are_the_input_of_the_encoders_last_linear_layer_in_eval_mode():
     torch.manual_seed(0)
     encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6),
@@ -109,6 +108,7 @@ def test_penultimate_features_are_the_input_of_the_encoders_last_linear_layer_in
     assert scores["probe_1nn_penultimate"] == scores["probe_1nn_pixels"] == 1.0 and "probe_linear_penultimate" in scores
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_checkpoint_prints_a_table_and_writes_json(fashion_checkpoint, tmp_path, data_dir):
     out = tmp_path / "eval.json"
     run = cli("evaluate", "--ckpt_path", str(fashion_checkpoint), "--n_samples", "200", "--n_real", "500",
