@@ -35,13 +35,15 @@ MODELS = {
                "GAN + Su's regulariser (lambda 5, 2 G steps)"),
     "ali": ("configs/ali.yaml", [], "ALI (Dumoulin et al. 2017)"),
     "ali_su": ("configs/ali.yaml", ["--model.init_args.loss", "su"], "ALI with Su's G/E loss (Su 2018, eq. 41)"),
+    "ali_su_full": ("configs/ali.yaml", ["--model.init_args.loss", "su_full"],
+                    "ALI with Su's G/E loss and its encoder term (Su 2018, eq. 40)"),
     "bigan": ("configs/bigan.yaml", [], "BiGAN (Donahue et al. 2017)"),
     "aae": ("configs/aae.yaml", [], "AAE, Gaussian prior (Makhzani et al. 2016)"),
     "aae_semi_100": ("configs/aae_semi_100.yaml", [], "semi-supervised AAE, 100 labels"),
     "vae": ("configs/vae.yaml", [], "VAE (Kingma & Welling 2014)"),
     "flow": ("configs/flow.yaml", [], "RealNVP + Glow 1x1 conv (Dinh et al. 2017)"),
 }
-ENCODERS = {"ali", "ali_su", "bigan", "aae", "aae_semi_100", "vae"}
+ENCODERS = {"ali", "ali_su", "ali_su_full", "bigan", "aae", "aae_semi_100", "vae"}
 
 
 def run(cmd: list[str], log: Path) -> float:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 GANLoss = Literal["non_saturating", "minimax", "hinge", "wasserstein"]
 GeneratorLoss = Literal["non_saturating", "minimax"]
-JointLoss = Literal["non_saturating", "minimax", "su"]
+JointLoss = Literal["non_saturating", "minimax", "su", "su_full"]
 
 
 def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
@@ -80,7 +80,7 @@ def bigan_encoder_generator_loss(d_real: torch.Tensor, d_fake: torch.Tensor, kin
         return F.softplus(d_real).mean() + F.softplus(-d_fake).mean()
     if kind == "minimax":
         return -discriminator_loss(d_real, d_fake)
-    if kind == "su":
+    if kind in ("su", "su_full"):  # su_full adds the encoder's term outside, see ALI.latent_nll
         return F.softplus(-d_real).mean() + F.softplus(-d_fake).mean()
     raise ValueError(f"unknown generator loss {kind!r}; expected one of {JointLoss.__args__}")
 

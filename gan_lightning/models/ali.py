@@ -106,9 +106,21 @@ class ALI(AdversarialModule):
         #    (generator_steps times on the same z, held near G_old(z) by Su's regulariser).
         logs["train/ge_loss"] = self.generator_updates(
             opt_ge, "generator_encoder", (x_fake, z_enc), regenerate=lambda: (self.generator(z), self.infer(x)),
-            loss=lambda x_fake, z_enc: bigan_encoder_generator_loss(
-                self.discriminator(x, z_enc), self.discriminator(x_fake, z), self.loss))
+            loss=lambda x_fake, z_enc: self.encoder_generator_loss(x, z, x_fake, z_enc))
         return logs
+
+    def encoder_generator_loss(self, x, z, x_fake, z_enc) -> torch.Tensor:
+        loss = bigan_encoder_generator_loss(self.discriminator(x, z_enc), self.discriminator(x_fake, z), self.loss)
+        if self.loss == "su_full":
+            loss = loss + self.latent_nll(z, x_fake.detach())
+        return loss
+
+    def latent_nll(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)
+        if not self.gaussian_encoder:
+            return 0.5 * (z - h).pow(2).sum(1).mean()
+        mu, log_sigma = h.chunk(2, dim=1)
+        return (0.5 * ((z - mu) / log_sigma.exp()).pow(2) + log_sigma).sum(1).mean()
 
     def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
                  y: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
