@@ -46,13 +46,22 @@ MODELS = {
 ENCODERS = {"ali", "ali_su", "ali_su_full", "bigan", "aae", "aae_semi_100", "vae"}
 
 
+def child_env() -> dict:
+    """The runs' environment: on the CPU, the cores shared out among the parallel jobs (each torch process
+    would otherwise start a thread per core, and oversubscribed cores run many times slower)."""
+    env = dict(os.environ)
+    if args.accelerator == "cpu" and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    return env
+
+
 def run(cmd: list[str], log: Path) -> float:
     """Run a command, its output to ``log``; returns its wall time. Raises with the log's tail on failure."""
     start = time.perf_counter()
     with open(log, "a") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
-        code = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=child_env()).returncode
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({code}):\n{log.read_text()[-3000:]}")
     return time.perf_counter() - start
