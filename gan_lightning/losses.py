@@ -74,7 +74,8 @@ def bigan_encoder_generator_loss(d_real: torch.Tensor, d_fake: torch.Tensor, kin
       ``-log(1 - D(x, E(x))) - log D(G(z), z)``.
     - ``minimax`` (the paper's game; seed 000 eq. 13.21): minus the discriminator's loss.
     - ``su`` (Su 2018, seed 001 eq. 41): both pairs pushed towards the encoder label,
-      ``-log D(x, E(x)) - log D(G(z), z)``.
+      ``-log D(x, E(x)) - log D(G(z), z)``. ``su_full`` (eq. 40) is the same here; the model adds the
+      encoder's term, which needs the encoder itself (``ALI.latent_nll``).
     """
     if kind == "non_saturating":
         return F.softplus(d_real).mean() + F.softplus(-d_fake).mean()

@@ -1,4 +1,6 @@
 """GAN and ALI on the shared base: player isolation, Su's regulariser, penalties, the Gaussian encoder."""
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 import gan_lightning.models.base as base_module
 from gan_lightning.data import GANDataModule
 from tests.helpers import digits, tiny_ali, tiny_gan, tiny_trainer
-from tests.test_bigan import Snapshots, changed
+from tests.test_bigan import Snapshots, changed, same_grads
 
 
 @pytest.mark.parametrize("make,others", [(tiny_gan, ("generator",)), (tiny_ali, ("generator", "encoder")),
@@ -57,6 +59,32 @@ def test_gaussian_encoder_samples_in_training_and_encodes_the_mean():
     model.noise = torch.Generator().manual_seed(1)
     eps = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(model.infer(x), h[:, :4] + h[:, 4:].exp() * eps)  # z = mu + sigma * eps
+
+
+@pytest.mark.parametrize("encoder", ["gaussian", "deterministic"])
+def test_su_full_encoder_term_is_minus_log_q_of_z_given_g_of_z_and_leaves_batch_norm_statistics(encoder):
+    model = tiny_ali(encoder=encoder)
+    z, x_fake = torch.randn(6, 4), torch.rand(6, 1, 8, 8) * 2 - 1
+    statistics = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    nll = model.latent_nll(z, x_fake)
+    assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in statistics.items())
+    h = model.encoder(x_fake)  # training mode, like latent_nll: the batch's statistics
+    mu, sigma = (h[:, :4], h[:, 4:].exp()) if encoder == "gaussian" else (h, torch.ones_like(h))
+    log_density = torch.distributions.Normal(mu, sigma).log_prob(z).sum(1).mean()
+    assert nll.item() == pytest.approx(-log_density.item() - 4 * 0.5 * math.log(2 * math.pi), rel=1e-5)
+
+
+def test_su_full_adds_to_the_encoder_gradient_only(tmp_path):
+    """Su's eq. 40 differs from eq. 41 by the encoder's term: on the same batch and noise, the G/E step's
+    generator gradients are equal and its encoder gradients are not."""
+    grads = {}
+    for loss in ("su", "su_full"):
+        L.seed_everything(0)
+        spy = Snapshots()
+        tiny_trainer(tmp_path / loss, callbacks=[spy], limit_train_batches=1).fit(tiny_ali(loss=loss), digits())
+        grads[loss] = next(e[2] for e in spy.events if e[0] == "generator_encoder")
+    assert same_grads(grads["su"], grads["su_full"], ("generator.",))
+    assert not same_grads(grads["su"], grads["su_full"], ("encoder.",))
 
 
 def test_bigan_is_ali_with_a_deterministic_encoder_and_its_own_defaults():

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from gan_lightning.losses import JointLoss, bigan_encoder_generator_loss, discriminator_loss
-from gan_lightning.models.base import AdversarialModule, Prior, eval_mode
+from gan_lightning.models.base import AdversarialModule, Prior, batch_statistics_only, eval_mode
 from gan_lightning.nets import ARCHITECTURES, ArchitectureName
 
 EncoderKind = Literal["gaussian", "deterministic"]
@@ -53,7 +53,8 @@ class ALI(AdversarialModule):
             encoder: ``gaussian`` q(z|x) with the reparameterisation trick (ALI) or ``deterministic`` (BiGAN).
             prior: p(z): ``gaussian`` or ``uniform`` on [-1, 1]^Z.
             loss: the G/E loss: ``non_saturating`` (official code), ``minimax`` (the paper's game) or
-                ``su`` (Su 2018: both pairs pushed towards the encoder label).
+                ``su`` (Su 2018, eq. 41: both pairs pushed towards the encoder label) or ``su_full`` (eq. 40:
+                eq. 41 plus the encoder's term, ``latent_nll``, that eq. 41 drops).
             dropout: dropout rate of the discriminator (the ALI paper: 0.2 on its first layer, 0.5 after).
             optimizer_d: optimizer of D (default: Adam 1e-4, betas (0.5, 0.999)).
             optimizer_ge: optimizer of G and E together (same default).
@@ -109,14 +110,28 @@ class ALI(AdversarialModule):
             loss=lambda x_fake, z_enc: self.encoder_generator_loss(x, z, x_fake, z_enc))
         return logs
 
-    def encoder_generator_loss(self, x, z, x_fake, z_enc) -> torch.Tensor:
+    def encoder_generator_loss(self, x: torch.Tensor, z: torch.Tensor, x_fake: torch.Tensor,
+                               z_enc: torch.Tensor) -> torch.Tensor:
+        """The G/E loss of ``self.loss`` on data pairs (x, E(x)) and generated pairs (G(z), z); for ``su_full``
+        also the encoder's term of Su's eq. 40 (``latent_nll``)."""
         loss = bigan_encoder_generator_loss(self.discriminator(x, z_enc), self.discriminator(x_fake, z), self.loss)
         if self.loss == "su_full":
             loss = loss + self.latent_nll(z, x_fake.detach())
         return loss
 
-    def latent_nll(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(x)
+    def latent_nll(self, z: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
+        """E_z[-log p(z | G(z))]: the encoder's term that Su's eq. 41 drops from eq. 40 (seed 001).
+
+        Su's y = 0 part of KL(q(x,z,y) || p(x,z,y)), with D optimal for the previous players, leaves
+        E_{z, x~q(x|z)}[-log p(z|x) + log p_old(z|x)] besides -log D(G(z), z). Evaluated on the generated
+        pairs, not on the encoder's own, it is not a KL: its gradient at p = p_old is the encoder's
+        likelihood of z given G(z), so the encoder is taught to invert the generator. Its gradient into G
+        through x cancels at p = p_old, hence ``x_fake`` comes in detached. The Gaussian encoder gives
+        sum_i (z_i - mu_i)^2 / (2 sigma_i^2) + log sigma_i; the deterministic one, a unit-variance Gaussian.
+        Constants dropped; summed over z's dimensions like the log-density, averaged over the batch.
+        """
+        with batch_statistics_only(self.encoder):  # generated images stay out of E's eval-mode statistics
+            h = self.encoder(x_fake)
         if not self.gaussian_encoder:
             return 0.5 * (z - h).pow(2).sum(1).mean()
         mu, log_sigma = h.chunk(2, dim=1)

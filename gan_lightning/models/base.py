@@ -45,6 +45,20 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
+@contextlib.contextmanager
+def batch_statistics_only(module: nn.Module) -> Iterator[None]:
+    """Batch norm in ``module`` normalises with the batch's own statistics (as in training) but leaves its
+    running statistics alone: for a pass over inputs that eval-mode inference should not average in."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
 Prior = Literal["gaussian", "uniform"]
 
 
