@@ -133,11 +133,11 @@ def one_model(name: str) -> dict:
     return row
 
 
-def machine() -> str:
+def machine(accelerator: str) -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    gpu = f", {torch.cuda.get_device_name(0)}" if args.accelerator == "gpu" and torch.cuda.is_available() else ""
+    gpu = f", {torch.cuda.get_device_name(0)}" if accelerator == "gpu" and torch.cuda.is_available() else ""
     return f"{platform.node()} ({cpu}, {os.cpu_count()} CPU threads{gpu}), torch {torch.__version__}"
 
 
@@ -199,7 +199,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     commit = os.environ.get("GIT_COMMIT") or commit or "unknown"  # GIT_COMMIT: a copy of the tree on another machine
     header = {"command": " ".join(["python", "benchmarks/results_table.py", *sys.argv[1:]]), "commit": commit,
-              "machine": machine(), "date": datetime.date.today().isoformat(), "epochs": args.epochs,
+              "machine": machine(args.accelerator), "date": datetime.date.today().isoformat(), "epochs": args.epochs,
               "n_samples": args.n_samples, "n_train": args.n_train, "accelerator": args.accelerator,
               "precision": args.precision}
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -42,9 +42,18 @@ def recipe_args(recipe: str, epochs: int, model: str) -> list[str]:
     raise ValueError(f"unknown recipe {recipe!r}")
 
 
-def run(config: Path, seed: int, epochs: int, workdir: Path, extra: list[str] = ()) -> dict:
+# variant -> (config suffix, overrides, name suffix in the table)
+VARIANTS = {
+    "plain": ("", [], ""),
+    "su": ("_su", [], " + Su"),  # GAN: Su's regulariser; ALI/BiGAN: eq. 41's loss as well
+    "su_full": ("_su", ["--model.init_args.loss", "su_full"], " + Su, eq. 40"),  # ALI/BiGAN only
+}
+
+
+def run(config: Path, seed: int, epochs: int, workdir: Path, extra: list[str] = (), variant: str = "") -> dict:
     """Train one config with one seed; return the final validation's mode-coverage figures."""
-    root = workdir / f"{config.stem}_seed{seed}"
+    label = config.stem + (f"[{variant}]" if variant else "")
+    root = workdir / f"{label}_seed{seed}"
     cmd = [sys.executable, "-m", "gan_lightning", "fit", "--config", str(config),
            "--seed_everything", str(seed), "--model.init_args.seed", str(seed), "--data.init_args.seed", str(seed),
            "--trainer.max_epochs", str(epochs), "--trainer.check_val_every_n_epoch", str(epochs),
@@ -56,7 +65,7 @@ def run(config: Path, seed: int, epochs: int, workdir: Path, extra: list[str] = 
         raise RuntimeError(f"{config.name} seed {seed} failed:\n{proc.stderr[-2000:]}")
     rows = list(csv.DictReader(open(next(root.glob("runs/toy/*/logs/version_*/metrics.csv")))))
     final = [r for r in rows if r.get("val/modes")][-1]
-    return {"config": config.stem, "seed": seed, "epochs": epochs, "modes": float(final["val/modes"]),
+    return {"config": label, "seed": seed, "epochs": epochs, "modes": float(final["val/modes"]),
             "high_quality": float(final["val/high_quality"]), "reverse_kl": float(final["val/reverse_kl"])}
 
 
@@ -64,8 +73,9 @@ def summarise(results: list[dict]) -> str:
     lines = ["| model | data | modes | high-quality % | reverse KL | published (modes / HQ %) |", "|---|---|---|---|---|---|"]
     for config in sorted({r["config"] for r in results}, key=lambda c: (c.split("_")[1], c)):
         rs = [r for r in results if r["config"] == config]
-        model, data = config.split("_")[0], config.split("_")[1]
-        name = {"gan": "GAN", "ali": "ALI", "bigan": "BiGAN"}[model] + (" + Su" if config.endswith("_su") else "")
+        model, data = config.split("_")[0], config.split("_")[1].split("[")[0]
+        variant = config.split("[")[1].rstrip("]") if "[" in config else ("su" if config.endswith("_su") else "plain")
+        name = {"gan": "GAN", "ali": "ALI", "bigan": "BiGAN"}[model] + VARIANTS[variant][2]
 
         def stat(key, scale=1.0):
             values = [r[key] * scale for r in rs]
@@ -81,7 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["gan", "ali", "bigan"])
     parser.add_argument("--datasets", nargs="+", default=["ring", "grid"])
-    parser.add_argument("--variants", nargs="+", default=["plain", "su"])
+    parser.add_argument("--variants", nargs="+", default=["plain", "su"], choices=list(VARIANTS),
+                        help="su_full (Su's eq. 40 with the encoder's term) applies to ALI and BiGAN only")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
@@ -92,13 +103,14 @@ def main() -> None:
     args = parser.parse_args()
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
-    configs = [REPO / "configs" / "toy" / f"{m}_{d}{'_su' if v == 'su' else ''}.yaml"
-               for m in args.models for d in args.datasets for v in args.variants]
+    runs = [(REPO / "configs" / "toy" / f"{m}_{d}{VARIANTS[v][0]}.yaml", v)
+            for m in args.models for d in args.datasets for v in args.variants if not (m == "gan" and v == "su_full")]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         limit = ["--trainer.limit_train_batches", str(args.limit_train_batches)] if args.limit_train_batches else []
         futures = [pool.submit(run, c, s, args.epochs, Path(tmp),
-                               recipe_args(args.recipe, args.epochs, c.stem.split("_")[0]) + limit)
-                   for c in configs for s in args.seeds]
+                               recipe_args(args.recipe, args.epochs, c.stem.split("_")[0]) + limit + VARIANTS[v][1],
+                               v if v == "su_full" else "")
+                   for c, v in runs for s in args.seeds]
         results = []
         for f in futures:
             results.append(f.result())

@@ -25,12 +25,14 @@ def test_throughput_benchmark_runs_every_variant(tmp_path, data_dir):
 def test_toy_mode_benchmark_writes_the_table_over_seeds(tmp_path):
     out = tmp_path / "toy"
     subprocess.run([sys.executable, "benchmarks/toy_modes.py", "--models", "ali", "--datasets", "ring", "--variants",
-                    "plain", "--seeds", "0", "1", "--epochs", "1", "--limit_train_batches", "5", "--recipe", "fast",
-                    "--out", str(out)], cwd=REPO, check=True, timeout=300, capture_output=True)
+                    "plain", "su_full", "--seeds", "0", "1", "--epochs", "1", "--limit_train_batches", "5",
+                    "--recipe", "fast", "--out", str(out)], cwd=REPO, check=True, timeout=300, capture_output=True)
     report = json.loads(out.with_suffix(".json").read_text())
-    assert [r["seed"] for r in report["results"]] == [0, 1] and report["args"]["recipe"] == "fast"
+    assert [r["seed"] for r in report["results"]] == [0, 1, 0, 1] and report["args"]["recipe"] == "fast"
+    assert [r["config"] for r in report["results"]] == ["ali_ring"] * 2 + ["ali_ring_su[su_full]"] * 2
     table = out.with_suffix(".md").read_text()
     assert "| ALI | ring |" in table and "ALI 6.6 / 97.6" in table  # our row beside PacGAN's anchor
+    assert "| ALI + Su, eq. 40 | ring |" in table
 
 
 @pytest.mark.slow
@@ -57,6 +59,21 @@ def test_ddp_communication_benchmark_counts_both_strategies(tmp_path, data_dir):
     assert row["player_ddp_ratio"] == 1.0  # two D steps, no G step: D's bytes twice, nothing else
     assert row["lightning_ddp_ratio"] > 1.9  # every backward sends G's zeros too
     assert "| WGAN-GP, n_critic 5 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_probe_trajectory_probes_the_encoder_at_initialisation_and_at_each_validation(tmp_path, data_dir):
+    out = tmp_path / "trajectory"
+    proc = subprocess.run([sys.executable, "benchmarks/probe_trajectory.py", "--epochs", "2", "--every", "1",
+                           "--limit_train_batches", "3", "--n_train", "300", "--no_linear", "--data_dir", str(data_dir),
+                           "--out", str(out)], cwd=REPO, timeout=600, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    trajectory = report["trajectory"]
+    assert [r["epoch"] for r in trajectory] == [0, 1, 2] and report["header"]["config"] == "configs/bigan.yaml"
+    assert all(0.1 < r[k] <= 1 for r in trajectory for k in ("probe_1nn", "probe_1nn_penultimate"))
+    assert 0.5 < trajectory[0]["probe_1nn_pixels"] <= 1 and "probe_linear" not in trajectory[0]
+    assert out.with_suffix(".md").read_text().count("\n| ") == 4  # the header and three epochs
 
 
 @pytest.mark.slow
