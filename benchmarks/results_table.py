@@ -111,6 +111,9 @@ def one_model(name: str) -> dict:
            "--trainer.limit_val_batches", "0", "--trainer.accelerator", args.accelerator, "--trainer.precision",
            args.precision, "--trainer.enable_progress_bar", "false", "--data.init_args.data_dir", args.data_dir,
            "--wandb.mode", "off"]
+    if args.seed is not None:  # one seed for the weights, the noise and the data order alike
+        fit += ["--seed_everything", str(args.seed), "--model.init_args.seed", str(args.seed),
+                "--data.init_args.seed", str(args.seed)]
     if args.limit_train_batches:
         fit += ["--trainer.limit_train_batches", str(args.limit_train_batches)]
     seconds = run(fit, log)
@@ -185,6 +188,7 @@ def main() -> None:
     p.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--precision", default="32-true")
     p.add_argument("--jobs", type=int, default=1, help="models trained at the same time")
+    p.add_argument("--seed", type=int, default=None, help="override the configs' seeds (default: theirs, 0)")
     p.add_argument("--n_samples", type=int, default=10_000)
     p.add_argument("--n_train", type=int, default=10_000)
     p.add_argument("--data_dir", default=str(REPO / "data"))
@@ -201,7 +205,7 @@ def main() -> None:
     header = {"command": " ".join(["python", "benchmarks/results_table.py", *sys.argv[1:]]), "commit": commit,
               "machine": machine(args.accelerator), "date": datetime.date.today().isoformat(), "epochs": args.epochs,
               "n_samples": args.n_samples, "n_train": args.n_train, "accelerator": args.accelerator,
-              "precision": args.precision}
+              "precision": args.precision, "seed": args.seed}
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(one_model, args.models))
     out.with_suffix(".json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
