@@ -109,7 +109,7 @@ def main() -> None:
         limit = ["--trainer.limit_train_batches", str(args.limit_train_batches)] if args.limit_train_batches else []
         futures = [pool.submit(run, c, s, args.epochs, Path(tmp),
                                recipe_args(args.recipe, args.epochs, c.stem.split("_")[0]) + limit + VARIANTS[v][1],
-                               v if v == "su_full" else "")
+                               v if VARIANTS[v][1] else "")  # named when the config alone does not say it
                    for c, v in runs for s in args.seeds]
         results = []
         for f in futures:

@@ -73,6 +73,7 @@ def test_two_ranks_train_on_different_data_and_noise_and_stay_identical(tmp_path
 MODELS = {
     "bigan": lambda: tiny_bigan(seed=3),
     "ali_gaussian_encoder": lambda: tiny_ali(seed=3, encoder="gaussian", dropout=0.0),  # dropout: per-rank RNG
+    "ali_su_full": lambda: tiny_ali(seed=3, encoder="gaussian", dropout=0.0, loss="su_full"),  # E used twice
     "gan_r1": lambda: tiny_gan(seed=3, r1_penalty=1.0),
     "wgan_gp_n_critic_2": lambda: tiny_gan(seed=3, loss="wasserstein", gradient_penalty=10.0, n_critic=2),
     "vae": lambda: VAE(data_shape=(1, 8, 8), latent_dim=4, width=32, seed=3),
