@@ -35,18 +35,14 @@ def probes_at_initialisation(ckpt: Path, seed: int, n_train: int, linear: bool) 
     """The probes of a model built from ``ckpt``'s hyperparameters with fresh weights (``torch.manual_seed(seed)``)."""
     import torch
 
-    from gan_lightning.callbacks.probes import labelled_split
+    from gan_lightning.callbacks.probes import model_probe_scores
     from gan_lightning.commands import load_model
-    from gan_lightning.metrics.probes import penultimate_features, probe_scores
 
     trained, dm = load_model(str(ckpt), "cpu")
     dm.prepare_data()
     dm.setup("fit")
     torch.manual_seed(seed)
-    model = type(trained)(**trained.hparams).eval()
-    return probe_scores(model.encode, model.reconstruct, labelled_split(dm, "train", n_train),
-                        labelled_split(dm, "test", None), torch.device("cpu"), linear=linear,
-                        penultimate=penultimate_features(model.net("encoder")))
+    return model_probe_scores(type(trained)(**trained.hparams).eval(), dm, n_train, linear=linear)
 
 
 def callbacks_overlay(n_train: int, linear: bool) -> dict:

@@ -78,10 +78,9 @@ def sample(args: argparse.Namespace) -> dict:
 def evaluate(args: argparse.Namespace) -> dict:
     """Scores a checkpoint (or an image folder with ``--images``), prints a table and writes JSON."""
     from gan_lightning.callbacks.image_metrics import real_key, real_shard
-    from gan_lightning.callbacks.probes import labelled_split
+    from gan_lightning.callbacks.probes import model_probe_scores
     from gan_lightning.metrics.features import build_extractor
     from gan_lightning.metrics.image_scores import ImageScores
-    from gan_lightning.metrics.probes import penultimate_features, probe_scores
 
     model, dm = load_model(args.ckpt_path, _device(args.device))
     if dm is None:
@@ -122,9 +121,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if "probes" in args.metrics:
         if not hasattr(model, "encode"):
             raise CheckpointError(f"--metrics probes needs an encoder; {type(model).__name__} has none")
-        results.update(probe_scores(model.encode, model.reconstruct, labelled_split(dm, "train", args.n_train),
-                                    labelled_split(dm, "test", None), model.device,
-                                    penultimate=penultimate_features(model.net("encoder"))))
+        results.update(model_probe_scores(model, dm, args.n_train))
     _print_table(results)
     out = Path(args.out) if args.out else Path(args.ckpt_path).with_suffix(".eval.json")
     out.write_text(json.dumps(results, indent=2) + "\n")

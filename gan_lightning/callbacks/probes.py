@@ -25,6 +25,16 @@ def labelled_split(datamodule, split: str, n: Optional[int]) -> tuple[torch.Tens
     return to_model_range(images), labels
 
 
+def model_probe_scores(model, datamodule, n_train: Optional[int], n_test: Optional[int] = None, pixels: bool = True,
+                       linear: bool = True, penultimate: bool = True) -> dict[str, float]:
+    """``probe_scores`` of a model with an encoder on its data module's labelled splits: E(x) (``model.encode``),
+    the encoder's penultimate layer (when ``penultimate``) and raw pixels (when ``pixels``), with ``n_train``
+    training images and ``n_test`` test images (None: all), plus the reconstruction MSE."""
+    train, test = labelled_split(datamodule, "train", n_train), labelled_split(datamodule, "test", n_test)
+    return probe_scores(model.encode, model.reconstruct, train, test, model.device, pixels=pixels, linear=linear,
+                        penultimate=penultimate_features(model.net("encoder")) if penultimate else None)
+
+
 class EncoderProbe(L.Callback):
     """Logs ``val/probe_1nn``, ``val/probe_linear`` (and the raw-pixel baselines, once) and ``val/reconstruction_mse``.
 
@@ -57,11 +67,8 @@ class EncoderProbe(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
             return
-        dm = trainer.datamodule
-        train, test = labelled_split(dm, "train", self.n_train), labelled_split(dm, "test", self.n_test)
-        penultimate = penultimate_features(pl_module.net("encoder")) if self.penultimate else None
-        scores = probe_scores(pl_module.encode, pl_module.reconstruct, train, test, pl_module.device,
-                              pixels=self._pixels is None, linear=self.linear, penultimate=penultimate)
+        scores = model_probe_scores(pl_module, trainer.datamodule, self.n_train, self.n_test, pixels=self._pixels is None,
+                                    linear=self.linear, penultimate=self.penultimate)
         if self._pixels is None:
             self._pixels = {k: v for k, v in scores.items() if k.endswith("_pixels")}
         self.last = {**scores, **self._pixels}
