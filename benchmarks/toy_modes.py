@@ -20,6 +20,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 # PacGAN Table 1 (Lin et al. 2018) and VEEGAN (Srivastava et al. 2017): (modes, high-quality %)
 ANCHORS = {
@@ -63,9 +65,11 @@ def run(config: Path, seed: int, epochs: int, workdir: Path, extra: list[str] = 
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{config.name} seed {seed} failed:\n{proc.stderr[-2000:]}")
-    rows = list(csv.DictReader(open(next(root.glob("runs/toy/*/logs/version_*/metrics.csv")))))
+    logs = next(root.glob("runs/toy/*/logs/version_*"))
+    rows = list(csv.DictReader(open(logs / "metrics.csv")))
     final = [r for r in rows if r.get("val/modes")][-1]
-    return {"config": label, "seed": seed, "epochs": epochs, "modes": float(final["val/modes"]),
+    loss = yaml.safe_load((logs / "config.yaml").read_text())["model"]["init_args"]["loss"]  # as the run resolved it
+    return {"config": label, "seed": seed, "epochs": epochs, "loss": loss, "modes": float(final["val/modes"]),
             "high_quality": float(final["val/high_quality"]), "reverse_kl": float(final["val/reverse_kl"])}
 
 
