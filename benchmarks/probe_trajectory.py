@@ -10,15 +10,21 @@ Writes ``OUT.json`` (the raw probes per epoch, command, commit, machine and date
 
     python benchmarks/probe_trajectory.py --epochs 20 --every 2                  # BiGAN on the CPU
     python benchmarks/probe_trajectory.py --epochs 400 --every 20 --accelerator gpu
+    python benchmarks/probe_trajectory.py --epochs 200 --every 20 --accelerator gpu --schedule 100 100 --run_dir runs/traj
+
+With ``--run_dir`` the run is resumable: SIGTERM (or SLURM's warning) saves ``last.ckpt`` at an iteration boundary
+and the script writes the trajectory so far, marked incomplete; the same command again resumes from it.
 """
 import argparse
 import csv
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -45,10 +51,13 @@ def probes_at_initialisation(ckpt: Path, seed: int, n_train: int, linear: bool) 
     return model_probe_scores(type(trained)(**trained.hparams).eval(), dm, n_train, linear=linear)
 
 
-def callbacks_overlay(n_train: int, linear: bool) -> dict:
-    """The run's callbacks: the probes at every validation, a last checkpoint, and nothing that draws or samples."""
+def callbacks_overlay(n_train: int, linear: bool, checkpoints: Path) -> dict:
+    """The run's callbacks: the probes at every validation, a last checkpoint in ``checkpoints`` (where a resume
+    finds it), saving on SIGTERM, and nothing that draws or samples."""
     return {"trainer": {"callbacks": [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(checkpoints), "save_last": True, "enable_version_counter": False}},
+        {"class_path": "gan_lightning.callbacks.Preemption"},
         {"class_path": "gan_lightning.callbacks.EncoderProbe",
          "init_args": {"n_train": n_train, "every_n_epochs": 1, "linear": linear, "penultimate": True}},
     ]}}
@@ -66,6 +75,12 @@ def main() -> None:
     p.add_argument("--precision", default="32-true")
     p.add_argument("--limit_train_batches", type=int, default=None, help="cap iterations per epoch (tests)")
     p.add_argument("--data_dir", default=str(REPO / "data"))
+    p.add_argument("--schedule", type=int, nargs=2, metavar=("CONSTANT", "DECAY"), default=None,
+                   help="both players' ConstantThenDecay epochs (BiGAN's config: 200 200), for a shorter schedule")
+    p.add_argument("--run_dir", default=None,
+                   help="keep the run here and resume it if it has a last.ckpt (default: a temporary folder)")
+    p.add_argument("--overrides", nargs=argparse.REMAINDER, default=[],
+                   help="the rest of the command line goes to the fit, e.g. --overrides --model.init_args.width 512")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bigan_probe_trajectory"))
     args = p.parse_args()
     linear = not args.no_linear
@@ -73,8 +88,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir, overlay = Path(tmp) / "run", Path(tmp) / "callbacks.yaml"
-        overlay.write_text(yaml.safe_dump(callbacks_overlay(args.n_train, linear)))
+        run_dir, overlay = Path(args.run_dir or Path(tmp) / "run").resolve(), Path(tmp) / "callbacks.yaml"
+        checkpoints = run_dir / "checkpoints"
+        overlay.write_text(yaml.safe_dump(callbacks_overlay(args.n_train, linear, checkpoints)))
         seed = str(args.seed)
         fit = [sys.executable, "-m", "gan_lightning", "fit", "--config", args.config, "--config", str(overlay),
                "--run_dir", str(run_dir), "--seed_everything", seed, "--model.init_args.seed", seed,
@@ -85,24 +101,50 @@ def main() -> None:
                "--trainer.enable_progress_bar", "false", "--wandb.mode", "off"]
         if args.limit_train_batches:
             fit += ["--trainer.limit_train_batches", str(args.limit_train_batches)]
-        proc = subprocess.run(fit, cwd=REPO, capture_output=True, text=True)
+        if args.schedule:
+            for player in ("d", "ge"):
+                fit += [f"--model.init_args.scheduler_{player}.init_args.constant_epochs", str(args.schedule[0]),
+                        f"--model.init_args.scheduler_{player}.init_args.decay_epochs", str(args.schedule[1])]
+        resumed = (checkpoints / "last.ckpt").exists()
+        if resumed:
+            fit += ["--ckpt_path", str(checkpoints / "last.ckpt")]
+        fit += args.overrides
+        start = time.monotonic()
+        proc = subprocess.Popen(fit, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for signum in (signal.SIGTERM, signal.SIGUSR1):  # to the fit, whose Preemption callback saves and stops
+            signal.signal(signum, lambda received, frame: proc.send_signal(received))
+        proc.stdout, proc.stderr = proc.communicate()
+        seconds = time.monotonic() - start
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(fit)} failed:\n{proc.stderr[-3000:]}")
-        rows = [r for r in csv.DictReader(open(next(run_dir.glob("**/metrics.csv")))) if r.get("val/probe_1nn")]
-        trajectory = [{"epoch": int(r["epoch"]) + 1, **{k: float(r[f"val/{k}"]) for k in COLUMNS if r.get(f"val/{k}")}} for r in rows]
-        at_init = probes_at_initialisation(next(run_dir.glob("**/last.ckpt")), args.seed, args.n_train, linear)
+        stopped = "received: saved" in proc.stdout + proc.stderr  # the Preemption callback's line
+        rows = {}  # every log of the run (a resume starts a new CSV version), later epochs' rows last
+        for log in sorted(run_dir.glob("**/metrics.csv"), key=lambda f: f.stat().st_mtime):
+            for r in csv.DictReader(open(log)):
+                if r.get("val/probe_1nn"):
+                    rows[int(r["epoch"]) + 1] = r
+        trajectory = [{"epoch": epoch, **{k: float(r[f"val/{k}"]) for k in COLUMNS if r.get(f"val/{k}")}}
+                      for epoch, r in sorted(rows.items())]
+        at_init = probes_at_initialisation(checkpoints / "last.ckpt", args.seed, args.n_train, linear)
     trajectory.insert(0, {"epoch": 0, **at_init})
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     header = {"command": " ".join(["python", "benchmarks/probe_trajectory.py", *sys.argv[1:]]),
               "commit": os.environ.get("GIT_COMMIT") or commit.strip(), "machine": machine(args.accelerator),
               "date": datetime.date.today().isoformat(), "config": args.config, "seed": args.seed,
-              "n_train": args.n_train, "distance": "euclidean"}
+              "n_train": args.n_train, "distance": "euclidean", "schedule": args.schedule,
+              "complete": not stopped, "fit_seconds": seconds, "resumed": resumed}
+    if resumed and out.with_suffix(".json").exists():  # the time of the earlier parts of the run
+        earlier = json.loads(out.with_suffix(".json").read_text())["header"]
+        header["fit_seconds"] += earlier.get("fit_seconds", 0.0)
     out.with_suffix(".json").write_text(json.dumps({"header": header, "trajectory": trajectory}, indent=2) + "\n")
     pct = lambda row, key: f"{100 * row[key]:.1f} %" if key in row else "-"  # noqa: E731
     lines = [f"Command: `{header['command']}`, commit {header['commit']}, {header['machine']}, {header['date']}. "
              f"Probes of {args.n_train:,} training images against the test split; epoch 0 is the model at "
-             "initialisation (fresh weights, same seed).", "",
+             "initialisation (fresh weights, same seed)."
+             + (f" Schedule: {args.schedule[0]} constant + {args.schedule[1]} decaying epochs." if args.schedule else "")
+             + f" Fit time {header['fit_seconds']:.0f} s."
+             + ("" if header["complete"] else " INCOMPLETE: stopped by a signal; rerun the command to resume."), "",
              "| epoch | 1-NN E(x) | 1-NN penultimate | 1-NN pixels | linear E(x) | linear penultimate | linear pixels |",
              "|---|---|---|---|---|---|---|"]
     pixels = {k: v for k, v in trajectory[0].items() if k.endswith("_pixels")}
