@@ -44,11 +44,11 @@ def probes_at_initialisation(ckpt: Path, seed: int, n_train: int, linear: bool) 
     from gan_lightning.callbacks.probes import model_probe_scores
     from gan_lightning.commands import load_model
 
-    trained, dm = load_model(str(ckpt), "cpu")
+    trained, dm = load_model(str(ckpt), "cuda" if torch.cuda.is_available() else "cpu")
     dm.prepare_data()
     dm.setup("fit")
     torch.manual_seed(seed)
-    return model_probe_scores(type(trained)(**trained.hparams).eval(), dm, n_train, linear=linear)
+    return model_probe_scores(type(trained)(**trained.hparams).to(trained.device).eval(), dm, n_train, linear=linear)
 
 
 def callbacks_overlay(n_train: int, linear: bool, checkpoints: Path) -> dict:

@@ -31,6 +31,21 @@ def test_likelihoods_are_the_negative_log_densities():
     assert torch.allclose(reconstruction_nll(x_hat, x, "bernoulli", 1.0), bernoulli, atol=1e-4)
 
 
+def test_bernoulli_likelihood_is_float32_under_bf16_autocast():
+    """CUDA's autocast refuses binary_cross_entropy in bf16 (the VAE under --trainer.precision bf16-mixed
+    stopped there on an H100); the term is computed in float32, from the bf16 decoder output, with gradients."""
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    logits = torch.randn(4, 784, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x_hat = torch.nn.functional.linear(logits, torch.eye(784)).tanh().view(4, 1, 28, 28)
+        assert x_hat.dtype == torch.bfloat16
+        nll = reconstruction_nll(x_hat, x, "bernoulli", 1.0)
+    assert nll.dtype == torch.float32
+    assert torch.allclose(nll, reconstruction_nll(x_hat.detach().float(), x, "bernoulli", 1.0), rtol=1e-6)
+    nll.sum().backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
 def test_the_kl_weight_reaches_the_loss_and_the_gradients():
     """Lightning Bolts' VAE once ignored its KL coefficient; here beta scales the KL term exactly."""
     x, eps = torch.rand(6, 1, 8, 8) * 2 - 1, torch.randn(6, 4)

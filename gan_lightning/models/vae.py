@@ -35,10 +35,15 @@ def reconstruction_nll(x_hat: torch.Tensor, x: torch.Tensor, likelihood: Likelih
     ``bernoulli``: pixel intensities (x + 1) / 2 as probabilities, the decoder's (x_hat + 1) / 2 as the
     Bernoulli means (binary cross-entropy, Kingma & Welling's MNIST likelihood). ``gaussian``:
     N(x; x_hat, sigma^2) per pixel, i.e. the squared error / (2 sigma^2) plus its normaliser.
+
+    The Bernoulli term is computed in float32 with autocast off: CUDA's autocast refuses
+    ``binary_cross_entropy`` under bf16/fp16 mixed precision, and a bf16 sum over 784 pixels would lose
+    the nats that the bound is read in.
     """
     if likelihood == "bernoulli":
-        p = ((x_hat + 1) / 2).clamp(1e-6, 1 - 1e-6)
-        nll = F.binary_cross_entropy(p, (x + 1) / 2, reduction="none")
+        with torch.autocast(x_hat.device.type, enabled=False):
+            p = ((x_hat.float() + 1) / 2).clamp(1e-6, 1 - 1e-6)
+            nll = F.binary_cross_entropy(p, (x.float() + 1) / 2, reduction="none")
     else:
         nll = (x - x_hat).square() / (2 * sigma**2) + math.log(sigma * math.sqrt(2 * math.pi))
     return nll.flatten(1).sum(dim=1)
