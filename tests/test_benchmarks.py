@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,14 +65,22 @@ def test_ddp_communication_benchmark_counts_both_strategies(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_probe_trajectory_probes_the_encoder_at_initialisation_and_at_each_validation(tmp_path, data_dir):
-    out = tmp_path / "trajectory"
-    proc = subprocess.run([sys.executable, "benchmarks/probe_trajectory.py", "--epochs", "2", "--every", "1",
-                           "--limit_train_batches", "3", "--n_train", "300", "--no_linear", "--data_dir", str(data_dir),
-                           "--out", str(out)], cwd=REPO, timeout=600, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    """One epoch, then the same command for two: the second resumes the run in --run_dir, one epoch more."""
+    out, run_dir = tmp_path / "trajectory", tmp_path / "run"
+    for epochs in ("1", "2"):
+        proc = subprocess.run([sys.executable, "benchmarks/probe_trajectory.py", "--epochs", epochs, "--every", "1",
+                               "--limit_train_batches", "3", "--n_train", "300", "--no_linear", "--schedule", "1", "1",
+                               "--data_dir", str(data_dir), "--run_dir", str(run_dir), "--out", str(out)],
+                              cwd=REPO, timeout=600, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     trajectory = report["trajectory"]
     assert [r["epoch"] for r in trajectory] == [0, 1, 2] and report["header"]["config"] == "configs/bigan.yaml"
+    assert report["header"]["resumed"] and report["header"]["complete"] and report["header"]["schedule"] == [1, 1]
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2 * 3 * 2  # 3 iterations an epoch, two optimizer steps each, over both parts
+    lrs = [group["lr"] for state in saved["optimizer_states"] for group in state["param_groups"]]
+    assert lrs == pytest.approx([2e-4 * 0.01] * 2)  # --schedule 1 1: one constant epoch, then decayed to 1 % in one
     assert all(0.1 < r[k] <= 1 for r in trajectory for k in ("probe_1nn", "probe_1nn_penultimate"))
     assert 0.5 < trajectory[0]["probe_1nn_pixels"] <= 1 and "probe_linear" not in trajectory[0]
     assert out.with_suffix(".md").read_text().count("\n| ") == 4  # the header and three epochs
