@@ -158,3 +158,22 @@ def test_model_throughput_benchmark_times_both_loops_and_writes_the_table(tmp_pa
         assert r["framework_vs_plain"] == pytest.approx(r["median"]["framework"] / r["median"]["plain"])
     table = out.with_suffix(".md").read_text()
     assert "| vae (configs/vae.yaml) | 100 | 3 |" in table and "| aae (configs/aae.yaml) | 100 | 3 |" in table
+
+
+@pytest.mark.slow
+def test_semi_supervised_baselines_train_on_the_configs_labelled_images_alone(tmp_path, data_dir):
+    """The network fits its 100 labelled images (no training error left) and is scored on the 10,000 test images;
+    the pixel baselines use the same 100 images, so a wrong subset or split would change the counts."""
+    out = tmp_path / "baselines"
+    proc = subprocess.run([sys.executable, "benchmarks/semi_supervised_baselines.py", "--seeds", "0", "--steps", "5", "150",
+                           "--data_dir", str(data_dir), "--out", str(out)], cwd=REPO, timeout=600,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["header"]["labels"] == 100 and report["header"]["test_images"] == 10_000
+    first, last = report["network"][0]["steps"]
+    assert (first["step"], last["step"]) == (5, 150)
+    assert last["train_error"] == 0.0 < first["train_error"]  # it learns the labelled images, from chance
+    assert 0.1 < last["test_error"] < 0.6 and 0.1 < report["pixels_logistic_regression_error"] < 0.6
+    assert report["network"][0]["best_on_validation"]["val_error"] == min(s["val_error"] for s in (first, last))
+    assert "| q(y|x) network, 150 updates |" in out.with_suffix(".md").read_text()
