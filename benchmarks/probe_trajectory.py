@@ -125,18 +125,23 @@ def main() -> None:
                     rows[int(r["epoch"]) + 1] = r
         trajectory = [{"epoch": epoch, **{k: float(r[f"val/{k}"]) for k in COLUMNS if r.get(f"val/{k}")}}
                       for epoch, r in sorted(rows.items())]
-        at_init = probes_at_initialisation(checkpoints / "last.ckpt", args.seed, args.n_train, linear)
-    trajectory.insert(0, {"epoch": 0, **at_init})
+        # The epoch-0 control: from an earlier part of this run if there is one; a stopped part skips it (a
+        # preempted job has seconds left), and the part that completes the run computes it.
+        earlier = json.loads(out.with_suffix(".json").read_text()) if resumed and out.with_suffix(".json").exists() else {}
+        if earlier.get("header", {}).get("run_dir") != str(run_dir):
+            earlier = {}
+        at_init = next((row for row in earlier.get("trajectory", []) if row["epoch"] == 0), None)
+        if at_init is None and not stopped:
+            at_init = {"epoch": 0, **probes_at_initialisation(checkpoints / "last.ckpt", args.seed, args.n_train, linear)}
+    trajectory = ([at_init] if at_init else []) + trajectory
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     header = {"command": " ".join(["python", "benchmarks/probe_trajectory.py", *sys.argv[1:]]),
               "commit": os.environ.get("GIT_COMMIT") or commit.strip(), "machine": machine(args.accelerator),
               "date": datetime.date.today().isoformat(), "config": args.config, "seed": args.seed,
               "n_train": args.n_train, "distance": "euclidean", "schedule": args.schedule,
-              "complete": not stopped, "fit_seconds": seconds, "resumed": resumed}
-    if resumed and out.with_suffix(".json").exists():  # the time of the earlier parts of the run
-        earlier = json.loads(out.with_suffix(".json").read_text())["header"]
-        header["fit_seconds"] += earlier.get("fit_seconds", 0.0)
+              "complete": not stopped, "resumed": resumed, "run_dir": args.run_dir and str(run_dir),
+              "fit_seconds": seconds + earlier.get("header", {}).get("fit_seconds", 0.0)}  # every part's time
     out.with_suffix(".json").write_text(json.dumps({"header": header, "trajectory": trajectory}, indent=2) + "\n")
     pct = lambda row, key: f"{100 * row[key]:.1f} %" if key in row else "-"  # noqa: E731
     lines = [f"Command: `{header['command']}`, commit {header['commit']}, {header['machine']}, {header['date']}. "
@@ -147,7 +152,7 @@ def main() -> None:
              + ("" if header["complete"] else " INCOMPLETE: stopped by a signal; rerun the command to resume."), "",
              "| epoch | 1-NN E(x) | 1-NN penultimate | 1-NN pixels | linear E(x) | linear penultimate | linear pixels |",
              "|---|---|---|---|---|---|---|"]
-    pixels = {k: v for k, v in trajectory[0].items() if k.endswith("_pixels")}
+    pixels = {k: v for k, v in (trajectory[0] if trajectory else {}).items() if k.endswith("_pixels")}
     for row in trajectory:
         row = {**pixels, **row}  # the callback scores pixels once, at its first probe
         lines.append(f"| {row['epoch']} | " + " | ".join(pct(row, k) for k in COLUMNS[:6]) + " |")
