@@ -16,6 +16,18 @@ from gan_lightning.models import VAE
 from tests.helpers import assert_same_training_state, digits, tiny_ali, tiny_bigan, tiny_gan, tiny_trainer
 
 
+@pytest.fixture(autouse=True)
+def single_threaded_forks(monkeypatch):
+    """The ranks are forked from the test process. With OMP_NUM_THREADS=2 exported, the forked ranks hung here
+    (600 s timeouts); one intra-op thread per rank, what torchrun gives each rank by default, avoids it, and two
+    ranks on two cores need no more."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
 class RecordPerRank(L.Callback):
     """Each rank writes its first batch and noise, its final parameters, optimizer states and bytes sent."""
 
