@@ -17,13 +17,12 @@ from tests.helpers import assert_same_training_state, digits, tiny_ali, tiny_big
 
 
 @pytest.fixture(autouse=True)
-def single_threaded_forks(monkeypatch):
+def single_threaded_forks():
     """The ranks are forked from the test process. With OMP_NUM_THREADS=2 exported, the forked ranks hung here
-    (600 s timeouts); one intra-op thread per rank, what torchrun gives each rank by default, avoids it, and two
-    ranks on two cores need no more."""
+    (600 s timeouts) unless the parent runs one intra-op thread while it forks them; two ranks on two cores need
+    no more."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield
     torch.set_num_threads(threads)
 
