@@ -79,8 +79,6 @@ def main() -> None:
                    help="both players' ConstantThenDecay epochs (BiGAN's config: 200 200), for a shorter schedule")
     p.add_argument("--run_dir", default=None,
                    help="keep the run here and resume it if it has a last.ckpt (default: a temporary folder)")
-    p.add_argument("--overrides", nargs=argparse.REMAINDER, default=[],
-                   help="the rest of the command line goes to the fit, e.g. --overrides --model.init_args.width 512")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bigan_probe_trajectory"))
     args = p.parse_args()
     linear = not args.no_linear
@@ -108,7 +106,6 @@ def main() -> None:
         resumed = (checkpoints / "last.ckpt").exists()
         if resumed:
             fit += ["--ckpt_path", str(checkpoints / "last.ckpt")]
-        fit += args.overrides
         start = time.monotonic()
         proc = subprocess.Popen(fit, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for signum in (signal.SIGTERM, signal.SIGUSR1):  # to the fit, whose Preemption callback saves and stops

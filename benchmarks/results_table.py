@@ -82,22 +82,13 @@ def held_out(ckpt: Path, device: str) -> dict:
 
 
 def pixel_baseline_on_labelled(config: str) -> dict:
-    """A classifier trained on the semi-supervised run's labelled images alone: logistic regression on pixels."""
-    import yaml
+    """A classifier trained on the semi-supervised run's labelled images alone: logistic regression on pixels
+    (``semi_supervised_baselines.py`` has it, the 1-NN and the config's own network trained on them)."""
+    from semi_supervised_baselines import config_parts, pixel_baselines, splits
 
-    from gan_lightning.data import GANDataModule, to_model_range
-    from gan_lightning.metrics.probes import linear_probe_accuracy
-
-    data = yaml.safe_load((REPO / config).read_text())["data"]["init_args"]
-    dm = GANDataModule("fashion_mnist", data_dir=args.data_dir, n_labelled=data["n_labelled"], seed=data.get("seed", 0),
-                       val_fraction=data.get("val_fraction", 0.1))
-    dm.prepare_data()
-    dm.setup("fit")
-    x, y = dm.labelled_subset()
-    dm.setup("test")
-    test_x, test_y = dm._tensors("test")[:2]
-    accuracy = linear_probe_accuracy(x.float(), y, to_model_range(test_x).float(), test_y)
-    return {"labels": int(len(y)), "pixel_logistic_regression_error": 1.0 - accuracy}
+    labelled, _, test = splits(config_parts(config)[1], args.data_dir)
+    return {"labels": int(len(labelled[1])),
+            "pixel_logistic_regression_error": pixel_baselines(labelled, test)["pixels_logistic_regression_error"]}
 
 
 def one_model(name: str) -> dict:

@@ -63,9 +63,19 @@ def splits(data: dict, data_dir: str):
     return labelled, val, labelled_split(dm, "test", None)
 
 
+def pixel_baselines(labelled, test) -> dict[str, float]:
+    """Test errors of logistic regression and 1-NN on the raw pixels of the labelled images."""
+    from gan_lightning.metrics.probes import linear_probe_accuracy
+
+    x, y = labelled[0].float().flatten(1), labelled[1]
+    tx, ty = test[0].float().flatten(1), test[1]
+    return {"pixels_logistic_regression_error": 1.0 - linear_probe_accuracy(x, y, tx, ty),
+            "pixels_1nn_error": float((y[torch.cdist(tx, x).argmin(1)] != ty).float().mean())}
+
+
 @torch.no_grad()
 def error(model, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
+    """Test error of q(y|x) (``classify`` runs the encoder in eval mode)."""
     wrong = sum(int((model.classify(xb.float()).argmax(1) != yb).sum()) for xb, yb in zip(x.split(1000), y.split(1000)))
     return wrong / len(y)
 
@@ -83,7 +93,6 @@ def train_network(model_args: dict, lr: float, labelled, val, test, seed: int, s
     rows, step = [], 0
     for target in sorted(steps):
         while step < target:
-            model.train()
             idx = torch.randint(len(y), (batch,), generator=generator)  # drawn with replacement, as the AAE's phase
             loss = F.cross_entropy(model.infer(x[idx])[0], y[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -105,14 +114,10 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "semi_supervised_baselines"))
     args = p.parse_args()
 
-    from gan_lightning.metrics.probes import linear_probe_accuracy
-
     model_args, data, lr = config_parts(args.config)
     labelled, val, test = splits(data, args.data_dir)
-    x, y = labelled[0].float().flatten(1), labelled[1]
-    tx, ty = test[0].float().flatten(1), test[1]
-    pixels_lr = 1.0 - linear_probe_accuracy(x, y, tx, ty)
-    pixels_1nn = float((y[torch.cdist(tx, x).argmin(1)] != ty).float().mean())
+    y, ty = labelled[1], test[1]
+    pixels = pixel_baselines(labelled, test)
     networks = [train_network(model_args, lr, labelled, val, test, seed, args.steps) for seed in args.seeds]
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
@@ -120,8 +125,7 @@ def main() -> None:
               "commit": os.environ.get("GIT_COMMIT") or commit.strip(), "machine": machine("cpu"),
               "date": datetime.date.today().isoformat(), "config": args.config, "labels": int(len(y)),
               "data_seed": data.get("seed", 0), "test_images": int(len(ty)), "network_lr": lr}
-    report = {"header": header, "pixels_logistic_regression_error": pixels_lr, "pixels_1nn_error": pixels_1nn,
-              "network": networks}
+    report = {"header": header, **pixels, "network": networks}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
@@ -133,7 +137,8 @@ def main() -> None:
              f"alone; test error on {len(ty):,} test images. Network: the config's q(y|x) encoder, Adam {lr:g}, "
              f"seeds {args.seeds} (mean +- standard deviation).", "",
              "| classifier | test error |", "|---|---|",
-             f"| pixels, logistic regression | {pct(pixels_lr)} |", f"| pixels, 1-NN | {pct(pixels_1nn)} |"]
+             f"| pixels, logistic regression | {pct(pixels['pixels_logistic_regression_error'])} |",
+             f"| pixels, 1-NN | {pct(pixels['pixels_1nn_error'])} |"]
     for i, step in enumerate(networks[0]["steps"]):
         lines.append(f"| q(y|x) network, {step['step']} updates | {spread([n['steps'][i]['test_error'] for n in networks])} |")
     lines.append(f"| q(y|x) network, the update count best on validation | "
