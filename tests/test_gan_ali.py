@@ -7,7 +7,7 @@ import torch
 
 import gan_lightning.models.base as base_module
 from gan_lightning.data import GANDataModule
-from tests.helpers import digits, tiny_ali, tiny_gan, tiny_trainer
+from tests.helpers import digits, tiny_ali, tiny_bigan, tiny_gan, tiny_trainer
 from tests.test_bigan import Snapshots, changed, same_grads
 
 
@@ -95,6 +95,36 @@ def test_bigan_is_ali_with_a_deterministic_encoder_and_its_own_defaults():
     assert bigan.latent_dim == 50 and bigan.encoder(torch.zeros(2, 1, 8, 8)).shape == (2, 50)
     opt_d, _ = bigan.configure_optimizers()[0]
     assert opt_d.param_groups[0]["lr"] == 2e-4 and opt_d.param_groups[0]["weight_decay"] == 2.5e-5
+
+
+def test_squashed_bigan_encoder_stays_in_the_uniform_support_and_probes_the_pre_squash_activations(tmp_path):
+    from gan_lightning.callbacks.probes import model_probe_scores
+    from gan_lightning.errors import ConfigError
+
+    bigan = tiny_bigan(squash_encoder=True, seed=0)
+    x = torch.randn(64, 1, 8, 8) * 3
+    a = bigan.features(x)
+    z = bigan.encode(x)
+    assert torch.allclose(z, 2 * torch.sigmoid(a) - 1) and z.abs().max() < 1
+    assert not torch.allclose(a, z, atol=1e-3)  # the features are not the squashed codes
+    bigan.eval()
+    assert torch.allclose(bigan.infer(x), z)  # training sees the squashed codes too (in eval mode, the same BN path)
+    plain = tiny_bigan(seed=0)
+    assert torch.allclose(plain.encode(x), plain.features(x))
+
+    # The probe's 1-NN runs on the pre-squash features: an encoder a = 8 x has pixels' neighbours, and so
+    # pixels' accuracy, which its nearly binary codes 2 sigmoid(8 x) - 1 do not.
+    dm = digits(batch_size=32)
+    scaled = tiny_bigan(squash_encoder=True, latent_dim=64, seed=0)
+    scaled.encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64, bias=False))
+    torch.nn.init.eye_(scaled.encoder[1].weight)
+    scaled.encoder[1].weight.data *= 8
+    scores = model_probe_scores(scaled, dm, n_train=500, n_test=300, linear=False, penultimate=False)
+    assert scores["probe_1nn"] == scores["probe_1nn_pixels"]
+
+    for bad in ({"prior": "gaussian"}, {"encoder": "gaussian"}):
+        with pytest.raises(ConfigError, match="squash_encoder"):
+            tiny_bigan(squash_encoder=True, **bad)
 
 
 @pytest.mark.parametrize("make", [tiny_gan, tiny_ali])

@@ -27,11 +27,13 @@ def labelled_split(datamodule, split: str, n: Optional[int]) -> tuple[torch.Tens
 
 def model_probe_scores(model, datamodule, n_train: Optional[int], n_test: Optional[int] = None, pixels: bool = True,
                        linear: bool = True, penultimate: bool = True) -> dict[str, float]:
-    """``probe_scores`` of a model with an encoder on its data module's labelled splits: E(x) (``model.encode``),
+    """``probe_scores`` of a model with an encoder on its data module's labelled splits: E(x) (``model.features``
+    where the model has it, the encoder's output before a squashing map; else ``model.encode``),
     the encoder's penultimate layer (when ``penultimate``) and raw pixels (when ``pixels``), with ``n_train``
     training images and ``n_test`` test images (None: all), plus the reconstruction MSE."""
     train, test = labelled_split(datamodule, "train", n_train), labelled_split(datamodule, "test", n_test)
-    return probe_scores(model.encode, model.reconstruct, train, test, model.device, pixels=pixels, linear=linear,
+    features = getattr(model, "features", model.encode)
+    return probe_scores(features, model.reconstruct, train, test, model.device, pixels=pixels, linear=linear,
                         penultimate=penultimate_features(model.net("encoder")) if penultimate else None)
 
 

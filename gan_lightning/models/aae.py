@@ -291,6 +291,7 @@ class SemiSupervisedAAE(AdversarialModule):
         head_margin: float = 3.0,
         reconstruction: Reconstruction = "mse",
         discriminator_width: int = 1000,
+        input_noise: float = 0.0,
         optimizer_ae: Optional[OptimizerCallable] = None,
         optimizer_d: Optional[OptimizerCallable] = None,
         optimizer_e: Optional[OptimizerCallable] = None,
@@ -324,6 +325,9 @@ class SemiSupervisedAAE(AdversarialModule):
             head_margin: eta, the distance below which two cluster heads are penalised.
             reconstruction: ``mse`` or ``bernoulli`` (see AAE).
             discriminator_width: hidden units of D_y's and D_z's two layers.
+            input_noise: standard deviation of Gaussian noise added to the encoder's input in training, in
+                every phase (one draw per iteration for phases 1-3, one for the labelled batch); the
+                reconstruction target stays the clean x, so phase 1 is a denoising autoencoder. 0: off.
             optimizer_ae: optimizer of the reconstruction phase (E, G, cluster heads; default Adam 1e-3).
             optimizer_d: optimizer of D_y and D_z (default: Adam 1e-4, betas (0.5, 0.999)).
             optimizer_e: optimizer of the encoder's regularisation phase (same default).
@@ -337,12 +341,14 @@ class SemiSupervisedAAE(AdversarialModule):
         """
         super().__init__(latent_dim=latent_dim, prior="gaussian", **kwargs)
         check_adversarial_options(self, width, discriminator_width, prior_std)
-        if n_classes < 2 or head_margin < 0:
-            raise ValueError(f"model.n_classes must be >= 2 and model.head_margin >= 0; got {n_classes}, {head_margin}")
+        if n_classes < 2 or head_margin < 0 or input_noise < 0:
+            raise ValueError(f"model.n_classes must be >= 2, model.head_margin >= 0 and model.input_noise >= 0; got "
+                             f"{n_classes}, {head_margin}, {input_noise}")
         self.save_hyperparameters(ignore=["optimizer_ae", "optimizer_d", "optimizer_e", "optimizer_c", "scheduler_ae",
                                           "scheduler_d", "scheduler_e", "scheduler_c"])
         self.n_classes, self.prior_std, self.supervised = n_classes, prior_std, supervised
         self.labelled_batch_size, self.head_margin, self.reconstruction = labelled_batch_size, head_margin, reconstruction
+        self.input_noise = input_noise
         nets = ARCHITECTURES[architecture]
         self.encoder = nets.encoder(n_classes + latent_dim, data_shape, width)  # (logits of q(y|x), z)
         self.generator = nets.generator(self.code_dim(cluster_heads), data_shape, width)
@@ -379,6 +385,10 @@ class SemiSupervisedAAE(AdversarialModule):
             return torch.cat([y, z], dim=1)
         return (heads or self.heads)(y) + z
 
+    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+        """x + input_noise * eps, eps ~ N(0, I) from the training noise: the encoder's training input."""
+        return x + self.input_noise * self.draw_training_normal(x.shape) if self.input_noise else x
+
     def head_distance_cost(self) -> torch.Tensor:
         """sum_{i<j} max(0, eta - ||w_i - w_j||): pushes cluster heads at least eta apart."""
         w = self._modules["heads"].weight.T      # (K, n); the network itself, never its DDP wrapper
@@ -401,6 +411,7 @@ class SemiSupervisedAAE(AdversarialModule):
 
     def update_players(self, batch) -> dict[str, torch.Tensor]:
         x, n = batch[0], len(batch[0])
+        x_in = self.corrupt(x)                                                  # the encoder's input, phases 1-3
         k = self.rank_rows(lambda m: torch.randint(self.n_classes, (m,), generator=self.noise,
                                                    device=self.noise.device), n).to(self.device)
         y_prior = F.one_hot(k, self.n_classes).float()                          # y' ~ Cat(1/K)
@@ -410,7 +421,7 @@ class SemiSupervisedAAE(AdversarialModule):
         # 1. Reconstruction: E and G (and the cluster heads) reconstruct x from (q(y|x), z).
         opt_ae = self.optimizer("autoencoder")
         with self.toggled_optimizer(opt_ae):
-            logits, z = self.infer(x)
+            logits, z = self.infer(x_in)
             rec = reconstruction_error(self.generator(self.code(logits.softmax(1), z)), x, self.reconstruction).mean()
             loss = rec + self.head_distance_cost() if self.hparams.cluster_heads else rec
             self.step(opt_ae, loss, player="autoencoder")
@@ -420,7 +431,7 @@ class SemiSupervisedAAE(AdversarialModule):
         opt_d = self.optimizer("discriminator")
         with self.toggled_optimizer(opt_d):
             with torch.no_grad():
-                logits, z = self.infer(x)
+                logits, z = self.infer(x_in)
             d_loss = (discriminator_loss(self.discriminator_y(y_prior), self.discriminator_y(logits.softmax(1)))
                       + discriminator_loss(self.discriminator_z(z_prior), self.discriminator_z(z)))
             self.step(opt_d, d_loss, player="discriminator")
@@ -430,7 +441,7 @@ class SemiSupervisedAAE(AdversarialModule):
             # 3. Regularisation, E: q(y|x) passes for one-hot samples and z for Gaussian ones.
             opt_e = self.optimizer("encoder")
             with self.toggled_optimizer(opt_e):
-                logits, z = self.infer(x)
+                logits, z = self.infer(x_in)
                 e_loss = fooling_loss(self.discriminator_y(logits.softmax(1))) + fooling_loss(self.discriminator_z(z))
                 self.step(opt_e, e_loss, player="encoder")
             logs["train/e_loss"] = e_loss.detach()
@@ -443,7 +454,7 @@ class SemiSupervisedAAE(AdversarialModule):
                                                            device=self.noise.device), m).to(self.device)
             opt_c = self.optimizer("classifier")
             with self.toggled_optimizer(opt_c):
-                c_loss = F.cross_entropy(self.infer(x_l[pick])[0], y_l[pick])
+                c_loss = F.cross_entropy(self.infer(self.corrupt(x_l[pick]))[0], y_l[pick])
                 self.step(opt_c, c_loss, player="classifier")
             logs["train/c_loss"] = c_loss.detach()
         return logs

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from gan_lightning.errors import ConfigError
 from gan_lightning.losses import JointLoss, bigan_encoder_generator_loss, discriminator_loss
 from gan_lightning.models.base import AdversarialModule, Prior, batch_statistics_only, eval_mode
 from gan_lightning.nets import ARCHITECTURES, ArchitectureName
@@ -36,6 +37,7 @@ class ALI(AdversarialModule):
         prior: Prior = "gaussian",
         loss: JointLoss = "non_saturating",
         dropout: float = 0.2,
+        squash_encoder: bool = False,
         optimizer_d: Optional[OptimizerCallable] = None,
         optimizer_ge: Optional[OptimizerCallable] = None,
         scheduler_d: Optional[LRSchedulerCallable] = None,
@@ -56,6 +58,9 @@ class ALI(AdversarialModule):
                 ``su`` (Su 2018, eq. 41: both pairs pushed towards the encoder label) or ``su_full`` (eq. 40:
                 eq. 41 plus the encoder's term, ``latent_nll``, that eq. 41 drops).
             dropout: dropout rate of the discriminator (the ALI paper: 0.2 on its first layer, 0.5 after).
+            squash_encoder: a deterministic encoder with the uniform prior ends in E(x) = 2 sigmoid(a) - 1, inside
+                the prior's support [-1, 1]^Z, as in BiGAN's official code; the probes then use the pre-squash
+                activations a (``features``), the official code's 1-NN features. False: E(x) = a.
             optimizer_d: optimizer of D (default: Adam 1e-4, betas (0.5, 0.999)).
             optimizer_ge: optimizer of G and E together (same default).
             scheduler_d: optional learning-rate schedule of D, stepped once per epoch.
@@ -68,6 +73,11 @@ class ALI(AdversarialModule):
             raise ValueError(f"model.width must be >= 1 and model.dropout in [0, 1); got {width}, {dropout}")
         self.save_hyperparameters(ignore=["optimizer_d", "optimizer_ge", "scheduler_d", "scheduler_ge"])
         self.loss, self.gaussian_encoder = loss, encoder == "gaussian"
+        if squash_encoder and (self.gaussian_encoder or prior != "uniform"):
+            raise ConfigError(f"model.squash_encoder maps E(x) into the uniform prior's support [-1, 1]^Z; it needs "
+                              f"encoder: deterministic and prior: uniform, not encoder: {encoder}, prior: {prior}. "
+                              f"Set model.squash_encoder false")
+        self.squash_encoder = squash_encoder
         nets = ARCHITECTURES[architecture]
         self.generator = nets.generator(latent_dim, data_shape, width)
         self.encoder = nets.encoder(2 * latent_dim if self.gaussian_encoder else latent_dim, data_shape, width)
@@ -81,7 +91,7 @@ class ALI(AdversarialModule):
         """z ~ q(z|x): mu + sigma * eps for the Gaussian encoder (eps from the training noise), else E(x)."""
         h = (encoder or self.encoder)(x)  # (B, Z) or (B, 2Z)
         if not self.gaussian_encoder:
-            return h
+            return self.squash(h)
         mu, log_sigma = h.chunk(2, dim=1)
         eps = self.draw_training_normal(mu.shape) if self.noise is not None else torch.randn_like(mu)
         return mu + log_sigma.exp() * eps
@@ -133,7 +143,7 @@ class ALI(AdversarialModule):
         with batch_statistics_only(self.encoder):  # generated images stay out of E's eval-mode statistics
             h = self.encoder(x_fake)
         if not self.gaussian_encoder:
-            return 0.5 * (z - h).pow(2).sum(1).mean()
+            return 0.5 * (z - self.squash(h)).pow(2).sum(1).mean()
         mu, log_sigma = h.chunk(2, dim=1)
         return (0.5 * ((z - mu) / log_sigma.exp()).pow(2) + log_sigma).sum(1).mean()
 
@@ -147,12 +157,23 @@ class ALI(AdversarialModule):
 
     # --- the public API that callbacks and users call --------------------------------------
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """E(x), the posterior mean for the Gaussian encoder: (n, *data_shape) -> (n, Z)."""
+    def squash(self, a: torch.Tensor) -> torch.Tensor:
+        """The deterministic encoder's output map: 2 sigmoid(a) - 1 with ``squash_encoder``, else the identity."""
+        return 2 * torch.sigmoid(a) - 1 if self.squash_encoder else a
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output layer before any squashing, the probes' E(x) features: (n, ...) -> (n, Z).
+
+        The posterior mean for the Gaussian encoder; the official BiGAN code's 1-NN features ``a`` with
+        ``squash_encoder``."""
         encoder = self.net("encoder")
         with eval_mode(encoder):
             h = encoder(x.to(self.device))
         return h[:, : self.latent_dim]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x), the posterior mean for the Gaussian encoder: (n, *data_shape) -> (n, Z)."""
+        return self.features(x) if self.gaussian_encoder else self.squash(self.features(x))
 
     def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """G(E(x)), the inversion the game learns; ``labels`` are not used."""
@@ -171,6 +192,7 @@ class BiGAN(ALI):
         encoder: EncoderKind = "deterministic",
         prior: Prior = "uniform",
         dropout: float = 0.0,
+        squash_encoder: bool = False,
         **kwargs,
     ):
         """BiGAN: ALI's game with a deterministic encoder; defaults are the official MNIST setting
@@ -183,6 +205,7 @@ class BiGAN(ALI):
             encoder: ``deterministic`` (BiGAN) or ``gaussian``.
             prior: p(z): ``uniform`` on [-1, 1]^Z (the paper) or ``gaussian``.
             dropout: dropout rate of the discriminator.
+            squash_encoder: E(x) = 2 sigmoid(a) - 1 and probes on a, as in the official code (see ALI).
         """
         super().__init__(latent_dim=latent_dim, architecture=architecture, width=width, encoder=encoder, prior=prior,
-                         dropout=dropout, **kwargs)
+                         dropout=dropout, squash_encoder=squash_encoder, **kwargs)
