@@ -274,3 +274,34 @@ def test_signal_mid_epoch_and_resume_equals_the_uninterrupted_run_bit_for_bit(tm
     resumed, resumed_opt = fit(tmp_path / "cut", ckpt_path="last")
     assert resumed.iteration == whole.iteration == 12
     assert_same_training_state(whole.state_dict(), resumed.state_dict(), whole_opt, resumed_opt)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.5])
+def test_semi_supervised_input_noise_corrupts_every_encoder_input_but_not_the_reconstruction_target(
+        tmp_path, monkeypatch, sigma):
+    import gan_lightning.models.aae as aae_module
+
+    model = tiny_semi(input_noise=sigma, seed=0)
+    seen, targets = [], []
+    model.encoder.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    real_error = aae_module.reconstruction_error
+    monkeypatch.setattr(aae_module, "reconstruction_error",
+                        lambda x_hat, x, kind: targets.append(x.detach().clone()) or real_error(x_hat, x, kind))
+    data = digits(batch_size=16, n_labelled=50)
+    tiny_trainer(tmp_path, limit_train_batches=1).fit(model, data)
+
+    # Phases 1-3 see one corrupted copy of the batch; the reconstruction target is the clean batch.
+    (x,) = targets
+    assert len(seen) == 4                      # reconstruction, D's regularisation, E's, classification
+    unlabelled = seen[:3]
+    assert all(torch.equal(s, unlabelled[0]) for s in unlabelled)
+    residual = unlabelled[0] - x
+    assert (residual.std().item() == pytest.approx(sigma, abs=0.05)) if sigma else torch.equal(residual, 0 * x)
+    # Phase 4: the labelled batch is corrupted as well.
+    x_l = model._labelled[0].flatten(1)
+    labelled = seen[-1].flatten(1)
+    nearest = torch.cdist(labelled, x_l).argmin(1)
+    residual = labelled - x_l[nearest]
+    assert (residual.std().item() == pytest.approx(sigma, abs=0.05)) if sigma else torch.equal(residual, 0 * labelled)
+    with pytest.raises(ValueError, match="input_noise"):
+        tiny_semi(input_noise=-0.1)
