@@ -107,8 +107,8 @@ def plain_update(model, optimizers: list) -> Callable[[torch.Tensor], None]:
             if model.gaussian_encoder:
                 mu, log_sigma = h.chunk(2, dim=1)
                 h = mu + log_sigma.exp() * torch.randn_like(mu)
-            elif model.squash_encoder:
-                h = 2 * torch.sigmoid(h) - 1
+            else:
+                h = model.squash(h)  # 2 sigmoid(h) - 1 with squash_encoder, else h
             x_fake = G(z)
             step(opt_d, discriminator_loss(D(x, h.detach()), D(x_fake.detach(), z)))
             with frozen(D):

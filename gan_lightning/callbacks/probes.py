@@ -40,7 +40,8 @@ def model_probe_scores(model, datamodule, n_train: Optional[int], n_test: Option
 class EncoderProbe(L.Callback):
     """Logs ``val/probe_1nn``, ``val/probe_linear`` (and the raw-pixel baselines, once) and ``val/reconstruction_mse``.
 
-    Features are ``model.encode(x)`` (the posterior mean for ALI) of ``n_test`` test images against
+    Features are ``model.features(x)`` where the model has it (ALI/BiGAN: the encoder's output before
+    ``squash_encoder``'s map; the posterior mean for ALI), else ``model.encode(x)``, of ``n_test`` test images against
     ``n_train`` training images. Runs on rank 0; the probes are cheap next to a training epoch.
 
     Args:

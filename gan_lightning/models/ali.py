@@ -173,7 +173,7 @@ class ALI(AdversarialModule):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """E(x), the posterior mean for the Gaussian encoder: (n, *data_shape) -> (n, Z)."""
-        return self.features(x) if self.gaussian_encoder else self.squash(self.features(x))
+        return self.squash(self.features(x))
 
     def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """G(E(x)), the inversion the game learns; ``labels`` are not used."""
