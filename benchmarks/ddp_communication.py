@@ -13,7 +13,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from gan_lightning.distributed import CommunicationCounter, PlayerDDPStrategy
+from provenance import commit  # benchmarks/provenance.py
 
 RESULTS = Path(__file__).parent / "results"
 CASES = {  # key: (name, config, extra command-line options)
@@ -104,13 +104,12 @@ def main() -> None:
                      "lightning_ddp_ratio": default["bytes"] / default["updated"]})
         print(f"{name:24s} updated {rows[-1]['updated_bytes_per_iteration'] / 2**20:8.2f} MiB/it  "
               f"player_ddp x{rows[-1]['player_ddp_ratio']:.3f}  lightning ddp x{rows[-1]['lightning_ddp_ratio']:.3f}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     models = "" if args.models == list(CASES) else f" --models {' '.join(args.models)}"
-    meta = {"command": f"python benchmarks/ddp_communication.py --iterations {args.iterations}{models}", "commit": commit,
+    meta = {"command": f"python benchmarks/ddp_communication.py --iterations {args.iterations}{models}", "commit": commit(),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} CPU threads, 2 ranks, gloo",
             "torch": torch.__version__, "lightning": L.__version__, "date": datetime.date.today().isoformat()}
     Path(args.out + ".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
-    lines = [f"`{meta['command']}` at {commit}, {meta['date']}, {meta['machine']}", "",
+    lines = [f"`{meta['command']}` at {meta['commit']}, {meta['date']}, {meta['machine']}", "",
              "| model | updated per iteration | PlayerDDPStrategy | ratio | Lightning DDP (find_unused) | ratio |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['updated_bytes_per_iteration'] / 2**20:.2f} MiB | "

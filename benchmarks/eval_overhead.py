@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from gan_lightning.metrics.features import build_extractor  # noqa: E402
 from gan_lightning.data import to_uint8
 from gan_lightning.metrics.image_scores import ImageScores  # noqa: E402
 from gan_lightning.models import BiGAN  # noqa: E402
+from provenance import commit  # noqa: E402
 
 
 def main() -> None:
@@ -90,8 +90,7 @@ def main() -> None:
     summary = {
         "command": "python benchmarks/eval_overhead.py " + " ".join(sys.argv[1:]),
         "date": str(datetime.date.today()),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=REPO).stdout.strip(),
+        "commit": commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, device {args.device}"
                    + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "torch": torch.__version__, "feature_extractor": args.feature_extractor, "n_samples": args.n_samples,

@@ -6,7 +6,10 @@ raw pixels (the BiGAN paper's protocol: test images against ``--n_train`` traini
 distance). Before that it probes a freshly initialised model of the same config (seed ``--seed``): the
 control that says how much of a probe's accuracy the training added.
 
-Writes ``OUT.json`` (the raw probes per epoch, command, commit, machine and date) and ``OUT.md`` (the table).
+Writes ``OUT.json`` (the raw probes per epoch, command, commit, machine and date) and ``OUT.md`` (the table). At
+initialisation and at the end of a complete run, each feature set's 1-NN classifier is also paired with the pixels'
+on the same test images (McNemar's exact test: ``probe_1nn*_vs_pixels_p``): a lead of a few tenths of a point is
+within a 10,000-image test set's noise unless the test says otherwise.
 
     python benchmarks/probe_trajectory.py --epochs 20 --every 2                  # BiGAN on the CPU
     python benchmarks/probe_trajectory.py --epochs 400 --every 20 --accelerator gpu
@@ -19,7 +22,6 @@ import argparse
 import csv
 import datetime
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,7 +32,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_table import machine  # noqa: E402
+from provenance import commit, machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["probe_1nn", "probe_1nn_penultimate", "probe_1nn_pixels", "probe_linear", "probe_linear_penultimate",
@@ -49,6 +51,32 @@ def probes_at_initialisation(ckpt: Path, seed: int, n_train: int, linear: bool) 
     dm.setup("fit")
     torch.manual_seed(seed)
     return model_probe_scores(type(trained)(**trained.hparams).to(trained.device).eval(), dm, n_train, linear=linear)
+
+
+def paired_with_pixels(ckpt: Path, n_train: int) -> dict:
+    """The trained model's 1-NN probes beside the pixels' on the same test images, with McNemar's exact test
+    (``*_vs_pixels_p``, ``*_vs_pixels_discordant``): is a lead over pixels more than the test set's noise?"""
+    import torch
+
+    from gan_lightning.callbacks.probes import model_probe_scores
+    from gan_lightning.commands import load_model
+
+    model, dm = load_model(str(ckpt), "cuda" if torch.cuda.is_available() else "cpu")
+    dm.prepare_data()
+    dm.setup("fit")
+    scores = model_probe_scores(model.eval(), dm, n_train, linear=False)
+    return {k: v for k, v in scores.items() if k.startswith("probe_1nn")}
+
+
+def paired_line(paired: dict, label: str) -> str:
+    """One sentence per feature set: accuracy against pixels, the discordant images and the p-value."""
+    parts = []
+    for suffix, name in (("", "E(x)"), ("_penultimate", "penultimate")):
+        if f"probe_1nn{suffix}_vs_pixels_p" in paired:
+            parts.append(f"{name} {100 * paired[f'probe_1nn{suffix}']:.2f} % against pixels' "
+                         f"{100 * paired['probe_1nn_pixels']:.2f} %, {paired[f'probe_1nn{suffix}_vs_pixels_discordant']:.0f} "
+                         f"discordant test images, p = {paired[f'probe_1nn{suffix}_vs_pixels_p']:.3g}")
+    return f"{label}, 1-NN paired with pixels on the same test images (McNemar's exact test): " + "; ".join(parts) + "."
 
 
 def callbacks_overlay(n_train: int, linear: bool, checkpoints: Path) -> dict:
@@ -130,16 +158,17 @@ def main() -> None:
         at_init = next((row for row in earlier.get("trajectory", []) if row["epoch"] == 0), None)
         if at_init is None and not stopped:
             at_init = {"epoch": 0, **probes_at_initialisation(checkpoints / "last.ckpt", args.seed, args.n_train, linear)}
+        final = None if stopped else paired_with_pixels(checkpoints / "last.ckpt", args.n_train)
     trajectory = ([at_init] if at_init else []) + trajectory
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     header = {"command": " ".join(["python", "benchmarks/probe_trajectory.py", *sys.argv[1:]]),
-              "commit": os.environ.get("GIT_COMMIT") or commit.strip(), "machine": machine(args.accelerator),
+              "commit": commit(), "machine": machine(args.accelerator),
               "date": datetime.date.today().isoformat(), "config": args.config, "seed": args.seed,
               "n_train": args.n_train, "distance": "euclidean", "schedule": args.schedule,
               "complete": not stopped, "resumed": resumed, "run_dir": args.run_dir and str(run_dir),
               "fit_seconds": seconds + earlier.get("header", {}).get("fit_seconds", 0.0)}  # every part's time
-    out.with_suffix(".json").write_text(json.dumps({"header": header, "trajectory": trajectory}, indent=2) + "\n")
+    result = {"header": header, "trajectory": trajectory, "final_paired_with_pixels": final}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     pct = lambda row, key: f"{100 * row[key]:.1f} %" if key in row else "-"  # noqa: E731
     lines = [f"Command: `{header['command']}`, commit {header['commit']}, {header['machine']}, {header['date']}. "
              f"Probes of {args.n_train:,} training images against the test split; epoch 0 is the model at "
@@ -153,6 +182,10 @@ def main() -> None:
     for row in trajectory:
         row = {**pixels, **row}  # the callback scores pixels once, at its first probe
         lines.append(f"| {row['epoch']} | " + " | ".join(pct(row, k) for k in COLUMNS[:6]) + " |")
+    if at_init and "probe_1nn_vs_pixels_p" in at_init:
+        lines += ["", paired_line(at_init, "Epoch 0 (initialisation)")]
+    if final:
+        lines += ["", paired_line(final, f"Epoch {trajectory[-1]['epoch'] if trajectory else '?'} (the last checkpoint)")]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text())
 

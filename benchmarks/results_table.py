@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from provenance import commit, machine  # noqa: E402
 
 # name -> (config, extra options, paper / what it is)
 MODELS = {
@@ -127,14 +128,6 @@ def one_model(name: str) -> dict:
     return row
 
 
-def machine(accelerator: str) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    gpu = f", {torch.cuda.get_device_name(0)}" if accelerator == "gpu" and torch.cuda.is_available() else ""
-    return f"{platform.node()} ({cpu}, {os.cpu_count()} CPU threads{gpu}), torch {torch.__version__}"
-
-
 def fmt(value, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -191,9 +184,7 @@ def main() -> None:
     samples_dir = out.parent / f"{out.name}_samples"
     out_dir.mkdir(parents=True, exist_ok=True)
     samples_dir.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    commit = os.environ.get("GIT_COMMIT") or commit or "unknown"  # GIT_COMMIT: a copy of the tree on another machine
-    header = {"command": " ".join(["python", "benchmarks/results_table.py", *sys.argv[1:]]), "commit": commit,
+    header = {"command": " ".join(["python", "benchmarks/results_table.py", *sys.argv[1:]]), "commit": commit(),
               "machine": machine(args.accelerator), "date": datetime.date.today().isoformat(), "epochs": args.epochs,
               "n_samples": args.n_samples, "n_train": args.n_train, "accelerator": args.accelerator,
               "precision": args.precision, "seed": args.seed}

@@ -23,9 +23,7 @@ Writes ``OUT.json`` (per seed and step, command, commit, machine, date) and ``OU
 import argparse
 import datetime
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_table import machine  # noqa: E402
+from provenance import commit, machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,9 +118,8 @@ def main() -> None:
     pixels = pixel_baselines(labelled, test)
     networks = [train_network(model_args, lr, labelled, val, test, seed, args.steps) for seed in args.seeds]
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     header = {"command": " ".join(["python", "benchmarks/semi_supervised_baselines.py", *sys.argv[1:]]),
-              "commit": os.environ.get("GIT_COMMIT") or commit.strip(), "machine": machine("cpu"),
+              "commit": commit(), "machine": machine("cpu"),
               "date": datetime.date.today().isoformat(), "config": args.config, "labels": int(len(y)),
               "data_seed": data.get("seed", 0), "test_images": int(len(ty)), "network_lr": lr}
     report = {"header": header, **pixels, "network": networks}

@@ -24,7 +24,6 @@ import io
 import json
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from gan_lightning.data import GANDataModule, to_model_range
 from gan_lightning.losses import bigan_encoder_generator_loss, discriminator_loss
 from gan_lightning.models import BiGAN
 from gan_lightning.nets import JointDiscriminator, MLPEncoder, MLPGenerator
+from provenance import commit  # benchmarks/provenance.py
 
 BATCH, LATENT, HIDDEN = 128, 50, 1024
 ADAM = dict(lr=2e-4, betas=(0.5, 0.999), weight_decay=2.5e-5)
@@ -157,10 +157,9 @@ def main() -> None:
         if "plain" in samples else {}
     machine = (torch.cuda.get_device_name() if args.device.startswith("cuda")
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {"command": "python benchmarks/throughput.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
                                                                     vars(args).items() if k != "variants"),
-              "date": datetime.date.today().isoformat(), "commit": commit, "machine": machine,
+              "date": datetime.date.today().isoformat(), "commit": commit(), "machine": machine,
               "torch": torch.__version__, "lightning": L.__version__, "hidden": args.hidden, "samples": samples,
               "median_ms_per_iteration": {v: 1000 * BATCH / m for v, m in medians.items()}, "medians": medians,
               "paired_ratio_to_plain": ratios}
@@ -171,7 +170,7 @@ def main() -> None:
           "|---|---|---|")
     for v, m in medians.items():
         print(f"| {v} | {m:,.0f} | {f'{100 * (ratios[v] - 1):+.1f} %' if ratios else '-'} |")
-    print(f"\n{machine}; torch {torch.__version__}, lightning {L.__version__}; commit {commit}; written to {args.out}")
+    print(f"\n{machine}; torch {torch.__version__}, lightning {L.__version__}; commit {report['commit']}; written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,8 @@ import contextlib
 import datetime
 import io
 import json
-import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ from gan_lightning.data import to_model_range
 from gan_lightning.losses import bigan_encoder_generator_loss, discriminator_loss, gan_discriminator_loss, gan_generator_loss
 from gan_lightning.models.aae import fooling_loss, reconstruction_error
 from gan_lightning.models.vae import gaussian_kl, reconstruction_nll
+from provenance import commit  # benchmarks/provenance.py
 from throughput import Timer, images_per_second  # benchmarks/throughput.py: the same timing as BiGAN's benchmark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,15 +240,13 @@ def main() -> None:
 
     machine = (torch.cuda.get_device_name() if args.accelerator == "gpu"
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    commit = os.environ.get("GIT_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     command = "python benchmarks/throughput_models.py " + " ".join(
         f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
         if v is not None)
-    report = {"command": command, "date": datetime.date.today().isoformat(), "commit": commit, "machine": machine,
+    report = {"command": command, "date": datetime.date.today().isoformat(), "commit": commit(), "machine": machine,
               "torch": torch.__version__, "lightning": L.__version__, "precision": args.precision, "models": results}
     lines = [f"Command: {command}",
-             f"Date {report['date']}, commit {commit}, {machine}, torch {torch.__version__}, lightning {L.__version__}, "
+             f"Date {report['date']}, commit {report['commit']}, {machine}, torch {torch.__version__}, lightning {L.__version__}, "
              f"precision {args.precision}; the timed iterations below after {args.warmup} warm-up ones, "
              f"{args.repeats} repeats per variant.", "",
              "| model (config) | batch | timed iterations | plain loop, images/s | framework, images/s | framework vs plain |",

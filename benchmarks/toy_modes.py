@@ -22,6 +22,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import commit  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 # PacGAN Table 1 (Lin et al. 2018) and VEEGAN (Srivastava et al. 2017): (modes, high-quality %)
 ANCHORS = {
@@ -106,7 +109,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/toy_modes")
     args = parser.parse_args()
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
+    revision = commit()
     runs = [(REPO / "configs" / "toy" / f"{m}_{d}{VARIANTS[v][0]}.yaml", v)
             for m in args.models for d in args.datasets for v in args.variants if not (m == "gan" and v == "su_full")]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
@@ -121,11 +124,11 @@ def main() -> None:
             print(json.dumps(results[-1]), flush=True)
 
     header = (f"Command: python benchmarks/toy_modes.py {' '.join(sys.argv[1:])}\nDate {datetime.date.today()}, "
-              f"commit {commit.strip()}, {os.cpu_count()} CPU cores, one thread per run; {args.epochs} epochs of "
+              f"commit {revision}, {os.cpu_count()} CPU cores, one thread per run; {args.epochs} epochs of "
               f"1,000 iterations (batch 100); seeds {args.seeds}; recipe {args.recipe}; 2,500 samples per measurement.\n")
     table = summarise(results)
     Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps({"args": vars(args), "commit": commit.strip(),
+    Path(args.out + ".json").write_text(json.dumps({"args": vars(args), "commit": revision,
                                                     "results": results}, indent=2))
     Path(args.out + ".md").write_text(header + "\n" + table + "\n")
     print("\n" + header + "\n" + table)

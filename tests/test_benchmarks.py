@@ -84,6 +84,14 @@ def test_probe_trajectory_probes_the_encoder_at_initialisation_and_at_each_valid
     assert all(0.1 < r[k] <= 1 for r in trajectory for k in ("probe_1nn", "probe_1nn_penultimate"))
     assert 0.5 < trajectory[0]["probe_1nn_pixels"] <= 1 and "probe_linear" not in trajectory[0]
     assert out.with_suffix(".md").read_text().count("\n| ") == 4  # the header and three epochs
+    # The last checkpoint, paired with pixels on the same test images: the same model as the last probe.
+    final = report["final_paired_with_pixels"]
+    assert final["probe_1nn"] == pytest.approx(trajectory[-1]["probe_1nn"], abs=1e-6)
+    assert final["probe_1nn_pixels"] == pytest.approx(trajectory[0]["probe_1nn_pixels"], abs=1e-6)
+    assert all(0 <= final[f"probe_1nn{s}_vs_pixels_p"] <= 1 and final[f"probe_1nn{s}_vs_pixels_discordant"] >= 0
+               for s in ("", "_penultimate"))
+    assert 0 <= trajectory[0]["probe_1nn_vs_pixels_p"] <= 1  # the control at initialisation, paired as well
+    assert out.with_suffix(".md").read_text().count("McNemar") == 2
 
 
 @pytest.mark.slow
@@ -177,3 +185,55 @@ def test_semi_supervised_baselines_train_on_the_configs_labelled_images_alone(tm
     assert 0.1 < last["test_error"] < 0.6 and 0.1 < report["pixels_logistic_regression_error"] < 0.6
     assert report["network"][0]["best_on_validation"]["val_error"] == min(s["val_error"] for s in (first, last))
     assert "| q(y|x) network, 150 updates |" in out.with_suffix(".md").read_text()
+
+
+def test_benchmarks_label_their_output_with_the_commit_and_mark_a_tree_that_differs_from_it(tmp_path, monkeypatch):
+    provenance = _load_benchmark("provenance", monkeypatch)
+    monkeypatch.delenv("GIT_COMMIT", raising=False)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=repo,  # noqa: E731
+                                    check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    (repo / "model.py").write_text("lr = 1e-3\n")
+    git("add", "model.py")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "--short=7", "HEAD")
+    assert provenance.commit(repo) == head
+    (repo / "model.py").write_text("lr = 1e-4\n")  # figures from code that is not the commit's
+    assert provenance.commit(repo) == f"{head}-dirty"
+    monkeypatch.setenv("GIT_COMMIT", "0123abc")  # a copy of the tree elsewhere, its commit known
+    assert provenance.commit(repo) == "0123abc"
+    monkeypatch.delenv("GIT_COMMIT")
+    outside = tmp_path / "not_a_checkout"
+    outside.mkdir()
+    assert provenance.commit(outside) == "unknown"
+
+
+@pytest.mark.slow
+def test_semi_supervised_seeds_fits_tests_and_resumes_each_seed(tmp_path, data_dir):
+    """Two seeds for one epoch, then the same sweep of one seed for two: it resumes that seed's run."""
+    out, root = tmp_path / "seeds", tmp_path / "runs"
+    tiny = ["--limit_train_batches", "2", "--limit_test_batches", "2", "--data_dir", str(data_dir),
+            "--run_root", str(root), "--out", str(out), "--name", "noisy",
+            "--overrides", "--trainer.limit_val_batches", "2", "--model.init_args.input_noise", "0.3"]
+    for seeds, epochs in ((["0", "1"], "1"), (["1"], "2")):
+        proc = subprocess.run([sys.executable, "benchmarks/semi_supervised_seeds.py", "--seeds", *seeds,
+                               "--epochs", epochs, *tiny], cwd=REPO, timeout=600, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in root.iterdir()) == ["noisy_seed0", "noisy_seed1"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    (run,) = report["runs"]
+    assert run["seed"] == 1 and run["epochs_completed"] == 2 and run["complete"]
+    assert list(run["val_error_by_epoch"]) == ["0", "1"] and 0 <= run["test_error"] <= 1
+    assert run["best_val_error"] == min(run["val_error_by_epoch"].values())
+    saved = torch.load(root / "noisy_seed1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["hyper_parameters"]["seed"] == 1 and saved["hyper_parameters"]["input_noise"] == 0.3
+    assert saved["epoch"] == 2
+    # The second part resumed the first: its log validates epoch 1 alone, not epochs 0 and 1 from scratch.
+    import csv
+    fits = [list(csv.DictReader(open(f))) for f in sorted((root / "noisy_seed1" / "logs").glob("*/metrics.csv"))]
+    validated = [sorted({r["epoch"] for r in rows if r.get("val/error")}) for rows in fits]
+    assert [v for v in validated if v] == [["0"], ["1"]]
+    assert report["header"]["overrides"][-2:] == ["--model.init_args.input_noise", "0.3"] and report["header"]["commit"]
+    assert "| 1 | 2 |" in out.with_suffix(".md").read_text()

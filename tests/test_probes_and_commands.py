@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from gan_lightning.metrics.probes import linear_probe_accuracy, one_nn_accuracy, penultimate_features, probe_scores
+from gan_lightning.metrics.probes import (linear_probe_accuracy, one_nn_accuracy, paired_comparison, penultimate_features,
+                                         probe_scores)
 from tests.helpers import tiny_ali
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,45 @@ def test_probes_of_the_identity_encoder_equal_the_pixel_baseline_and_a_perfect_a
     assert scores["reconstruction_mse"] == 0.0
     noisy = probe_scores(lambda v: v, lambda v, labels: v + 0.5, (x, y), (xt, yt), torch.device("cpu"), linear=False)
     assert noisy["reconstruction_mse"] == pytest.approx(0.25)
+
+
+def test_paired_comparison_counts_the_discordant_images_and_gives_mcnemars_exact_p_value():
+    a = torch.tensor([True] * 60 + [False] * 10 + [True] * 30)   # 60 only A right, 10 only B right, 30 both
+    b = torch.tensor([False] * 60 + [True] * 10 + [True] * 30)
+    result = paired_comparison(a, b)
+    assert (result["a_only"], result["b_only"]) == (60, 10) and result["difference"] == pytest.approx(0.5)
+    # Two-sided binomial tail of 10 or fewer (or 60 or more) heads in 70 fair tosses, summed exactly.
+    from math import comb
+    tail = 2 * sum(comb(70, k) for k in range(11)) / 2 ** 70
+    assert result["p_value"] == pytest.approx(tail, rel=1e-9)
+    # Concordant images carry no evidence: the same 50/50 split of discordant pairs among many ties is p = 1.
+    balanced = paired_comparison(torch.tensor([True, False] * 5 + [True] * 90), torch.tensor([False, True] * 5 + [True] * 90))
+    assert balanced["p_value"] == pytest.approx(1.0) and balanced["difference"] == 0.0
+    assert paired_comparison(torch.ones(5, dtype=torch.bool), torch.ones(5, dtype=torch.bool))["p_value"] == 1.0
+    with pytest.raises(ValueError, match="same test points"):
+        paired_comparison(torch.ones(5, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+
+
+def test_probe_scores_pair_each_feature_sets_one_nn_with_the_pixels_on_the_same_test_images():
+    (x, y), (xt, yt) = clusters(300, 0), clusters(400, 1)
+    # Identity features agree with pixels on every image: no discordant pair, p = 1.
+    same = probe_scores(lambda v: v, lambda v, labels: v, (x, y), (xt, yt), torch.device("cpu"), linear=False)
+    assert same["probe_1nn_vs_pixels_discordant"] == 0 and same["probe_1nn_vs_pixels_p"] == 1.0
+    # The classes differ along the first coordinate; 50 more are loud noise. Features that keep the first
+    # coordinate alone beat the pixels by a real, significant margin.
+    def noisy_line(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, 3, (n,), generator=g)
+        return torch.cat([10.0 * labels[:, None] + torch.randn(n, 1, generator=g), 5 * torch.randn(n, 50, generator=g)], 1), labels
+
+    first = probe_scores(lambda v: v[:, :1], lambda v, labels: v, noisy_line(300, 0), noisy_line(400, 1),
+                         torch.device("cpu"), linear=False)
+    assert first["probe_1nn"] > first["probe_1nn_pixels"] + 0.1
+    assert first["probe_1nn_vs_pixels_p"] < 1e-6 and first["probe_1nn_vs_pixels_discordant"] > 40
+    # Without the pixel baseline there is nothing to pair with.
+    alone = probe_scores(lambda v: v, lambda v, labels: v, (x, y), (xt, yt), torch.device("cpu"), linear=False,
+                         pixels=False)
+    assert not any("_vs_pixels_" in k for k in alone)
 
 
 def test_interpolations_start_and_end_at_the_real_images_and_pass_through_their_reconstructions():

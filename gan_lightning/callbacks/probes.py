@@ -74,6 +74,9 @@ class EncoderProbe(L.Callback):
                                     linear=self.linear, penultimate=self.penultimate)
         if self._pixels is None:
             self._pixels = {k: v for k, v in scores.items() if k.endswith("_pixels")}
+        # The pixels' 1-NN runs once, so the paired test against it (``*_vs_pixels_*``) would be logged at the
+        # first probe alone; `evaluate` and benchmarks/probe_trajectory.py report it for a checkpoint.
+        scores = {k: v for k, v in scores.items() if "_vs_pixels_" not in k}
         self.last = {**scores, **self._pixels}
         pl_module.log_dict({f"val/{k}": v for k, v in self.last.items()}, rank_zero_only=True)
         rank_zero_info("  ".join(f"{k} {v:.4f}" for k, v in self.last.items()))
