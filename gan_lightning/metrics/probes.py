@@ -33,7 +33,13 @@ def one_nn_predictions(train: torch.Tensor, train_labels: torch.Tensor, test: to
 
 def one_nn_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
                     test_labels: torch.Tensor, chunk: int = 1024) -> float:
-    return (one_nn_predictions(train, train_labels, test, chunk) == test_labels).float().mean().item()
+    """The fraction of test points whose nearest training point has their label."""
+    return fraction(one_nn_predictions(train, train_labels, test, chunk) == test_labels)
+
+
+def fraction(correct: torch.Tensor) -> float:
+    """Hits over trials as an exact Python float: 0.8073, not float32's 0.80729997."""
+    return int(correct.sum()) / len(correct)
 
 
 def paired_comparison(correct_a: torch.Tensor, correct_b: torch.Tensor) -> dict[str, float]:
@@ -119,12 +125,12 @@ def probe_scores(encode: Callable, reconstruct: Callable, train: tuple[torch.Ten
             continue
         f_train, f_test = batched(features, x_train, device), batched(features, x_test, device)
         correct[suffix] = one_nn_predictions(f_train, y_train, f_test) == y_test
-        scores[f"probe_1nn{suffix}"] = correct[suffix].float().mean().item()
+        scores[f"probe_1nn{suffix}"] = fraction(correct[suffix])
         if linear:
             scores[f"probe_linear{suffix}"] = linear_probe_accuracy(f_train, y_train, f_test, y_test)
     if pixels:
         pixels_correct = one_nn_predictions(x_train, y_train, x_test) == y_test
-        scores["probe_1nn_pixels"] = pixels_correct.float().mean().item()
+        scores["probe_1nn_pixels"] = fraction(pixels_correct)
         if linear:
             scores["probe_linear_pixels"] = linear_probe_accuracy(x_train, y_train, x_test, y_test)
         for suffix, features_correct in correct.items():
