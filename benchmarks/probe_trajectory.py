@@ -39,8 +39,14 @@ COLUMNS = ["probe_1nn", "probe_1nn_penultimate", "probe_1nn_pixels", "probe_line
            "probe_linear_pixels", "reconstruction_mse"]
 
 
-def probes_at_initialisation(ckpt: Path, seed: int, n_train: int, linear: bool) -> dict:
-    """The probes of a model built from ``ckpt``'s hyperparameters with fresh weights (``torch.manual_seed(seed)``)."""
+def checkpoint_probes(ckpt: Path, seed: int, n_train: int, linear: bool, at_initialisation: bool) -> tuple:
+    """The probes of the run's end, from one load of ``ckpt``:
+
+    - the control, when ``at_initialisation``: a model built from the checkpoint's hyperparameters with fresh
+      weights (``torch.manual_seed(seed)``), every probe;
+    - the trained model's 1-NN probes beside the pixels' on the same test images, with McNemar's exact test
+      (``*_vs_pixels_p``, ``*_vs_pixels_discordant``): is a lead over pixels more than the test set's noise?
+    """
     import torch
 
     from gan_lightning.callbacks.probes import model_probe_scores
@@ -49,23 +55,13 @@ def probes_at_initialisation(ckpt: Path, seed: int, n_train: int, linear: bool) 
     trained, dm = load_model(str(ckpt), "cuda" if torch.cuda.is_available() else "cpu")
     dm.prepare_data()
     dm.setup("fit")
-    torch.manual_seed(seed)
-    return model_probe_scores(type(trained)(**trained.hparams).to(trained.device).eval(), dm, n_train, linear=linear)
-
-
-def paired_with_pixels(ckpt: Path, n_train: int) -> dict:
-    """The trained model's 1-NN probes beside the pixels' on the same test images, with McNemar's exact test
-    (``*_vs_pixels_p``, ``*_vs_pixels_discordant``): is a lead over pixels more than the test set's noise?"""
-    import torch
-
-    from gan_lightning.callbacks.probes import model_probe_scores
-    from gan_lightning.commands import load_model
-
-    model, dm = load_model(str(ckpt), "cuda" if torch.cuda.is_available() else "cpu")
-    dm.prepare_data()
-    dm.setup("fit")
-    scores = model_probe_scores(model.eval(), dm, n_train, linear=False)
-    return {k: v for k, v in scores.items() if k.startswith("probe_1nn")}
+    at_init = None
+    if at_initialisation:
+        torch.manual_seed(seed)
+        fresh = type(trained)(**trained.hparams).to(trained.device).eval()
+        at_init = {"epoch": 0, **model_probe_scores(fresh, dm, n_train, linear=linear)}
+    final = model_probe_scores(trained.eval(), dm, n_train, linear=False)
+    return at_init, {k: v for k, v in final.items() if k.startswith("probe_1nn")}
 
 
 def paired_line(paired: dict, label: str) -> str:
@@ -156,9 +152,11 @@ def main() -> None:
         if earlier.get("header", {}).get("run_dir") != str(run_dir):
             earlier = {}
         at_init = next((row for row in earlier.get("trajectory", []) if row["epoch"] == 0), None)
-        if at_init is None and not stopped:
-            at_init = {"epoch": 0, **probes_at_initialisation(checkpoints / "last.ckpt", args.seed, args.n_train, linear)}
-        final = None if stopped else paired_with_pixels(checkpoints / "last.ckpt", args.n_train)
+        final = None
+        if not stopped:
+            control, final = checkpoint_probes(checkpoints / "last.ckpt", args.seed, args.n_train, linear,
+                                               at_initialisation=at_init is None)
+            at_init = at_init or control
     trajectory = ([at_init] if at_init else []) + trajectory
 
     header = {"command": " ".join(["python", "benchmarks/probe_trajectory.py", *sys.argv[1:]]),

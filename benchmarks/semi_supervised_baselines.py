@@ -37,6 +37,14 @@ from provenance import commit, machine  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def mean_sd(values: list[float]) -> str:
+    """Fractions as a percentage: their mean, with the sample standard deviation when there are two or more."""
+    if not values:
+        return "-"
+    spread = f" +- {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{100 * statistics.mean(values):.1f} %{spread}"
+
+
 def config_parts(config: str) -> tuple[dict, dict, float]:
     """The config's model arguments (without optimizers), data arguments and classification learning rate."""
     raw = yaml.safe_load((REPO / config).read_text())
@@ -128,7 +136,6 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
 
     pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
-    spread = lambda vs: f"{pct(statistics.mean(vs))}" + (f" +- {100 * statistics.stdev(vs):.1f}" if len(vs) > 1 else "")  # noqa: E731
     lines = [f"Command: `{header['command']}`, commit {header['commit']}, {header['machine']}, {header['date']}. "
              f"Classifiers trained on the {len(y)} labelled images of `{args.config}` (data seed {header['data_seed']}) "
              f"alone; test error on {len(ty):,} test images. Network: the config's q(y|x) encoder, Adam {lr:g}, "
@@ -137,9 +144,9 @@ def main() -> None:
              f"| pixels, logistic regression | {pct(pixels['pixels_logistic_regression_error'])} |",
              f"| pixels, 1-NN | {pct(pixels['pixels_1nn_error'])} |"]
     for i, step in enumerate(networks[0]["steps"]):
-        lines.append(f"| q(y|x) network, {step['step']} updates | {spread([n['steps'][i]['test_error'] for n in networks])} |")
+        lines.append(f"| q(y|x) network, {step['step']} updates | {mean_sd([n['steps'][i]['test_error'] for n in networks])} |")
     lines.append(f"| q(y|x) network, the update count best on validation | "
-                 f"{spread([n['best_on_validation']['test_error'] for n in networks])} |")
+                 f"{mean_sd([n['best_on_validation']['test_error'] for n in networks])} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text())
 

@@ -23,7 +23,6 @@ import csv
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import commit, machine  # noqa: E402
+from semi_supervised_baselines import mean_sd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,11 +80,6 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
             "test_error": tested[max(tested)], "fit_seconds_this_part": round(seconds, 1)}
 
 
-def summary(values: list[float]) -> str:
-    mean = 100 * statistics.mean(values)
-    return f"{mean:.1f} % +- {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f} %"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/aae_semi_100.yaml")
@@ -123,8 +118,8 @@ def main() -> None:
         last = r["val_error_by_epoch"][max(r["val_error_by_epoch"])] if r["val_error_by_epoch"] else None
         lines.append(f"| {r['seed']} | {r['epochs_completed']}{'' if r['complete'] else ' (stopped)'} | "
                      f"{pct(r['best_val_error'])} | {pct(last)} | {pct(r['test_error'])} |")
-    lines.append(f"| mean +- sd | | {summary([r['best_val_error'] for r in runs if r['best_val_error'] is not None])}"
-                 f" | | **{summary(tests)}** |")
+    lines.append(f"| mean +- sd | | {mean_sd([r['best_val_error'] for r in runs if r['best_val_error'] is not None])}"
+                 f" | | **{mean_sd(tests)}** |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text())
 

@@ -85,6 +85,7 @@ def test_every_config_fits_end_to_end_on_cpu(config, tmp_path, data_dir, monkeyp
                 "ModeCoverage": "val/modes"}
     for callback, key in expected.items():
         assert (callback in kept) == (key in logged), f"{callback} kept: {callback in kept}, {key} logged: {logged}"
+    assert not any("_vs_pixels_" in k for k in logged)  # EncoderProbe scores pixels once: no paired test to log
     for callback, picture in [("Interpolations", "interpolations"), ("LatentScatter", "latent"), ("StyleGrid", "styles")]:
         assert (callback in kept) == bool(list((root / "samples").glob(f"{picture}_it*.png"))), f"{callback}: {picture}"
     model = spec["model"]["class_path"].rsplit(".", 1)[-1]

@@ -83,6 +83,9 @@ def test_probe_scores_pair_each_feature_sets_one_nn_with_the_pixels_on_the_same_
     alone = probe_scores(lambda v: v, lambda v, labels: v, (x, y), (xt, yt), torch.device("cpu"), linear=False,
                          pixels=False)
     assert not any("_vs_pixels_" in k for k in alone)
+    unpaired = probe_scores(lambda v: v, lambda v, labels: v, (x, y), (xt, yt), torch.device("cpu"), linear=False,
+                            paired=False)
+    assert "probe_1nn_pixels" in unpaired and not any("_vs_pixels_" in k for k in unpaired)
 
 
 def test_interpolations_start_and_end_at_the_real_images_and_pass_through_their_reconstructions():

@@ -26,15 +26,17 @@ def labelled_split(datamodule, split: str, n: Optional[int]) -> tuple[torch.Tens
 
 
 def model_probe_scores(model, datamodule, n_train: Optional[int], n_test: Optional[int] = None, pixels: bool = True,
-                       linear: bool = True, penultimate: bool = True) -> dict[str, float]:
+                       linear: bool = True, penultimate: bool = True, paired: bool = True) -> dict[str, float]:
     """``probe_scores`` of a model with an encoder on its data module's labelled splits: E(x) (``model.features``
     where the model has it, the encoder's output before a squashing map; else ``model.encode``),
     the encoder's penultimate layer (when ``penultimate``) and raw pixels (when ``pixels``), with ``n_train``
-    training images and ``n_test`` test images (None: all), plus the reconstruction MSE."""
+    training images and ``n_test`` test images (None: all), plus the reconstruction MSE and (``paired``, with
+    ``pixels``) McNemar's test of each 1-NN classifier against the pixels'."""
     train, test = labelled_split(datamodule, "train", n_train), labelled_split(datamodule, "test", n_test)
     features = getattr(model, "features", model.encode)
     return probe_scores(features, model.reconstruct, train, test, model.device, pixels=pixels, linear=linear,
-                        penultimate=penultimate_features(model.net("encoder")) if penultimate else None)
+                        penultimate=penultimate_features(model.net("encoder")) if penultimate else None,
+                        paired=paired)
 
 
 class EncoderProbe(L.Callback):
@@ -71,12 +73,12 @@ class EncoderProbe(L.Callback):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
             return
         scores = model_probe_scores(pl_module, trainer.datamodule, self.n_train, self.n_test, pixels=self._pixels is None,
-                                    linear=self.linear, penultimate=self.penultimate)
+                                    linear=self.linear, penultimate=self.penultimate,
+                                    # the pixels are scored at the first probe alone, so no paired test: `evaluate`
+                                    # and benchmarks/probe_trajectory.py give it for a checkpoint
+                                    paired=False)
         if self._pixels is None:
             self._pixels = {k: v for k, v in scores.items() if k.endswith("_pixels")}
-        # The pixels' 1-NN runs once, so the paired test against it (``*_vs_pixels_*``) would be logged at the
-        # first probe alone; `evaluate` and benchmarks/probe_trajectory.py report it for a checkpoint.
-        scores = {k: v for k, v in scores.items() if "_vs_pixels_" not in k}
         self.last = {**scores, **self._pixels}
         pl_module.log_dict({f"val/{k}": v for k, v in self.last.items()}, rank_zero_only=True)
         rank_zero_info("  ".join(f"{k} {v:.4f}" for k, v in self.last.items()))

@@ -107,13 +107,13 @@ def penultimate_features(encoder: nn.Module) -> Optional[Callable[[torch.Tensor]
 
 def probe_scores(encode: Callable, reconstruct: Callable, train: tuple[torch.Tensor, torch.Tensor],
                  test: tuple[torch.Tensor, torch.Tensor], device: torch.device, pixels: bool = True,
-                 linear: bool = True, penultimate: Optional[Callable] = None) -> dict[str, float]:
+                 linear: bool = True, penultimate: Optional[Callable] = None, paired: bool = True) -> dict[str, float]:
     """Probe accuracies of ``encode`` (images in [-1, 1] -> features), of ``penultimate`` (the encoder's
     penultimate layer, when given: ``*_penultimate``) and of raw pixels, and the test MSE of
     ``reconstruct(images, labels)``.
 
-    With ``pixels``, each feature set's 1-NN classifier is also compared with the pixels' on the same test
-    images (``paired_comparison``): ``probe_1nn{,_penultimate}_vs_pixels_p`` is McNemar's exact two-sided
+    With ``pixels`` and ``paired``, each feature set's 1-NN classifier is also compared with the pixels' on the
+    same test images (``paired_comparison``): ``probe_1nn{,_penultimate}_vs_pixels_p`` is McNemar's exact two-sided
     p-value and ``..._discordant`` the number of test images on which the two disagree in being right.
 
     ``train`` and ``test`` are (images in [-1, 1], labels) on the CPU.
@@ -133,10 +133,10 @@ def probe_scores(encode: Callable, reconstruct: Callable, train: tuple[torch.Ten
         scores["probe_1nn_pixels"] = fraction(pixels_correct)
         if linear:
             scores["probe_linear_pixels"] = linear_probe_accuracy(x_train, y_train, x_test, y_test)
-        for suffix, features_correct in correct.items():
-            paired = paired_comparison(features_correct, pixels_correct)
-            scores[f"probe_1nn{suffix}_vs_pixels_p"] = paired["p_value"]
-            scores[f"probe_1nn{suffix}_vs_pixels_discordant"] = float(paired["a_only"] + paired["b_only"])
+        for suffix, features_correct in correct.items() if paired else ():
+            test = paired_comparison(features_correct, pixels_correct)
+            scores[f"probe_1nn{suffix}_vs_pixels_p"] = test["p_value"]
+            scores[f"probe_1nn{suffix}_vs_pixels_discordant"] = float(test["a_only"] + test["b_only"])
     # Labels reach reconstruct for models that decode with them (the supervised AAE); the others ignore them.
     x_hat = batched(reconstruct, x_test, device, labels=y_test)
     scores["reconstruction_mse"] = float(((x_hat - x_test.float()) ** 2).mean())
