@@ -76,11 +76,13 @@ def paired_line(paired: dict, label: str) -> str:
 
 
 def callbacks_overlay(n_train: int, linear: bool, checkpoints: Path) -> dict:
-    """The run's callbacks: the probes at every validation, a last checkpoint in ``checkpoints`` (where a resume
-    finds it), saving on SIGTERM, and nothing that draws or samples."""
+    """The run's callbacks: the probes at every validation, a last checkpoint in ``checkpoints`` after every
+    epoch (where a resume finds it; Lightning would otherwise save only at the validations, ``--every`` epochs
+    apart), saving on SIGTERM, and nothing that draws or samples."""
     return {"trainer": {"callbacks": [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(checkpoints), "save_last": True, "enable_version_counter": False}},
+         "init_args": {"dirpath": str(checkpoints), "save_last": True, "enable_version_counter": False,
+                       "save_on_train_epoch_end": True}},
         {"class_path": "gan_lightning.callbacks.Preemption"},
         {"class_path": "gan_lightning.callbacks.EncoderProbe",
          "init_args": {"n_train": n_train, "every_n_epochs": 1, "linear": linear, "penultimate": True}},
@@ -183,7 +185,7 @@ def main() -> None:
     if at_init and "probe_1nn_vs_pixels_p" in at_init:
         lines += ["", paired_line(at_init, "Epoch 0 (initialisation)")]
     if final:
-        lines += ["", paired_line(final, f"Epoch {trajectory[-1]['epoch'] if trajectory else '?'} (the last checkpoint)")]
+        lines += ["", paired_line(final, f"Epoch {args.epochs} (the last checkpoint)")]  # a complete run's
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text())
 
