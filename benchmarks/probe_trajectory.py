@@ -185,7 +185,7 @@ def main() -> None:
     if at_init and "probe_1nn_vs_pixels_p" in at_init:
         lines += ["", paired_line(at_init, "Epoch 0 (initialisation)")]
     if final:
-        lines += ["", paired_line(final, f"Epoch {args.epochs} (the last checkpoint)")]  # a complete run's
+        lines += ["", paired_line(final, f"Epoch {args.epochs} (the last checkpoint)")]  # final: only when all --epochs ran
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text())
 
