@@ -121,7 +121,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if "probes" in args.metrics:
         if not hasattr(model, "encode"):
             raise CheckpointError(f"--metrics probes needs an encoder; {type(model).__name__} has none")
-        results.update(model_probe_scores(model, dm, args.n_train))
+        results.update(model_probe_scores(model, dm, args.n_train, linear=not args.no_linear))
     _print_table(results)
     out = Path(args.out) if args.out else Path(args.ckpt_path).with_suffix(".eval.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -155,6 +155,8 @@ def parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--real_split", choices=["train", "val", "test"], default="train")
         p.add_argument("--n_real", type=int, default=None, help="use the real split's first n images")
         p.add_argument("--n_train", type=int, default=10_000, help="training images the encoder probes use")
+        p.add_argument("--no_linear", action="store_true",
+                       help="1-NN probes only: skip the logistic regressions, the slow part at 50,000 training images")
         p.add_argument("--images", default=None, help="score this folder of images instead of the model's samples")
         p.add_argument("--data_dir", default=None, help="where the dataset is, if not where training found it")
         p.add_argument("--cache_dir", default=None, help="real statistics cache (default: <data_dir>/.stats)")

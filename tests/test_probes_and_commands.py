@@ -169,6 +169,20 @@ def test_evaluate_scores_a_checkpoint_prints_a_table_and_writes_json(fashion_che
 
 
 @pytest.mark.slow
+def test_evaluate_no_linear_runs_the_1nn_probes_and_their_paired_test_only(fashion_checkpoint, tmp_path):
+    out = tmp_path / "probes.json"
+    run = cli("evaluate", "--ckpt_path", str(fashion_checkpoint), "--metrics", "probes", "--no_linear",
+              "--n_train", "500", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    scores = json.loads(out.read_text())
+    for key in ("probe_1nn", "probe_1nn_penultimate", "probe_1nn_pixels", "probe_1nn_vs_pixels_p",
+                "probe_1nn_penultimate_vs_pixels_discordant", "reconstruction_mse"):
+        assert key in scores and np.isfinite(scores[key]), key
+    assert not [key for key in scores if "linear" in key], scores
+    assert "fd_fashion_classifier" not in scores
+
+
+@pytest.mark.slow
 def test_evaluate_refuses_a_missing_or_truncated_checkpoint_in_one_line(fashion_checkpoint, tmp_path):
     run = cli("evaluate", "--ckpt_path", str(tmp_path / "nope.ckpt"))
     assert run.returncode != 0 and "not found" in run.stderr and "Traceback" not in run.stderr
