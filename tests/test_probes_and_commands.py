@@ -183,6 +183,30 @@ def test_evaluate_no_linear_runs_the_1nn_probes_and_their_paired_test_only(fashi
 
 
 @pytest.mark.slow
+def test_probe_checkpoint_benchmark_pairs_each_training_set_size_with_pixels(fashion_checkpoint, tmp_path):
+    from gan_lightning.callbacks.probes import model_probe_scores
+    from gan_lightning.commands import load_model
+
+    out = tmp_path / "probes"
+    run = subprocess.run([sys.executable, "benchmarks/probe_checkpoint.py", "--ckpt_path", str(fashion_checkpoint),
+                          "--n_train", "300", "600", "--n_test", "400", "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [row["n_train"] for row in report["probes"]] == [300, 600]
+    assert report["header"]["model"] == "BiGAN" and report["header"]["iteration"] > 0
+    model, dm = load_model(str(fashion_checkpoint))
+    dm.prepare_data()
+    dm.setup("fit")
+    for row in report["probes"]:  # the same figures as the probes of the checkpoint's model, in process
+        direct = model_probe_scores(model, dm, row["n_train"], 400, linear=False)
+        for key in ("probe_1nn", "probe_1nn_penultimate", "probe_1nn_pixels", "probe_1nn_vs_pixels_p",
+                    "probe_1nn_penultimate_vs_pixels_discordant"):
+            assert row[key] == pytest.approx(direct[key]), key
+    assert out.with_suffix(".md").read_text().count("McNemar") == 2 and "| 600 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
 def test_evaluate_refuses_a_missing_or_truncated_checkpoint_in_one_line(fashion_checkpoint, tmp_path):
     run = cli("evaluate", "--ckpt_path", str(tmp_path / "nope.ckpt"))
     assert run.returncode != 0 and "not found" in run.stderr and "Traceback" not in run.stderr
