@@ -19,6 +19,8 @@ rank 0 when training ends.
 import netrc
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Literal, Optional
 from urllib.parse import urlparse
@@ -49,12 +51,34 @@ def wandb_logged_in() -> bool:
 
 
 def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the W&B host opens within ``timeout`` seconds (no request is sent)."""
-    try:
-        socket.create_connection(wandb_host(), timeout=timeout).close()
-        return True
-    except OSError:  # refused, timed out, no route, unknown host
-        return False
+    """Whether a TCP connection to the W&B host opens within ``timeout`` seconds, the name lookup included (no
+    request is sent). The lookup runs in a daemon thread that is abandoned at the deadline: ``getaddrinfo`` has
+    no timeout of its own, and a resolver that hangs (compute nodes without internet) would stall the start."""
+    host, port = wandb_host()
+    deadline = time.monotonic() + timeout
+    found: list = []
+
+    def resolve() -> None:
+        try:
+            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError:  # unknown host, no resolver
+            pass
+
+    lookup = threading.Thread(target=resolve, name="wandb-host-lookup", daemon=True)
+    lookup.start()
+    lookup.join(timeout)
+    for family, kind, proto, _, address in list(found):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.socket(family, kind, proto) as connection:
+                connection.settimeout(left)
+                connection.connect(address)
+            return True
+        except OSError:  # refused, timed out, no route
+            continue
+    return False
 
 
 class WandbSettings:

@@ -4,6 +4,7 @@ import glob
 import json
 import socket
 import struct
+import time
 import warnings
 from pathlib import Path
 
@@ -19,12 +20,26 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--config", str(REPO / "configs/overlays/smoke.yaml")]
 
 
-def wandb_records(run_dir: Path) -> list:
-    """The protobuf records of an offline W&B run's ``run-*.wandb`` file (LevelDB log format: 32 KiB blocks of
-    [crc32, length, type] framed chunks after W&B's 7-byte header)."""
+def wandb_records(run_dir: Path, wait: float = 60.0) -> list:
+    """The protobuf records of an offline W&B run's ``run-*.wandb`` file, once its ``exit`` record is written.
+
+    ``wandb.finish()`` can return before W&B's service process has written the run's last records (seen under
+    load: the file lacked its last history rows and the exit record), so this reads again until the exit record
+    is there, for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        records = read_wandb_file(next(run_dir.glob("run-*.wandb")))
+        if by_kind(records, "exit") or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def read_wandb_file(path: Path) -> list:
+    """The records of a ``run-*.wandb`` file (LevelDB log format: 32 KiB blocks of [crc32, length, type] framed
+    chunks after W&B's 7-byte header)."""
     from wandb.proto import wandb_internal_pb2
 
-    data = next(run_dir.glob("run-*.wandb")).read_bytes()
+    data = path.read_bytes()
     assert data[:4] == b":W&B"
     records, pending, pos, block = [], b"", 7, 32768
     while pos + 7 <= len(data):
@@ -166,6 +181,15 @@ def test_when_the_wandb_host_refuses_auto_and_online_log_offline_and_name_the_ho
         [warning] = wandb_warnings(record)
         assert warning.startswith(f"gan_lightning: W&B's host 127.0.0.1:{port} is unreachable, so this run logs to "
                                   f"W&B offline: `wandb sync {tmp_path}/wandb/offline-run-*` uploads it later")
+
+
+def test_a_name_lookup_that_hangs_counts_as_unreachable_within_the_timeout(monkeypatch):
+    """Compute nodes without internet often have a resolver that answers late or never; the probe must not wait."""
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.invalid")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: time.sleep(30))
+    start = time.monotonic()
+    assert not wandb_reachable(timeout=0.5)
+    assert time.monotonic() - start < 5
 
 
 def test_when_logged_in_and_the_wandb_host_answers_auto_and_online_log_online(tmp_path, monkeypatch):
