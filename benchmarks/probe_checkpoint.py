@@ -65,9 +65,8 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps({"header": header, "probes": rows}, indent=2) + "\n")
     pct = lambda v: f"{100 * v:.2f} %"  # noqa: E731
     lines = [f"Command: `{header['command']}`, commit {header['commit']}, {header['machine']}, {header['date']}. "
-             f"{header['model']} checkpoint at iteration {header['iteration']:,} (saved in epoch {header['epoch']}, counting "
-             "from 0); "
-             "1-NN, Euclidean distance, scored on the test split.", "",
+             f"{header['model']} checkpoint at iteration {header['iteration']:,} (saved in epoch {header['epoch']}, "
+             "counting from 0); 1-NN, Euclidean distance, scored on the test split.", "",
              "| training images searched | 1-NN E(x) | 1-NN penultimate | 1-NN pixels | seconds |", "|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['n_train']:,} | {pct(row['probe_1nn'])} | "
