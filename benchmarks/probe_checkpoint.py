@@ -67,7 +67,8 @@ def main() -> None:
     lines = [f"Command: `{header['command']}`, commit {header['commit']}, {header['machine']}, {header['date']}. "
              f"{header['model']} checkpoint at iteration {header['iteration']:,} (saved in epoch {header['epoch']}, "
              "counting from 0); 1-NN, Euclidean distance, scored on the test split.", "",
-             "| training images searched | 1-NN E(x) | 1-NN penultimate | 1-NN pixels | seconds |", "|---|---|---|---|---|"]
+             "| training images searched | 1-NN E(x) | 1-NN penultimate | 1-NN pixels | seconds |",
+             "|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['n_train']:,} | {pct(row['probe_1nn'])} | "
                      + (pct(row["probe_1nn_penultimate"]) if "probe_1nn_penultimate" in row else "-")
