@@ -40,11 +40,9 @@ def main() -> None:
     from gan_lightning.checkpoints import CheckpointError, read_checkpoint
     from gan_lightning.commands import load_model
 
-    model, dm = load_model(args.ckpt_path, "cuda" if args.accelerator == "gpu" else "cpu")
+    model, dm = load_model(args.ckpt_path, "cuda" if args.accelerator == "gpu" else "cpu", args.data_dir)
     if not hasattr(model, "encode"):
         raise CheckpointError(f"{args.ckpt_path} is a {type(model).__name__}, which has no encoder to probe")
-    if args.data_dir:
-        dm.hparams.data_dir, dm.root = args.data_dir, Path(args.data_dir).expanduser()
     dm.prepare_data()
     dm.setup("fit")
     epoch = read_checkpoint(args.ckpt_path).get("epoch")  # Lightning's 0-based epoch at the save

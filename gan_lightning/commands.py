@@ -22,8 +22,9 @@ from gan_lightning.checkpoints import CheckpointError, read_checkpoint
 from gan_lightning.data import GANDataModule
 
 
-def load_model(path: str, device: str = "cpu"):
-    """(model in eval mode on ``device``, data module) rebuilt from a checkpoint's hyperparameters."""
+def load_model(path: str, device: str = "cpu", data_dir: Optional[str] = None):
+    """(model in eval mode on ``device``, data module) rebuilt from a checkpoint's hyperparameters; ``data_dir``:
+    where the dataset is, if not where training found it."""
     ckpt = read_checkpoint(path)  # weights only: a checkpoint from elsewhere cannot run code here
     hp = dict(ckpt.get("hyper_parameters", {}))
     class_path = hp.get("_class_path")
@@ -36,6 +37,8 @@ def load_model(path: str, device: str = "cpu"):
     model.load_state_dict(ckpt["state_dict"])
     model.on_load_checkpoint(ckpt)
     data_hp = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    if data_hp and data_dir:
+        data_hp["data_dir"] = data_dir
     datamodule = GANDataModule(**{**data_hp, "on_device": False, "num_workers": 0}) if data_hp else None
     return model.to(device).eval(), datamodule
 
@@ -82,11 +85,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     from gan_lightning.metrics.features import build_extractor
     from gan_lightning.metrics.image_scores import ImageScores
 
-    model, dm = load_model(args.ckpt_path, _device(args.device))
+    model, dm = load_model(args.ckpt_path, _device(args.device), args.data_dir)
     if dm is None:
         raise CheckpointError(f"checkpoint {args.ckpt_path} holds no data settings; evaluate needs them")
-    if args.data_dir:
-        dm.hparams.data_dir, dm.root = args.data_dir, Path(args.data_dir).expanduser()
     dm.prepare_data()
     dm.setup("fit")
     results: dict = {"checkpoint": str(args.ckpt_path), "model": type(model).__name__,

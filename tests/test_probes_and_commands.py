@@ -169,6 +169,18 @@ def test_evaluate_scores_a_checkpoint_prints_a_table_and_writes_json(fashion_che
 
 
 @pytest.mark.slow
+def test_load_model_finds_the_data_where_the_user_says_or_where_training_found_it(fashion_checkpoint, tmp_path,
+                                                                                  data_dir):
+    from gan_lightning.commands import load_model
+
+    _, trained_on = load_model(str(fashion_checkpoint))
+    assert trained_on.root == Path(data_dir) and trained_on.hparams.data_dir == str(data_dir)
+    _, moved = load_model(str(fashion_checkpoint), data_dir=str(tmp_path / "moved"))
+    assert moved.root == tmp_path / "moved" and moved.hparams.data_dir == str(tmp_path / "moved")
+    assert moved.hparams.dataset == trained_on.hparams.dataset == "fashion_mnist"
+
+
+@pytest.mark.slow
 def test_evaluate_no_linear_runs_the_1nn_probes_and_their_paired_test_only(fashion_checkpoint, tmp_path):
     out = tmp_path / "probes.json"
     run = cli("evaluate", "--ckpt_path", str(fashion_checkpoint), "--metrics", "probes", "--no_linear",
