@@ -11,9 +11,17 @@ Reading uses torch's weights-only unpickler unless the caller asks otherwise (``
 a checkpoint from elsewhere cannot run code when it is loaded. A truncated or corrupted file, or one holding
 objects the weights-only unpickler refuses, gives one ``CheckpointError`` line naming the file and the fix.
 ``AdversarialModule.setup`` installs it in place of Lightning's default.
+
+A weights-only load holds plain values, but some of them are names: a checkpoint's ``_class_path`` (and
+Lightning's ``_instantiator``) name code, and importing a module runs it, calling a callable runs anything
+(``subprocess.run`` with ``shell: True``). ``model_class`` and ``model_settings`` turn a checkpoint's
+hyperparameters into a model class and its arguments without importing or calling anything the file names.
 """
+import importlib
+import inspect
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -46,6 +54,83 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", weights_only: b
         raise _unreadable(file, err) from None
     except Exception as err:  # truncated zip archive, pickle errors, a file that is not a checkpoint at all
         raise _unreadable(file, err) from None
+
+
+def model_class(class_path: object, file: str | Path, chosen: Optional[str] = None) -> type:
+    """The model class a checkpoint's ``_class_path`` names, looked up by name among ``gan_lightning.models``'
+    models (``allowed_models``), never imported: a module named by a file from elsewhere is not ours to run.
+    ``chosen``: a class path the user named (``--model_class``, the config's ``model.class_path``); it is imported,
+    because the user chose it, and must still be a model. Anything else: one ``CheckpointError`` line naming it."""
+    from gan_lightning.models import AdversarialModule
+
+    if chosen is not None:
+        module, _, name = chosen.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as err:
+            first_line = (str(err).splitlines() or [""])[0]
+            raise CheckpointError(f"model class {chosen!r} cannot be imported ({type(err).__name__}: {first_line}): "
+                                  "name it as package.module.Class") from None
+        if not (isinstance(cls, type) and issubclass(cls, AdversarialModule)):
+            raise CheckpointError(f"model class {chosen!r} is not a subclass of "
+                                  "gan_lightning.models.AdversarialModule: name a model class")
+        return cls
+    models = allowed_models()
+    for cls in models.values():
+        if class_path in (f"gan_lightning.models.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}"):
+            return cls
+    named = isinstance(class_path, str) and re.fullmatch(r"[\w.]{1,200}", class_path)
+    raise CheckpointError(
+        f"checkpoint {file} names the model class {_short(class_path, 200)}, which is not one of "
+        f"gan_lightning.models ({', '.join(models)}): it is neither imported nor called, since a checkpoint from elsewhere can name any "
+        f"code. If it is a model class of your own and you trust it, name it yourself: --model_class {class_path if named else 'pkg.module.Class'} "
+        "(evaluate, sample) or model.class_path in the config (fit)")
+
+
+def allowed_models() -> dict[str, type]:
+    """The classes a checkpoint may name: the models ``gan_lightning.models`` exports (not their base)."""
+    import gan_lightning.models as models
+
+    base = models.AdversarialModule
+    exported = {name: getattr(models, name) for name in models.__all__}
+    return {name: obj for name, obj in exported.items()
+            if isinstance(obj, type) and issubclass(obj, base) and obj is not base}
+
+
+def model_settings(cls: type, hparams: dict, file: str | Path) -> dict:
+    """The checkpoint's saved settings that ``cls.__init__`` accepts (its own and those its ``**kwargs`` pass to
+    the model classes above it). ``save_hyperparameters`` records plain values only; a dict with a
+    ``class_path`` (an optimizer, say) is instantiated by whoever reads it, so a checkpoint holding one, or any
+    other object, was not written by fit and is refused naming the setting."""
+    from gan_lightning.models import AdversarialModule
+
+    accepted = {name for klass in cls.__mro__ if issubclass(klass, AdversarialModule) and "__init__" in vars(klass)
+                for name in inspect.signature(klass.__init__).parameters if name not in ("self", "args", "kwargs")}
+    settings = {key: value for key, value in hparams.items() if key in accepted}
+    for key, value in settings.items():
+        if not plain(value):
+            raise CheckpointError(f"checkpoint {file}: model setting {key!r} holds {_short(value, 120)}, where a "
+                                  "plain value (a number, a string, a list of them) belongs; it was not written by "
+                                  "`python -m gan_lightning fit` and is not loaded")
+    return settings
+
+
+def plain(value: object) -> bool:
+    """A number, a string, None, or lists and string-keyed dicts of them, none of them naming a class to build."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(plain(item) for item in value)
+    if isinstance(value, dict):
+        builds = {"class_path", "_class_path", "_instantiator"} & set(value)
+        return not builds and all(isinstance(key, str) and plain(item) for key, item in value.items())
+    return False
+
+
+def _short(value: object, limit: int) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a forged file's text stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _unreadable(file: Path, err: BaseException) -> CheckpointError:

@@ -17,11 +17,12 @@ import gan_lightning.callbacks  # noqa: F401  (makes the callbacks' short names 
 import gan_lightning.distributed  # noqa: F401  (registers the strategy name player_ddp)
 import gan_lightning.models  # noqa: F401  (makes the models' short names known to configs)
 from gan_lightning.callbacks.preemption import slurm_job_id
-from gan_lightning.checkpoints import CheckpointError, read_checkpoint
+from gan_lightning.checkpoints import CheckpointError, model_class, model_settings, read_checkpoint
 from gan_lightning.cli_errors import shorten
 from gan_lightning.early_signals import catch_signals_early
 from gan_lightning.data import DatasetCorruptError, DatasetNotFoundError, GANDataModule
 from gan_lightning.data.loader import DataLoaderWorkerDied
+from gan_lightning.distributed import RanksDivergedError
 from gan_lightning.errors import ConfigError, Preempted
 from gan_lightning.metrics.features import WeightsNotFoundError
 from gan_lightning.tracking import SaveAndLogConfig, WandbSettings
@@ -51,7 +52,12 @@ class GANLightningCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path FILE``: read it with the weights-only loader (one line when it is truncated or unsafe),
         and refuse a checkpoint of another model or other settings, naming both, where Lightning would silently
-        replace the config's model with the checkpoint's."""
+        replace the config's model with the checkpoint's.
+
+        Lightning hands the checkpoint's ``_class_path`` to jsonargparse, which imports it: a file from elsewhere
+        would choose a module to run. Here the model class is the config's (the user's choice) when the names
+        agree, else one of ``gan_lightning.models`` looked up by name (``checkpoints.model_class``); the
+        checkpoint's text never reaches an import, and its settings reach jsonargparse only as plain values."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():  # none, or a keyword such as "last"
@@ -59,14 +65,17 @@ class GANLightningCLI(LightningCLI):
         weights_only = self.config[subcommand].get("weights_only") is not False
         checkpoint = read_checkpoint(ckpt_path, weights_only=weights_only)
         hparams = dict(checkpoint.get("hyper_parameters", {}))
-        hparams.pop("_instantiator", None)
+        hparams.pop("_instantiator", None)  # Lightning's load_from_checkpoint imports it; nothing here does
         model = self.config[subcommand].get("model")
+        chosen = str(model.class_path) if model is not None and model.get("class_path") else None
         saved_class = hparams.pop("_class_path", None)
-        saved_name = saved_class.rsplit(".", 1)[-1] if saved_class else checkpoint.get("gan_lightning", {}).get("model")
-        if model is not None and saved_name and model.get("class_path"):
-            if saved_name != str(model.class_path).rsplit(".", 1)[-1]:
+        if saved_class is not None and (chosen is None or _class_name(saved_class) != _class_name(chosen)):
+            model_class(saved_class, ckpt_path)  # refuses, naming it, what is not one of our models
+        saved_name = _class_name(saved_class) if saved_class else checkpoint.get("gan_lightning", {}).get("model")
+        if chosen and saved_name:
+            if saved_name != _class_name(chosen):
                 raise CheckpointError(f"checkpoint {ckpt_path} holds a {saved_name} model, but "
-                                      f"the config builds a {str(model.class_path).rsplit('.', 1)[-1]}: pass the "
+                                      f"the config builds a {_class_name(chosen)}: pass the "
                                       "checkpoint of a run of this config, or use that run's config")
             init_args = model.get("init_args") or Namespace()
             differ = [f"model.{key}: {saved!r} in the checkpoint, {init_args[key]!r} in the config"
@@ -77,8 +86,11 @@ class GANLightningCLI(LightningCLI):
                                       "resume with the settings it has (drop those overrides), or start a new run "
                                       "without --ckpt_path")
         if hparams and saved_class:  # Lightning's behaviour: the checkpoint's settings fill the config's model
+            cls = model_class(saved_class, ckpt_path, chosen)
+            class_path = chosen or f"gan_lightning.models.{cls.__name__}"
             self.config = self.parser.parse_object(
-                {subcommand: {"model": {"class_path": saved_class, "dict_kwargs": hparams}}}, self.config)
+                {subcommand: {"model": {"class_path": class_path,
+                                        "dict_kwargs": model_settings(cls, hparams, ckpt_path)}}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -106,6 +118,11 @@ class GANLightningCLI(LightningCLI):
         if logger is not None:
             trainer.loggers = [*trainer.loggers, logger]
         return trainer
+
+
+def _class_name(class_path: object) -> str:
+    """``pkg.module.Class`` -> ``Class``."""
+    return str(class_path).rsplit(".", 1)[-1]
 
 
 def _same(a, b) -> bool:
@@ -220,7 +237,7 @@ def _main(args: list[str] | None) -> None:
             args=args,
         )
     except (DatasetNotFoundError, DatasetCorruptError, WeightsNotFoundError, ConfigError, CheckpointError,
-            FloatingPointError, DataLoaderWorkerDied, torch.OutOfMemoryError) as err:  # each says what to change: no traceback
+            FloatingPointError, DataLoaderWorkerDied, RanksDivergedError, torch.OutOfMemoryError) as err:  # each says what to change: no traceback
         sys.exit(f"gan_lightning: error: {err}")
     except Preempted:  # saved, and requeued where asked; the callback has said so
         sys.exit(0)

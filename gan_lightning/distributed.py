@@ -7,16 +7,22 @@ gradients of *every* network, zeros included: about twice the bytes that the ste
 ``PlayerDDPStrategy`` instead wraps each network of each player in its own DDP (as Lightning's Fabric
 DCGAN example does by hand). A model calls ``self.discriminator(x)`` as always; while training under
 this strategy, that attribute resolves to the network's DDP wrapper whenever the call can produce
-gradients for it (grad enabled, training mode, its player toggled on), and to the bare network
-otherwise. So the discriminator's step all-reduces D's gradients only, the generator's step G's (and
-E's), a frozen network used inside the other player's loss costs no communication, and networks
-evaluated under ``no_grad`` skip DDP altogether. Checkpoints keep the networks' own keys.
+gradients for it (grad enabled and any of its parameters requiring grad: its player toggled on, in
+training or eval mode alike), and to the bare network otherwise. So the discriminator's step all-reduces
+D's gradients only, the generator's step G's (and E's), a frozen network used inside the other player's
+loss costs no communication, and networks evaluated under ``no_grad`` skip DDP altogether. Checkpoints
+keep the networks' own keys.
+
+A network that several players train (the AAE's encoder: reconstruction and regularisation phases, each
+with its own optimizer) has one wrapper, which every one of those players' steps goes through. The ranks'
+parameters are compared (a checksum per tensor, one all-gather) at every validation and before every
+checkpoint is written: ranks that drifted apart stop with ``RanksDivergedError`` naming the networks.
 
 ``benchmarks/ddp_communication.py`` measures the bytes with a communication hook on 2 CPU ranks.
 """
 import contextlib
 import inspect
-from typing import Generator, Optional
+from typing import Any, Generator, Optional
 
 import torch
 from lightning.pytorch.overrides.distributed import _register_ddp_comm_hook, _sync_module_states
@@ -27,6 +33,10 @@ from torch.nn.parallel import DistributedDataParallel
 # Buffers are synchronised once at the start, not at every forward (torch 2.14 renamed the argument).
 NO_BUFFER_SYNC = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                   else "broadcast_buffers")
+
+
+class RanksDivergedError(RuntimeError):
+    """The ranks' copies of a network differ: some update bypassed its all-reduce (see ``check_ranks_agree``)."""
 
 
 class PlayerDDPStrategy(DDPStrategy):
@@ -51,12 +61,24 @@ class PlayerDDPStrategy(DDPStrategy):
         kwargs = {NO_BUFFER_SYNC: False, **self._ddp_kwargs}
         device_ids = self.determine_ddp_device_ids()
         wrappers = {}
-        for name in networks():
+        for name in dict.fromkeys(networks()):  # a network that several players train, wrapped once
             wrappers[name] = DistributedDataParallel(module.get_submodule(name), device_ids=device_ids, **kwargs)
             if self._ddp_comm_hook is not None:
                 _register_ddp_comm_hook(model=wrappers[name], ddp_comm_state=self._ddp_comm_state,
                                         ddp_comm_hook=self._ddp_comm_hook, ddp_comm_wrapper=self._ddp_comm_wrapper)
         module.distribute(wrappers)
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Optional[Any] = None) -> None:
+        """Every rank checks that the ranks' parameters agree, then rank 0 writes.
+
+        ``Trainer.save_checkpoint`` calls this on every rank (ModelCheckpoint, the Preemption callback), so the
+        check's all-gather is safe here. Not after an exception (``OnExceptionCheckpoint``), where one rank may be
+        saving alone and a collective would hang."""
+        module = self.lightning_module
+        trainer = getattr(module, "_trainer", None) if module is not None else None
+        if trainer is not None and not trainer.interrupted and hasattr(module, "check_ranks_agree"):
+            module.check_ranks_agree(f"before checkpoint {filepath} was written (it was not)")
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
     @contextlib.contextmanager
     def block_backward_sync(self) -> Generator:

@@ -254,7 +254,7 @@ def test_signal_mid_epoch_and_resume_equals_the_uninterrupted_run_bit_for_bit(tm
     from gan_lightning.callbacks import Preemption
     from gan_lightning.errors import Preempted
     from tests.helpers import assert_same_training_state
-    from tests.test_resume import SignalAt
+    from tests.test_resume import SignalAt, StartedAt
 
     build = {"aae_conditioned_gaussian_encoder": lambda: tiny_aae(encoder="gaussian", conditioning="prior", seed=5,
                                                                   ema_decay=0.9),
@@ -271,7 +271,9 @@ def test_signal_mid_epoch_and_resume_equals_the_uninterrupted_run_bit_for_bit(tm
     whole, whole_opt = fit(tmp_path / "whole")
     with pytest.raises(Preempted):
         fit(tmp_path / "cut", SignalAt(4), Preemption(requeue=False))
-    resumed, resumed_opt = fit(tmp_path / "cut", ckpt_path="last")
+    started = StartedAt()
+    resumed, resumed_opt = fit(tmp_path / "cut", started, ckpt_path="last")
+    assert (started.iteration, started.epoch) == (4, 0), "the resumed run did not start from the checkpoint"
     assert resumed.iteration == whole.iteration == 12
     assert_same_training_state(whole.state_dict(), resumed.state_dict(), whole_opt, resumed_opt)
 

@@ -210,3 +210,59 @@ def test_bad_values_are_refused_with_the_key_name():
         GANDataModule("digits", batch_size=0)
     with pytest.raises(ValueError, match="data.on_device"):
         GANDataModule("celeba", on_device=True)
+
+
+def loaders_of_both_kinds(data, batch_size, world_size, rank=0, position=None):
+    from gan_lightning.data.loader import ResumableDataLoader
+    from torch.utils.data import TensorDataset
+
+    order = dict(seed=3, rank=rank, world_size=world_size, position=position)
+    return [DeviceTensorLoader([data], batch_size, **order),
+            ResumableDataLoader(TensorDataset(data), batch_size, shuffle=True, drop_last=True, **order)]
+
+
+def test_loader_state_holds_the_world_size_and_batch_size_it_was_counted_in():
+    position = lambda: {"epoch": 1, "batches_done": 2, "epoch_done": False}  # noqa: E731
+    for loader in loaders_of_both_kinds(torch.arange(200), 10, world_size=2, position=position):
+        assert loader.state_dict() == {"epoch": 1, "batches_done": 2, "epoch_done": False, "world_size": 2,
+                                       "batch_size": 10}
+
+
+def test_a_mid_epoch_position_from_another_global_batch_is_refused_naming_both_world_sizes():
+    """Positions are counted in global batches (devices x per-device batch): k batches of 2 x 10 are not k batches
+    of 1 x 10. Refused in one line naming both; the same global batch split differently lands exactly."""
+    from gan_lightning.checkpoints import CheckpointError
+
+    data = torch.arange(200)
+    saved = {"epoch": 1, "batches_done": 2, "epoch_done": False, "world_size": 2, "batch_size": 10}
+    for loader in loaders_of_both_kinds(data, 10, world_size=1):
+        with pytest.raises(CheckpointError) as err:
+            loader.load_state_dict(saved)
+        message = str(err.value)
+        assert "world size 2" in message and "world size 1" in message and "\n" not in message
+        assert "trainer.devices" in message and "start a new run" in message
+    for loader in loaders_of_both_kinds(data, 20, world_size=4):
+        with pytest.raises(CheckpointError, match="world size 2.*world size 4"):
+            loader.load_state_dict(saved)
+
+    # 2 x 10 resumed as 1 x 20: the same global batches, so the third is the two ranks' third batches together.
+    ranks = []
+    for rank in range(2):
+        loader = loaders_of_both_kinds(data, 10, world_size=2, rank=rank)[0]
+        loader.sampler.set_epoch(1)
+        ranks.append(list(loader))
+    for one in loaders_of_both_kinds(data, 20, world_size=1):
+        one.load_state_dict(saved)
+        (first,) = next(iter(one))
+        assert torch.equal(first, torch.cat([ranks[0][2][0], ranks[1][2][0]]))
+
+    # At an epoch's end the position is the next epoch's start, whatever the world size.
+    for loader in loaders_of_both_kinds(data, 10, world_size=1):
+        loader.load_state_dict({**saved, "epoch_done": True})
+        assert (loader.sampler.epoch, loader.sampler.skip) == (2, 0)
+
+
+def test_an_old_loader_state_without_the_world_size_still_loads():
+    for loader in loaders_of_both_kinds(torch.arange(200), 10, world_size=1):
+        loader.load_state_dict({"epoch": 1, "batches_done": 2, "epoch_done": False})
+        assert (loader.sampler.epoch, loader.sampler.skip) == (1, 2)

@@ -47,6 +47,22 @@ class RecordPerRank(L.Callback):
                     "iteration": pl_module.iteration}, self.out / f"rank{trainer.global_rank}.pt")
 
 
+class RecordStart(L.Callback):
+    """Each rank writes where its run starts training (a resumed run: where its checkpoint left off): the model's
+    iteration, the epoch, the batch index and every optimizer's learning rates, at its first training batch."""
+
+    def __init__(self, out):
+        self.out, self.done = out, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.done:
+            return
+        self.done = True
+        torch.save({"iteration": pl_module.iteration, "epoch": trainer.current_epoch, "batch_idx": batch_idx,
+                    "lr": [group["lr"] for opt in trainer.optimizers for group in opt.param_groups]},
+                   self.out / f"start{trainer.global_rank}.pt")
+
+
 def without_batch_norm(model):
     """Batch norm normalises each rank's batch by its own statistics (SyncBatchNorm needs GPUs), so the
     one-process equivalence holds for networks without it."""
@@ -160,21 +176,34 @@ class SignalRankAt(L.Callback):
 
 @pytest.mark.ddp
 def test_a_signal_to_one_rank_stops_all_ranks_at_the_same_iteration_and_resumes_exactly(tmp_path):
+    """Mid-way through the second epoch, with a learning-rate schedule and validation on; the resumed run must start
+    where the checkpoint left off (a run that ignored it would end in the same place: training is deterministic)."""
+    import functools
+
+    halve_every_epoch = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+
     def run(root, *callbacks, ckpt_path=None):
         root.mkdir(exist_ok=True)
         checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0)
         trainer = tiny_trainer(root, devices=2, strategy=player_ddp(), max_epochs=2, limit_train_batches=5,
-                               enable_checkpointing=True, callbacks=[*callbacks, checkpoint, RecordPerRank(root)])
+                               limit_val_batches=2, enable_checkpointing=True,
+                               callbacks=[*callbacks, checkpoint, RecordPerRank(root), RecordStart(root)])
         torch.manual_seed(0)
-        trainer.fit(tiny_ali(seed=3, encoder="gaussian", dropout=0.3, ema_decay=0.9),
+        trainer.fit(tiny_ali(seed=3, encoder="gaussian", dropout=0.3, ema_decay=0.9, scheduler_d=halve_every_epoch,
+                             scheduler_ge=halve_every_epoch),
                     digits(batch_size=16, on_device=True), ckpt_path=ckpt_path)
 
     run(tmp_path / "whole")
     with pytest.raises(Exception, match="Preempted|SIGUSR1"):
-        run(tmp_path / "split", SignalRankAt(rank=1, iteration=3), Preemption(requeue=False))
+        run(tmp_path / "split", SignalRankAt(rank=1, iteration=7), Preemption(requeue=False))
     saved = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert saved["gan_lightning"]["iteration"] == 3
+    assert saved["gan_lightning"]["iteration"] == 7
     run(tmp_path / "split", Preemption(requeue=False), ckpt_path="last")
+    for rank in (0, 1):  # the resumed run starts at iteration 7, the third batch of epoch 1, at half the rate
+        start = torch.load(tmp_path / "split" / f"start{rank}.pt")
+        assert start == {"iteration": 7, "epoch": 1, "batch_idx": 2, "lr": [0.5e-4, 0.5e-4]}, f"rank {rank}"
+        assert torch.load(tmp_path / "whole" / f"start{rank}.pt") == {"iteration": 0, "epoch": 0, "batch_idx": 0,
+                                                                      "lr": [1e-4, 1e-4]}
     for rank in (0, 1):
         whole, split = (torch.load(tmp_path / run / f"rank{rank}.pt") for run in ("whole", "split"))
         assert split["iteration"] == whole["iteration"] == 10
@@ -225,3 +254,232 @@ def test_lightnings_one_ddp_per_module_is_refused_with_the_fix(tmp_path):
     strategy = DDPStrategy(start_method="fork", process_group_backend="gloo")
     with pytest.raises(Exception, match="set trainer.strategy to player_ddp"):
         tiny_trainer(tmp_path, devices=2, strategy=strategy).fit(tiny_bigan(), digits())
+
+
+# --- issue 23, item 6: routing that cannot silently drift, one wrapper per network, ranks checked ------------
+
+
+def fit_two_ranks(root, model, *callbacks, data=None, **trainer_kwargs):
+    """Fit ``model`` on two gloo ranks with RecordPerRank; returns (rank 0's record, rank 1's)."""
+    root.mkdir(exist_ok=True)
+    kwargs = {"limit_train_batches": 4, **trainer_kwargs}
+    trainer = tiny_trainer(root, devices=2, strategy=player_ddp(), callbacks=[*callbacks, RecordPerRank(root)],
+                           **kwargs)
+    trainer.fit(model, data or digits(batch_size=16, on_device=True))
+    return torch.load(root / "rank0.pt"), torch.load(root / "rank1.pt")
+
+
+@pytest.mark.ddp
+def test_a_network_whose_first_parameter_is_frozen_is_still_all_reduced(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_bigan(seed=3)
+    frozen_name, frozen = next(model.discriminator.named_parameters())
+    frozen.requires_grad_(False)  # e.g. a fixed first layer; D's other parameters train
+    before = frozen.detach().clone()
+    r0, r1 = fit_two_ranks(tmp_path, model)
+    assert torch.equal(r0["params"][f"discriminator.{frozen_name}"], before)
+    assert_same_state(r0, r1)
+
+
+class DiscriminatorInEvalMode(L.Callback):
+    """Trains D in eval mode (no dropout, batch norm on its running statistics), as a user might."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        pl_module._modules["discriminator"].eval()
+
+
+@pytest.mark.ddp
+def test_a_network_trained_in_eval_mode_is_still_all_reduced(tmp_path):
+    torch.manual_seed(0)
+    r0, r1 = fit_two_ranks(tmp_path, tiny_ali(seed=3, dropout=0.3), DiscriminatorInEvalMode())
+    assert_same_state(r0, r1)
+
+
+@pytest.mark.ddp
+def test_networks_under_no_grad_or_without_trainable_parameters_skip_ddp(tmp_path):
+    """The routing rule, on one rank: the wrapper whenever a call can produce gradients for the network (any
+    of its parameters requires grad, in training or eval mode), the bare network under no_grad or when frozen."""
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_rank or seen:
+                return
+            d, wrapper = pl_module._modules["discriminator"], pl_module.distributed_networks["discriminator"]
+            seen["train"] = pl_module.discriminator is wrapper
+            d.eval()
+            seen["eval"] = pl_module.discriminator is wrapper
+            with torch.no_grad():
+                seen["no_grad"] = pl_module.discriminator is d
+            first = next(d.parameters())
+            first.requires_grad_(False)
+            seen["first_frozen"] = pl_module.discriminator is wrapper
+            d.requires_grad_(False)
+            seen["all_frozen"] = pl_module.discriminator is d
+            d.requires_grad_(True)
+            d.train()
+            torch.save(seen, tmp_path / "seen.pt")
+
+    fit_two_ranks(tmp_path, tiny_bigan(seed=3), Probe(), limit_train_batches=1)
+    assert torch.load(tmp_path / "seen.pt") == {"train": True, "eval": True, "no_grad": True, "first_frozen": True,
+                                                "all_frozen": True}
+
+
+class CountWrappers(L.Callback):
+    """Each rank writes how many DDP wrappers were built around each network, and the networks routed."""
+
+    def __init__(self, out, made):
+        self.out, self.made = out, made
+
+    def on_train_end(self, trainer, pl_module):
+        names = {id(module): name for name, module in pl_module.named_children()}
+        counts = {}
+        for module_id in self.made:
+            counts[names.get(module_id, "?")] = counts.get(names.get(module_id, "?"), 0) + 1
+        torch.save({"counts": counts, "routed": sorted(pl_module.distributed_networks)},
+                   self.out / f"wrappers{trainer.global_rank}.pt")
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("name", ["aae", "semi_supervised"])
+def test_each_network_has_exactly_one_ddp_wrapper_although_several_players_train_it(tmp_path, monkeypatch, name):
+    """The AAE's encoder belongs to two players (reconstruction, regularisation), the semi-supervised AAE's to
+    three (and classification): one DDP each, which every player's step goes through (ranks stay identical)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from gan_lightning import distributed
+    from tests.test_aae import tiny_aae, tiny_semi
+
+    made = []  # id of each module wrapped, in this process (the ranks are forked after the patch)
+
+    class Counting(DistributedDataParallel):
+        def __init__(self, module, *args, **kwargs):
+            made.append(id(module))
+            super().__init__(module, *args, **kwargs)
+
+    monkeypatch.setattr(distributed, "DistributedDataParallel", Counting)
+    torch.manual_seed(0)
+    model = {"aae": lambda: tiny_aae(seed=3), "semi_supervised": lambda: tiny_semi(seed=3)}[name]()
+    players_of_encoder = sum("encoder" in networks for networks, _, _ in model._players.values())
+    assert players_of_encoder == {"aae": 2, "semi_supervised": 3}[name]
+    r0, r1 = fit_two_ranks(tmp_path, model, CountWrappers(tmp_path, made),
+                           data=digits(batch_size=16, on_device=True, n_labelled=100))
+    networks = sorted(set(model.player_networks()))
+    for rank in (0, 1):
+        record = torch.load(tmp_path / f"wrappers{rank}.pt")
+        assert record["counts"] == {net: 1 for net in networks}, f"rank {rank}"
+        assert record["routed"] == networks
+    assert_same_state(r0, r1)
+
+
+class PerturbRank(L.Callback):
+    """Rank ``rank`` alone nudges the first weight of ``network`` at the end of iteration ``iteration``."""
+
+    def __init__(self, rank, iteration, network):
+        self.rank, self.iteration, self.network = rank, iteration, network
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == self.rank and pl_module.iteration == self.iteration:
+            with torch.no_grad():
+                next(pl_module._modules[self.network].parameters()).add_(1e-3)
+
+
+@pytest.mark.ddp
+def test_ranks_whose_parameters_differ_are_stopped_at_the_next_validation_naming_the_network(tmp_path):
+    with pytest.raises(Exception, match="RanksDivergedError") as err:
+        fit_two_ranks(tmp_path, tiny_bigan(seed=3), PerturbRank(rank=1, iteration=2, network="discriminator"),
+                      limit_val_batches=1, num_sanity_val_steps=0)
+    message = next(line for line in str(err.value).splitlines() if "RanksDivergedError:" in line)
+    # Only the network that differs is named (BiGAN's others: the generator and the encoder).
+    assert "the parameters of discriminator differ between rank 0 and rank 1 at validation (iteration 4)" in message
+    assert not (tmp_path / "rank0.pt").exists()  # stopped before the end
+
+
+@pytest.mark.ddp
+def test_ranks_whose_parameters_differ_are_stopped_before_the_next_checkpoint_is_written(tmp_path):
+    # Two optimizer steps per iteration: a checkpoint after every iteration, named by its step.
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=2, save_top_k=-1,
+                                 filename="{step}")
+    with pytest.raises(Exception, match=r"encoder differ between rank 0 and rank 1 .*checkpoint"):
+        fit_two_ranks(tmp_path, tiny_bigan(seed=3), PerturbRank(rank=1, iteration=2, network="encoder"), checkpoint,
+                      enable_checkpointing=True)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step=2.ckpt"]
+
+
+class RecordDropout(L.Callback):
+    """Each rank writes the input and output of the first dropout layer's first training call."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def on_fit_start(self, trainer, pl_module):
+        dropout = next(m for m in pl_module.modules() if isinstance(m, nn.Dropout))
+
+        def hook(module, inputs, output):
+            if module.training and torch.is_grad_enabled():
+                torch.save({"input": inputs[0].detach(), "output": output.detach(), "iteration": pl_module.iteration},
+                           self.out / f"dropout{trainer.global_rank}.pt")
+                handle.remove()
+
+        handle = dropout.register_forward_hook(hook)
+
+
+@pytest.mark.ddp
+def test_two_ranks_draw_different_dropout_masks_in_the_same_iteration(tmp_path):
+    """Dropout is seeded from (seed, iteration, rank): the ranks' masks differ (a seed without the rank would make
+    every rank drop the same units of its batch)."""
+    torch.manual_seed(0)
+    fit_two_ranks(tmp_path, tiny_ali(seed=3, dropout=0.5), RecordDropout(tmp_path), limit_train_batches=1)
+    d0, d1 = (torch.load(tmp_path / f"dropout{rank}.pt") for rank in (0, 1))
+    assert d0["iteration"] == d1["iteration"] == 0
+    # Where the input is nonzero on both ranks, a zero in the output is a dropped unit.
+    valid = (d0["input"] != 0) & (d1["input"] != 0)
+    assert valid.sum() > 100
+    dropped0, dropped1 = ((d["output"] == 0) & valid for d in (d0, d1))
+    assert 0.3 < dropped0.sum() / valid.sum() < 0.7  # dropout 0.5 at work
+    assert not torch.equal(dropped0, dropped1), "both ranks dropped the same units"
+
+
+# --- issue 23, item 7: a mid-epoch checkpoint resumed on another world size ------------------------------------
+
+
+def checkpoint_after_two_iterations(root, devices):
+    """Fit a BiGAN for 5 iterations on ``devices`` processes with 16 examples each, saving after iteration 2
+    (mid-epoch; two optimizer steps per iteration): the path of that checkpoint."""
+    checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    strategy = player_ddp() if devices > 1 else "auto"
+    trainer = tiny_trainer(root, devices=devices, strategy=strategy, limit_train_batches=5, enable_checkpointing=True,
+                           callbacks=[checkpoint])
+    trainer.fit(tiny_bigan(seed=3), digits(batch_size=16, on_device=True))
+    return root / "checkpoints" / "step=4.ckpt"
+
+
+@pytest.mark.ddp
+def test_a_mid_epoch_checkpoint_resumed_on_another_world_size_is_refused_naming_both(tmp_path):
+    from gan_lightning.checkpoints import CheckpointError
+
+    two = checkpoint_after_two_iterations(tmp_path / "two", devices=2)
+    resumed = tiny_trainer(tmp_path / "one", limit_train_batches=5)
+    with pytest.raises(CheckpointError) as err:
+        resumed.fit(tiny_bigan(seed=3), digits(batch_size=16, on_device=True), ckpt_path=two)
+    assert "world size 2" in str(err.value) and "world size 1" in str(err.value) and "\n" not in str(err.value)
+
+    one = checkpoint_after_two_iterations(tmp_path / "one", devices=1)
+    with pytest.raises(Exception, match="world size 1.*world size 2"):
+        tiny_trainer(tmp_path / "two", devices=2, strategy=player_ddp(), limit_train_batches=5).fit(
+            tiny_bigan(seed=3), digits(batch_size=16, on_device=True), ckpt_path=one)
+
+
+@pytest.mark.ddp
+def test_a_checkpoint_without_the_world_size_still_resumes_on_another(tmp_path):
+    """Checkpoints written before the world size was recorded load as before (the position is then trusted)."""
+    path = checkpoint_after_two_iterations(tmp_path, devices=2)
+    saved = torch.load(path, weights_only=True)
+    (state,) = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert (state["world_size"], state["batch_size"]) == (2, 16)
+    del state["world_size"], state["batch_size"]
+    torch.save(saved, tmp_path / "old.ckpt")
+    starts = RecordStart(tmp_path)
+    tiny_trainer(tmp_path, limit_train_batches=5, callbacks=[starts]).fit(
+        tiny_bigan(seed=3), digits(batch_size=16, on_device=True), ckpt_path=tmp_path / "old.ckpt")
+    assert torch.load(tmp_path / "start0.pt")["iteration"] == 2

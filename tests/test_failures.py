@@ -52,6 +52,68 @@ def test_nan_gradients_under_a_finite_loss_stop_naming_the_player_and_iteration_
     assert all(torch.isfinite(p).all() for p in model.parameters()), "the NaN step was taken"
 
 
+@pytest.fixture
+def deferred_checks(monkeypatch):
+    """The accelerator's path on the CPU: NaN/Inf flags kept on the device, read every log_every_n_steps."""
+    from gan_lightning.models.base import AdversarialModule
+
+    monkeypatch.setattr(AdversarialModule, "defer_nonfinite_checks", True)
+
+
+def all_finite(checkpoint: dict) -> bool:
+    tensors = list(checkpoint["state_dict"].values()) + [value for opt in checkpoint["optimizer_states"]
+                                                         for entries in opt["state"].values()
+                                                         for value in entries.values()]
+    return all(torch.isfinite(t).all() for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+def test_deferred_nan_checks_let_no_checkpoint_hold_nan_weights(tmp_path, deferred_checks):
+    """With the flag read only every 5 iterations, the NaN step of iteration 3 is taken; the checkpoint after
+    iteration 4 (written before the module's own hooks run) must be refused, and the one after 3 kept."""
+    model = tiny_bigan()
+    nan_gradients_of(model.discriminator, when=lambda: model.iteration == 3)
+    every_iteration = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, save_top_k=0,
+                                      every_n_train_steps=2)  # BiGAN: 2 optimizer steps per iteration
+    trainer = tiny_trainer(tmp_path, limit_train_batches=10, log_every_n_steps=5, enable_checkpointing=True,
+                           callbacks=[every_iteration])
+    with pytest.raises(FloatingPointError, match="discriminator loss or gradient norm became NaN or Inf at "
+                                                 "iteration 3 \\(found before the checkpoint at iteration 4"):
+        trainer.fit(model, digits())
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["gan_lightning"]["iteration"] == 3
+    assert all_finite(saved)
+
+
+def test_deferred_nan_checks_stop_within_log_every_n_steps_naming_the_player(tmp_path, deferred_checks):
+    model = tiny_bigan()
+    nan_gradients_of(model.generator, when=lambda: model.iteration == 1)
+    with pytest.raises(FloatingPointError, match="generator_encoder loss or gradient norm became NaN or Inf at "
+                                                 "iteration 1 \\(found at iteration 5\\)"):
+        tiny_trainer(tmp_path, limit_train_batches=10, log_every_n_steps=5).fit(model, digits())
+    assert model.iteration == 5
+
+
+def test_a_nan_in_the_last_iterations_of_a_run_still_stops_it(tmp_path, deferred_checks):
+    """The run ends (7 iterations) before the next read of the flag (at 10): the end of training reads it."""
+    model = tiny_bigan()
+    nan_gradients_of(model.discriminator, when=lambda: model.iteration == 6)
+    with pytest.raises(FloatingPointError, match=r"discriminator .* at iteration 6 \(found at the end of training\)"):
+        tiny_trainer(tmp_path, limit_train_batches=7, log_every_n_steps=5).fit(model, digits())
+
+
+def test_a_checkpoint_of_nan_weights_is_refused_naming_the_weight(tmp_path):
+    """However NaN got into the weights (here, set by hand), no checkpoint is written with it."""
+    trainer = tiny_trainer(tmp_path, limit_train_batches=2)
+    model = tiny_bigan()
+    trainer.fit(model, digits())
+    trainer.save_checkpoint(tmp_path / "good.ckpt")
+    with torch.no_grad():
+        model.encoder.net[1].weight[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"weight encoder\.net\.1\.weight is NaN or Inf at iteration 2"):
+        trainer.save_checkpoint(tmp_path / "bad.ckpt")
+    assert not (tmp_path / "bad.ckpt").exists()
+
+
 def test_skip_mode_drops_the_bad_updates_counts_them_and_trains_on(tmp_path):
     model = tiny_bigan(on_nonfinite="skip")
     nan_gradients_of(model.discriminator, when=lambda: model.iteration in (1, 2))

@@ -41,20 +41,61 @@ class CrashAt(L.Callback):
             raise KeyboardInterrupt  # Lightning shuts down without writing anything
 
 
+class StartedAt(L.Callback):
+    """Records where a run starts training: its iteration counter, epoch and learning rates, after any resume."""
+
+    def __init__(self):
+        self.iteration = self.epoch = self.lr = None
+
+    def on_train_start(self, trainer, pl_module):
+        self.iteration, self.epoch = pl_module.iteration, trainer.current_epoch
+        self.lr = [opt.param_groups[0]["lr"] for opt in trainer.optimizers]
+
+
+class Validations(L.Callback):
+    """Counts the validation epochs that start (the sanity check's aside)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.count += not trainer.sanity_checking
+
+
+LR = 1e-4  # tiny_ali's learning rate, halved at every epoch end by the StepLR of model()
+
+
+def assert_started_at(started: StartedAt, iteration: int, epoch: int) -> None:
+    """The resumed run began where the checkpoint left off (a run that ignored it would start at 0 with LR)."""
+    assert (started.iteration, started.epoch) == (iteration, epoch), \
+        f"started at iteration {started.iteration}, epoch {started.epoch}; the checkpoint is at {iteration}, {epoch}"
+    assert started.lr == [LR * 0.5**epoch] * 2
+
+
 def model():
     torch.manual_seed(0)
     step_lr = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # noqa: E731
     return tiny_ali(seed=5, encoder="gaussian", dropout=0.3, ema_decay=0.9, scheduler_d=step_lr, scheduler_ge=step_lr)
 
 
-def fit(root, *callbacks, ckpt_path=None, on_device=True, every_n_train_steps=None):
+def fit(root, *callbacks, ckpt_path=None, on_device=True, every_n_train_steps=None, limit_val_batches=0):
     checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=-1 if every_n_train_steps else 0,
                                  every_n_train_steps=every_n_train_steps, enable_version_counter=False)
     net = model()
     trainer = tiny_trainer(root, max_epochs=EPOCHS, limit_train_batches=BATCHES, enable_checkpointing=True,
-                           callbacks=[*callbacks, checkpoint])
+                           limit_val_batches=limit_val_batches, callbacks=[*callbacks, checkpoint])
     trainer.fit(net, digits(batch_size=16, on_device=on_device), ckpt_path=ckpt_path)
     return net, trainer
+
+
+def resume(root, *callbacks, **kwargs) -> tuple[dict, StartedAt]:
+    """``fit(..., ckpt_path="last")``: the final state and where the resumed run started."""
+    started = StartedAt()
+    return state(*fit(root, *callbacks, started, ckpt_path="last", **kwargs)), started
+
+
+def saved_iteration(root) -> int:
+    return torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["gan_lightning"]["iteration"]
 
 
 def state(net, trainer):
@@ -78,24 +119,83 @@ def uninterrupted(tmp_path_factory):
 def test_signal_saves_at_the_iteration_boundary_and_resumes_bit_for_bit(tmp_path, uninterrupted, stop_at, on_device):
     with pytest.raises(Preempted, match=f"SIGUSR1 received: saved .*last.ckpt at iteration {stop_at}"):
         fit(tmp_path, SignalAt(stop_at), Preemption(requeue=False), on_device=on_device)
-    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert saved["gan_lightning"]["iteration"] == stop_at
+    assert saved_iteration(tmp_path) == stop_at
     assert not (tmp_path / "checkpoints" / "last.ckpt.partial").exists()
-    resumed = fit(tmp_path, Preemption(requeue=False), ckpt_path="last", on_device=on_device)
-    assert_identical(state(*resumed), uninterrupted[on_device])
+    resumed, started = resume(tmp_path, Preemption(requeue=False), on_device=on_device)
+    assert_started_at(started, iteration=stop_at, epoch=stop_at // BATCHES)
+    assert_identical(resumed, uninterrupted[on_device])
+
+
+@pytest.mark.parametrize("stop_at", [4, 6])  # mid-epoch; on the epoch's last batch, just before validation
+def test_resume_with_validation_on_is_bit_for_bit(tmp_path, uninterrupted, stop_at):
+    """Validation (eval mode, its own noise) between iterations changes nothing that training resumes from."""
+    whole = state(*fit(tmp_path / "whole", limit_val_batches=2))
+    assert_identical(whole, uninterrupted[True])
+    with pytest.raises(Preempted):
+        fit(tmp_path / "cut", SignalAt(stop_at), Preemption(requeue=False), limit_val_batches=2)
+    resumed, started = resume(tmp_path / "cut", Preemption(requeue=False), limit_val_batches=2)
+    assert_started_at(started, iteration=stop_at, epoch=stop_at // BATCHES)
+    assert_identical(resumed, whole)
+
+
+def test_a_signal_on_an_epochs_last_batch_saves_before_validation(tmp_path):
+    """Validation and the measuring callbacks at an epoch's end can outlast SLURM's 90 s warning: the signal's
+    checkpoint comes first, and the run stops without validating."""
+    validations = Validations()
+    with pytest.raises(Preempted, match=f"saved .*last.ckpt at iteration {BATCHES}"):
+        fit(tmp_path, SignalAt(BATCHES), Preemption(requeue=False), validations, limit_val_batches=2)
+    assert validations.count == 0
+    assert saved_iteration(tmp_path) == BATCHES
+
+
+def test_a_signal_during_validation_skips_the_measuring_callbacks_and_saves_at_the_next_iteration(tmp_path):
+    from gan_lightning.callbacks import EncoderProbe
+
+    class SignalDuringValidation(L.Callback):
+        def on_validation_batch_end(self, trainer, pl_module, *args):
+            if pl_module.iteration == BATCHES and not trainer.sanity_checking:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    probe = EncoderProbe(n_train=64, n_test=32, linear=False, penultimate=False)
+    with pytest.raises(Preempted, match=f"saved .*last.ckpt at iteration {BATCHES + 1}"):
+        fit(tmp_path, SignalDuringValidation(), Preemption(requeue=False), probe, limit_val_batches=2)
+    assert probe.last == {}, "the probe measured while the run was about to stop"
+    assert saved_iteration(tmp_path) == BATCHES + 1
+
+
+def test_after_preempted_the_signal_handlers_are_restored(tmp_path):
+    """A notebook or a sweep driver goes on after the run: its own handlers must be back."""
+    def mine(signum, frame):
+        pass
+
+    previous = {signum: signal.signal(signum, mine) for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(Preempted):
+            fit(tmp_path, SignalAt(2), Preemption(requeue=False))
+        for signum in previous:
+            assert signal.getsignal(signum) is mine, f"{signal.Signals(signum).name} handler not restored"
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def test_sigterm_saves_and_stops_too(tmp_path, uninterrupted):
     with pytest.raises(Preempted, match="SIGTERM received"):
         fit(tmp_path, SignalAt(3, signal.SIGTERM), Preemption())
-    assert_identical(state(*fit(tmp_path, Preemption(), ckpt_path="last")), uninterrupted[True])
+    assert saved_iteration(tmp_path) == 3
+    resumed, started = resume(tmp_path, Preemption())
+    assert_started_at(started, iteration=3, epoch=0)
+    assert_identical(resumed, uninterrupted[True])
 
 
 def test_ctrl_c_saves_at_the_iteration_boundary_and_resumes_bit_for_bit(tmp_path, uninterrupted, capsys):
     with pytest.raises(Preempted, match="SIGINT received: saved .*last.ckpt at iteration 3"):
         fit(tmp_path, SignalAt(3, signal.SIGINT), Preemption())
     assert "Ctrl-C again to quit without saving" in capsys.readouterr().err
-    assert_identical(state(*fit(tmp_path, Preemption(), ckpt_path="last")), uninterrupted[True])
+    assert saved_iteration(tmp_path) == 3
+    resumed, started = resume(tmp_path, Preemption())
+    assert_started_at(started, iteration=3, epoch=0)
+    assert_identical(resumed, uninterrupted[True])
 
 
 def test_a_second_ctrl_c_quits_at_once_without_saving(tmp_path):
@@ -109,9 +209,21 @@ def test_a_crash_between_checkpoints_resumes_from_the_newest_periodic_one(tmp_pa
     # every_n_train_steps counts optimizer steps: 2 per iteration here, so a checkpoint every 4 iterations.
     with pytest.raises(SystemExit):
         fit(tmp_path, CrashAt(7), every_n_train_steps=8)
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["gan_lightning"]["iteration"] == 4
-    resumed = fit(tmp_path, ckpt_path="last", every_n_train_steps=8)
-    assert_identical(state(*resumed), uninterrupted[True])
+    assert saved_iteration(tmp_path) == 4
+    resumed, started = resume(tmp_path, every_n_train_steps=8)
+    assert_started_at(started, iteration=4, epoch=0)
+    assert_identical(resumed, uninterrupted[True])
+
+
+def test_a_periodic_checkpoint_on_an_epochs_last_batch_keeps_the_schedulers_step(tmp_path, uninterrupted):
+    """A checkpoint every epoch's worth of optimizer steps is written after the epoch's last batch, before the
+    epoch's end; resuming from it starts the next epoch, so the schedulers must already have stepped."""
+    with pytest.raises(SystemExit):
+        fit(tmp_path, CrashAt(BATCHES + 2), every_n_train_steps=2 * BATCHES)  # 2 optimizer steps per iteration
+    assert saved_iteration(tmp_path) == BATCHES
+    resumed, started = resume(tmp_path, every_n_train_steps=2 * BATCHES)
+    assert_started_at(started, iteration=BATCHES, epoch=1)
+    assert_identical(resumed, uninterrupted[True])
 
 
 def test_preemption_needs_a_checkpoint_folder(tmp_path):
@@ -152,7 +264,8 @@ def test_sigkill_between_periodic_checkpoints_loses_only_the_iterations_since_th
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     saved = torch.load(periodic, weights_only=True)["gan_lightning"]["iteration"]
     assert 0 < saved < 120 and saved % 20 == 0
-    subprocess.run(command(killed), cwd=repo, check=True, capture_output=True, timeout=300)
+    output = subprocess.run(command(killed), cwd=repo, check=True, capture_output=True, text=True, timeout=300)
+    assert f"resuming at iteration {saved}, epoch 0" in output.stdout + output.stderr, "the run did not resume"
     whole, resumed = (torch.load(run / "periodic" / "last.ckpt", weights_only=True) for run in (tmp_path / "whole", killed))
     assert whole["gan_lightning"]["iteration"] == resumed["gan_lightning"]["iteration"] == 120
     assert_same_training_state(whole["state_dict"], resumed["state_dict"], whole["optimizer_states"],

@@ -65,7 +65,6 @@ class Preemption(L.Callback):
         self.stop_signals = [getattr(signal, name) for name in stop_signals]
         self.requeue, self.check_every = requeue, check_every_n_iterations
         self.received: Optional[int] = None
-        self._pending: Optional[tuple[signal.Signals, int]] = None
         self._previous: dict[int, object] = {}
 
     # --- the handler only records ----------------------------------------------------------
@@ -97,11 +96,24 @@ class Preemption(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install()  # again, over the SIGTERM handler that Lightning installed after setup
+        # Lightning noted our handler as the one to restore at its teardown: make that the one before ours.
+        originals = getattr(getattr(trainer, "_signal_connector", None), "_original_handlers", None)
+        if isinstance(originals, dict):
+            for signum, handler in list(originals.items()):
+                if getattr(handler, "__func__", None) is Preemption._record and signum in self._previous:
+                    originals[signum] = self._previous[signum]
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def _restore(self) -> None:
+        """Put back the handlers that were there before: a notebook or a sweep driver lives on after the run."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
 
     # --- at the iteration boundary: agree, save, requeue, stop -------------------------------
 
@@ -116,23 +128,21 @@ class Preemption(L.Callback):
         iteration = getattr(pl_module, "iteration", trainer.fit_loop.total_batch_idx + 1)
         if iteration % self.check_every:
             return
+        signum = self.agreed_signal(trainer)
+        if signum:
+            # At once, also on an epoch's last batch: the schedulers have stepped in its training step
+            # (AdversarialModule._step_schedulers), and what the epoch's end would add (validation, image
+            # metrics) can outlast SLURM's warning. The resumed run goes on with the next epoch.
+            self.save_and_stop(trainer, signal.Signals(signum), iteration)
+
+    def agreed_signal(self, trainer: L.Trainer) -> int:
+        """The largest signal number any rank has received (0: none); a collective: every rank must call it."""
         signum = self.received or 0
-        if trainer.world_size > 1 and torch.distributed.is_initialized():  # the largest signal any rank received
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
             flag = torch.tensor([signum], device=trainer.strategy.root_device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             signum = int(flag.item())
-        if not signum:
-            return
-        if trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches:
-            # The epoch's last batch: its end (validation, schedulers, epoch checkpoints) comes first, so
-            # save at the start of the next epoch's first batch, or not at all if training ends here.
-            self._pending = (signal.Signals(signum), iteration)
-            return
-        self.save_and_stop(trainer, signal.Signals(signum), iteration)
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if self._pending is not None:
-            self.save_and_stop(trainer, *self._pending)
+        return signum
 
     def save_and_stop(self, trainer: L.Trainer, signum: signal.Signals, iteration: int) -> None:
         callback = self.checkpoint_callback(trainer)
@@ -159,4 +169,13 @@ class Preemption(L.Callback):
         else:
             action = "stopped: run the same command with --ckpt_path last to resume"
             rank_zero_info(f"gan_lightning: {action}")
+        self._restore()
         raise Preempted(f"{message}; {action}")
+
+
+def signal_pending(trainer: L.Trainer) -> bool:
+    """Whether a Preemption callback of ``trainer`` holds a signal on any rank, so that the run is about to save
+    and stop: measuring callbacks (ImageMetrics, EncoderProbe) then skip their work, which could outlast SLURM's
+    warning. A collective under DDP: every rank must call it at the same point."""
+    callback = next((cb for cb in trainer.callbacks if isinstance(cb, Preemption)), None)
+    return callback is not None and bool(callback.agreed_signal(trainer))

@@ -5,6 +5,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from gan_lightning.callbacks.preemption import signal_pending
 from gan_lightning.errors import ConfigError
 from gan_lightning.data import to_model_range
 from gan_lightning.metrics.probes import penultimate_features, probe_scores
@@ -70,7 +71,12 @@ class EncoderProbe(L.Callback):
             raise ConfigError(f"EncoderProbe needs labels; data.dataset {trainer.datamodule.hparams.dataset!r} has none")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if signal_pending(trainer):  # the run saves and stops at the next iteration: do not delay it
+            rank_zero_info("EncoderProbe: skipped, a preemption signal is pending")
+            return
+        if not trainer.is_global_zero:
             return
         scores = model_probe_scores(pl_module, trainer.datamodule, self.n_train, self.n_test, pixels=self._pixels is None,
                                     linear=self.linear, penultimate=self.penultimate,

@@ -7,9 +7,13 @@ whatever W is; and a run resumed at batch k of epoch e skips the first k batches
 
 ``DeviceTensorLoader`` serves datasets that fit in device memory (one index-gather per batch, no
 workers); ``ResumableDataLoader`` is a torch DataLoader over the same sampler for datasets read
-from disk. Both save ``{"epoch", "batches_done"}`` in Lightning's checkpoints through
+from disk. Both save ``{"epoch", "batches_done", "epoch_done"}`` in Lightning's checkpoints through
 ``state_dict``: the position the training loop has *consumed*, read from the trainer, not the
-loader's own count, which runs ahead by Lightning's prefetched batch.
+loader's own count, which runs ahead by Lightning's prefetched batch; and the ``world_size`` and
+per-device ``batch_size`` that position is counted in. A mid-epoch position resumed with another
+global batch (``batch_size * world_size``) would land elsewhere in the epoch, and is refused in one
+line naming both world sizes; the same global batch split otherwise (2 x 64 resumed as 4 x 32) lands
+exactly, and so does any position at an epoch's end (the next epoch starts at its beginning).
 """
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -75,10 +79,35 @@ class ResumableSampler(DistributedSampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def state(self, position: dict) -> dict:
+        """A loader's saved state: the loop ``position`` and the global batch it is counted in."""
+        return {**position, "world_size": self.num_replicas, "batch_size": self.batch_size}
+
     def resume(self, state: dict) -> None:
-        """Continue where ``state`` (a Lightning loop position) stopped: the next epoch if it was done."""
+        """Continue where ``state`` (a Lightning loop position) stopped: the next epoch if it was done.
+
+        A position inside an epoch counts global batches of the run that saved it: with another global batch
+        size it is refused (``CheckpointError``, one line naming both world sizes). States saved before the
+        world size was recorded are trusted, as they always were."""
+        if not state["epoch_done"] and "world_size" in state:
+            self._refuse_another_global_batch(state)
         self.epoch = state["epoch"] + int(state["epoch_done"])
         self.skip = 0 if state["epoch_done"] else state["batches_done"]
+
+    def _refuse_another_global_batch(self, state: dict) -> None:
+        world, per_device = state["world_size"], state.get("batch_size", self.batch_size)
+        if world * per_device == self.num_replicas * self.batch_size:
+            return  # the same global batches, split otherwise: the position holds
+        from gan_lightning.checkpoints import CheckpointError
+
+        raise CheckpointError(
+            f"this checkpoint stopped in the middle of epoch {state['epoch']}, after {state['batches_done']} global "
+            f"batches of {world} x {per_device} examples (world size {world}, data.batch_size {per_device}), but "
+            f"this run has world size {self.num_replicas} with data.batch_size {self.batch_size}: its position "
+            "would land on other examples. Resume it on "
+            f"{world} device{'s' if world > 1 else ''} in all (trainer.devices x trainer.num_nodes) with "
+            f"data.batch_size {per_device} (or any split of {world * per_device} examples per step), resume "
+            "from a checkpoint written at an epoch's end, or start a new run without --ckpt_path")
 
 
 class DeviceTensorLoader:
@@ -113,7 +142,7 @@ class DeviceTensorLoader:
             yield tuple(t[batch] for t in self.tensors)
 
     def state_dict(self) -> dict:
-        return self.position() if self.position is not None else {}
+        return self.sampler.state(self.position()) if self.position is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
@@ -134,7 +163,7 @@ class ResumableDataLoader(DataLoader):
         return WorkerDeathExplained(super().__iter__(), self.num_workers)
 
     def state_dict(self) -> dict:
-        return self.position() if self.position is not None else {}
+        return self.sampler.state(self.position()) if self.position is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
         if state:

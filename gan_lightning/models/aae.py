@@ -126,6 +126,8 @@ class AAE(AdversarialModule):
         self.encoder = nets.encoder(2 * latent_dim if self.gaussian_encoder else latent_dim, data_shape, width)
         self.generator = nets.generator(label_dim + latent_dim, data_shape, width)   # the decoder
         self.discriminator = LatentDiscriminator(latent_dim + condition_dim, discriminator_width)
+        # The encoder is in two players: the paper's phases 1 and 3 update it with their own optimizers (and
+        # learning rates). Under player_ddp it still has one DDP wrapper, which both phases' steps go through.
         self.add_player("autoencoder", ["encoder", "generator"], optimizer_ae or RECONSTRUCTION_OPTIMIZER, scheduler_ae)
         self.add_player("discriminator", ["discriminator"], optimizer_d or ADVERSARIAL_OPTIMIZER, scheduler_d)
         if objective == "phases":
@@ -359,6 +361,8 @@ class SemiSupervisedAAE(AdversarialModule):
             self.heads = nn.Linear(n_classes, latent_dim, bias=False)   # column k: cluster head w_k
             nn.init.normal_(self.heads.weight, std=head_margin)
             decoder.append("heads")
+        # The encoder is in two players (three when supervised), each phase with its own optimizer; under
+        # player_ddp it has one DDP wrapper, which every phase's step goes through.
         self.add_player("autoencoder", ["encoder", *decoder], optimizer_ae or RECONSTRUCTION_OPTIMIZER, scheduler_ae)
         self.add_player("discriminator", ["discriminator_y", "discriminator_z"], optimizer_d or ADVERSARIAL_OPTIMIZER,
                         scheduler_d)

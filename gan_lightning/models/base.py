@@ -21,12 +21,12 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gan_lightning.checkpoints import CheckpointError, SafeCheckpointIO
-from gan_lightning.distributed import PlayerDDPStrategy
+from gan_lightning.distributed import PlayerDDPStrategy, RanksDivergedError
 from gan_lightning.errors import ConfigError
 from gan_lightning.losses import su_regulariser
 
@@ -90,6 +90,9 @@ class AdversarialModule(L.LightningModule):
     """
 
     MAX_CONSECUTIVE_SKIPS = 20  # on_nonfinite: skip stops after this many skipped updates of a player in a row
+    # Whether on_nonfinite: stop keeps a flag on the device (read every log_every_n_steps iterations and before
+    # every checkpoint) instead of checking each value at once. None: off the CPU only. Tests force it on the CPU.
+    defer_nonfinite_checks: Optional[bool] = None
 
     iteration: int      # training iterations (batches) completed: the step users see
     images_seen: int    # training examples consumed, summed over all ranks
@@ -132,6 +135,7 @@ class AdversarialModule(L.LightningModule):
         self._finite: dict[str, torch.Tensor] = {}  # per player: all losses finite since the last check
         self.skipped: dict[str, int] = {}      # per player: updates skipped for NaN/Inf (on_nonfinite: skip)
         self._skipped_in_a_row: dict[str, int] = {}
+        self.scheduler_epochs = 0  # epoch ends at which the schedulers stepped (see on_train_start)
 
     # --- players and their optimizers -------------------------------------------------------
 
@@ -162,20 +166,62 @@ class AdversarialModule(L.LightningModule):
         keep the networks' own keys. ``{}`` removes them.
         """
         self.__dict__["_distributed"] = dict(wrappers)
+        # Each network's parameters, listed once here: the routing below looks at them on every access.
+        self.__dict__["_distributed_parameters"] = {name: list(ddp.module.parameters())
+                                                    for name, ddp in wrappers.items()}
 
     @property
     def distributed_networks(self) -> dict[str, nn.Module]:
         return self.__dict__.get("_distributed", {})
 
     def __getattr__(self, name: str):
-        """``self.discriminator`` is D's DDP wrapper when a call could produce gradients for D (grad enabled,
-        training mode, its player toggled on); otherwise, and without DDP, the network itself."""
+        """``self.discriminator`` is D's DDP wrapper whenever a call could produce gradients for D: grad enabled
+        and *any* of its parameters requiring grad (its player toggled on), in training or eval mode alike.
+        Otherwise (under ``no_grad``, or while another player steps and D is frozen), and without DDP, the
+        network itself: such a call sends nothing, and needs to send nothing."""
         wrappers = self.__dict__.get("_distributed")
         if wrappers and name in wrappers and torch.is_grad_enabled():
-            network = wrappers[name].module
-            if network.training and next(network.parameters()).requires_grad:
+            if any(p.requires_grad for p in self.__dict__["_distributed_parameters"][name]):
                 return wrappers[name]
         return super().__getattr__(name)
+
+    def check_ranks_agree(self, when: str) -> None:
+        """Stop every rank, naming the networks, if the ranks' parameters are not identical (under DDP they
+        must be: each update applies the same all-reduced gradients). A checksum per parameter tensor (its sum
+        and norm, in float64), gathered once: one pass over the weights and one small all-gather, at each
+        validation and before each checkpoint. ``when``: where it runs, for the message ("at validation")."""
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        if self._trainer is None or self.trainer.world_size < 2 or not torch.distributed.is_initialized():
+            return
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, DDPStrategy) or isinstance(strategy, DeepSpeedStrategy):
+            return  # sharded strategies (FSDP, DeepSpeed) hold different parts of the weights on each rank
+        names = list(dict.fromkeys(self.player_networks()))  # a network of several players, once
+        params = [[p.detach() for p in self._modules[name].parameters()] for name in names]
+        if not any(params):
+            return
+        sums = torch.stack([torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64)])
+                            for ps in params for p in ps])
+        gathered = strategy.all_gather(sums)  # (world, tensors, 2), the same on every rank
+        same = (gathered == gathered[0]) | (gathered.isnan() & gathered[0].isnan())
+        same_per_tensor = same.flatten(2).all(dim=2)  # (world, tensors)
+        differ, start = {}, 0
+        for name, ps in zip(names, params):
+            ranks = [r for r in range(len(gathered)) if not bool(same_per_tensor[r, start : start + len(ps)].all())]
+            start += len(ps)
+            if ranks:
+                differ[name] = ranks
+        if not differ:
+            return
+        ranks = sorted({r for rs in differ.values() for r in rs})
+        raise RanksDivergedError(
+            f"the parameters of {', '.join(differ)} differ between rank 0 and rank{'s' if len(ranks) > 1 else ''} "
+            f"{', '.join(map(str, ranks))} {when} (iteration {self.iteration}): the ranks have drifted apart, so "
+            "training stops before a checkpoint records one rank's weights as everyone's. Some update bypassed its "
+            "network's DDP all-reduce (e.g. a network called through a reference kept from before training, or "
+            "weights changed on one rank by a callback); resume from the last checkpoint written before this one, "
+            "and report it if it happens again")
 
     def setup(self, stage: str) -> None:
         """Write and read checkpoints with ``SafeCheckpointIO`` (atomic, weights-only; see
@@ -300,13 +346,31 @@ class AdversarialModule(L.LightningModule):
 
     def _check_finite(self, value: torch.Tensor, player: str, what: str = "loss") -> None:
         """Stop on a NaN or Inf loss (or gradient norm), naming the player. On the CPU every value is checked at
-        once; on an accelerator a flag accumulates on the device (no synchronisation), read when logging."""
-        if value.device.type == "cpu":
+        once, before the step; on an accelerator a flag accumulates on the device (no synchronisation per step),
+        read every ``log_every_n_steps`` iterations and before any checkpoint is written (``read_nonfinite_flags``),
+        so the run stops within ``log_every_n_steps`` iterations and no checkpoint holds what followed."""
+        defer = self.defer_nonfinite_checks if self.defer_nonfinite_checks is not None else value.device.type != "cpu"
+        if not defer:
             if not torch.isfinite(value):
                 self._raise_nonfinite(player, f"is {value.item()} at iteration {self.iteration}", what)
             return
-        ok = torch.isfinite(value.detach())
-        self._finite[player] = ok if player not in self._finite else self._finite[player] & ok
+        ok = torch.isfinite(value.detach()).all()
+        # Per player, on the device: the first iteration whose value was not finite (-1: none yet).
+        first = self._finite.get(player, torch.full((), -1, dtype=torch.long, device=ok.device))
+        self._finite[player] = torch.where((first < 0) & ~ok, self.iteration, first)
+
+    def read_nonfinite_flags(self, before: str) -> None:
+        """Read the device flags of ``_check_finite`` (one synchronisation) and stop, naming the player that went
+        NaN or Inf first and that iteration, if any did since the last read; ``before``: what the read precedes."""
+        flags, self._finite = self._finite, {}
+        if not flags:
+            return
+        firsts = dict(zip(flags, torch.stack(list(flags.values())).tolist()))
+        bad = {player: first for player, first in firsts.items() if first >= 0}
+        if bad:
+            player = min(bad, key=bad.get)
+            self._raise_nonfinite(player, f"or gradient norm became NaN or Inf at iteration {bad[player]} (found "
+                                          f"{before})")
 
     def _raise_nonfinite(self, player: str, when: str, what: str = "loss"):
         skip = "" if self.on_nonfinite == "skip" else ", or set model.on_nonfinite skip to drop such updates"
@@ -336,6 +400,11 @@ class AdversarialModule(L.LightningModule):
                 averaged.update_parameters(self.get_submodule(name))
         self.iteration += 1
         self.images_seen += len(batch[0]) * self.trainer.world_size
+        if self._finite and self.iteration % max(self.trainer.log_every_n_steps, 1) == 0:
+            # Here, not in on_train_batch_end: callbacks (checkpoints, preemption) run before the module's hook.
+            self.read_nonfinite_flags(f"at iteration {self.iteration}")
+        if batch_idx + 1 == self.trainer.num_training_batches:  # the epoch's last batch: see on_train_start
+            self._step_schedulers()
         return logs
 
     def update_players(self, batch) -> dict[str, torch.Tensor]:
@@ -377,11 +446,6 @@ class AdversarialModule(L.LightningModule):
         costs about 2 ms a call, a few per cent of a small GAN's iteration on a CPU.
         """
         if self.iteration % max(self.trainer.log_every_n_steps, 1) == 0:  # Lightning writes logs on these batches
-            for player, ok in self._finite.items():
-                if not ok:
-                    self._raise_nonfinite(player, f"or gradient norm became NaN or Inf between iterations "
-                                                  f"{self.iteration - self.trainer.log_every_n_steps} and {self.iteration}")
-            self._finite.clear()
             self.log_dict({**(outputs or {}), **self._counters()}, prog_bar=True, on_step=True, on_epoch=False)
 
     def _counters(self) -> dict[str, float]:
@@ -391,9 +455,32 @@ class AdversarialModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         # Checkpoint names use {iteration}; the counters are equal on every rank, so syncing changes nothing.
         self.log_dict(self._counters(), on_step=False, on_epoch=True, sync_dist=True)
+
+    def _step_schedulers(self) -> None:
+        """Step every player's (per-epoch) scheduler once: at the end of an epoch's last training step.
+
+        Inside ``training_step`` rather than in ``on_train_epoch_end``: a checkpoint written after the epoch's last
+        batch (``ModelCheckpoint(every_n_train_steps)`` aligned with the epoch, or a preemption signal there) then
+        holds the stepped schedulers, and Lightning, resuming from it, goes on with the next epoch without
+        running this one's end again."""
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
             scheduler.step()
+        self.scheduler_epochs += 1
+
+    def on_train_start(self) -> None:
+        """A resumed run starts where the checkpoint's schedulers are: at the epoch after the last one stepped."""
+        if self.scheduler_epochs == -1:
+            self.scheduler_epochs = self.trainer.current_epoch
+        if self.trainer.current_epoch != self.scheduler_epochs and self.lr_schedulers():
+            raise CheckpointError(
+                f"the learning-rate schedulers stepped at {self.scheduler_epochs} epoch ends, but training starts at "
+                f"epoch {self.trainer.current_epoch}: the checkpoint was written by an older gan_lightning or "
+                "edited; resume from an epoch checkpoint or start a new run")
+        if self.iteration:  # says where a resumed run starts, so that a user (and a test) can see it did resume
+            rates = sorted({group["lr"] for opt in self.trainer.optimizers for group in opt.param_groups})
+            rank_zero_info(f"gan_lightning: resuming at iteration {self.iteration}, epoch {self.trainer.current_epoch}, "
+                           f"learning rate {', '.join(f'{r:.4g}' for r in rates)}")
 
     def on_validation_epoch_start(self) -> None:
         """Every rank takes rank 0's buffers (batch-norm running statistics, EMA counts) before measuring.
@@ -403,6 +490,7 @@ class AdversarialModule(L.LightningModule):
         would measure slightly different models, none of them quite the one rank 0 checkpoints.
         """
         if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            self.check_ranks_agree("at validation")
             for buffer in self.buffers():
                 torch.distributed.broadcast(buffer, src=0)
 
@@ -478,8 +566,34 @@ class AdversarialModule(L.LightningModule):
     # --- checkpoints ------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.on_nonfinite != "ignore":  # no checkpoint holds NaN or Inf weights or optimizer state
+            self.read_nonfinite_flags(f"before the checkpoint at iteration {self.iteration}, which was not written")
+            self._refuse_nonfinite_state(checkpoint)
         checkpoint["gan_lightning"] = {"model": type(self).__name__, "iteration": self.iteration,
-                                       "images_seen": self.images_seen, "skipped": dict(self.skipped)}
+                                       "images_seen": self.images_seen, "skipped": dict(self.skipped),
+                                       "scheduler_epochs": self.scheduler_epochs}
+
+    def _refuse_nonfinite_state(self, checkpoint: dict) -> None:
+        """Raise, naming the first tensor, when the weights or optimizer states about to be saved hold NaN or Inf
+        (one fused reduction over all of them, at checkpoint time only)."""
+        named = [(f"weight {k}", v) for k, v in checkpoint.get("state_dict", {}).items()]
+        named += [(f"optimizer {i} state {n}.{k}", v) for i, opt in enumerate(checkpoint.get("optimizer_states", []))
+                  for n, entries in opt.get("state", {}).items() for k, v in entries.items()]
+        named = [(name, t) for name, t in named if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+        if not named:
+            return
+        sums = torch.stack([t.detach().float().sum() for _, t in named])  # NaN or Inf anywhere shows in its sum
+        if bool(torch.isfinite(sums).all()):
+            return
+        culprit = next(name for (name, t) in named if not bool(torch.isfinite(t).all()))
+        raise FloatingPointError(
+            f"the {culprit} is NaN or Inf at iteration {self.iteration}, so its checkpoint was not written (the "
+            "ones already on disk are intact). Lower the learning rate, set model.gradient_clip_val or use a "
+            "stabler loss, and resume from the last checkpoint")
+
+    def on_train_end(self) -> None:
+        if self.on_nonfinite != "ignore":  # a NaN in the run's last log_every_n_steps iterations still stops it
+            self.read_nonfinite_flags("at the end of training")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("gan_lightning", {})
@@ -491,6 +605,7 @@ class AdversarialModule(L.LightningModule):
         self.iteration = saved.get("iteration", 0)
         self.images_seen = saved.get("images_seen", 0)
         self.skipped = dict(saved.get("skipped", {}))
+        self.scheduler_epochs = saved.get("scheduler_epochs", -1)  # -1: an older checkpoint, which did not count
 
     def _refuse_other_shapes(self, checkpoint: dict) -> None:
         """A checkpoint of this model built with other sizes (latent_dim, width, data shape): one line naming
