@@ -4,10 +4,12 @@
     python -m gan_lightning sample --ckpt_path runs/bigan/checkpoints/last.ckpt --n 10000 --out samples.npz
 
 Both rebuild the model and its data module from the checkpoint alone (its saved hyperparameters),
-load it with the weights-only loader, and use the EMA weights when the run kept them.
+load it with the weights-only loader, and use the EMA weights when the run kept them. The checkpoint's class
+names are looked up among gan_lightning's models, never imported: `--model_class pkg.module.Class` loads a
+model class of your own.
 """
 import argparse
-import importlib
+import inspect
 import json
 import math
 import sys
@@ -18,29 +20,44 @@ from typing import Optional
 import numpy as np
 import torch
 
-from gan_lightning.checkpoints import CheckpointError, read_checkpoint
+from gan_lightning.checkpoints import CheckpointError, model_class, model_settings, plain, read_checkpoint
 from gan_lightning.data import GANDataModule
 
 
-def load_model(path: str, device: str = "cpu", data_dir: Optional[str] = None):
+def load_model(path: str, device: str = "cpu", data_dir: Optional[str] = None, chosen_class: Optional[str] = None):
     """(model in eval mode on ``device``, data module) rebuilt from a checkpoint's hyperparameters; ``data_dir``:
-    where the dataset is, if not where training found it."""
-    ckpt = read_checkpoint(path)  # weights only: a checkpoint from elsewhere cannot run code here
+    where the dataset is, if not where training found it; ``chosen_class``: the user's own model class
+    (``--model_class``) where the checkpoint names one outside ``gan_lightning.models``.
+
+    The file is read weights-only, and what its text names is neither imported nor called: the model class is
+    looked up among gan_lightning's models (``checkpoints.model_class``), the data module is always
+    ``GANDataModule``, and Lightning's ``_instantiator`` is ignored."""
+    ckpt = read_checkpoint(path)
     hp = dict(ckpt.get("hyper_parameters", {}))
-    class_path = hp.get("_class_path")
-    if not class_path or "state_dict" not in ckpt:
+    if not hp.get("_class_path") or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {path} has no model class or weights: it was not written by "
                               "`python -m gan_lightning fit`")
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    model = cls(**{k: v for k, v in hp.items() if not k.startswith("_")})
+    cls = model_class(hp["_class_path"], path, chosen_class)
+    model = cls(**model_settings(cls, hp, path))
     model.load_state_dict(ckpt["state_dict"])
     model.on_load_checkpoint(ckpt)
-    data_hp = {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    data_hp = data_settings(ckpt.get("datamodule_hyper_parameters", {}), path)
     if data_hp and data_dir:
         data_hp["data_dir"] = data_dir
     datamodule = GANDataModule(**{**data_hp, "on_device": False, "num_workers": 0}) if data_hp else None
     return model.to(device).eval(), datamodule
+
+
+def data_settings(hparams: dict, path: str) -> dict:
+    """The checkpoint's data settings that ``GANDataModule`` accepts, each a plain value; its ``_class_path``
+    is ignored (the data module is always ours), and anything else is refused as in ``model_settings``."""
+    accepted = set(inspect.signature(GANDataModule.__init__).parameters) - {"self"}
+    settings = {key: value for key, value in dict(hparams).items() if key in accepted}
+    for key, value in settings.items():
+        if not plain(value):
+            raise CheckpointError(f"checkpoint {path}: data setting {key!r} is not a plain value; it was not "
+                                  "written by `python -m gan_lightning fit` and is not loaded")
+    return settings
 
 
 def _device(name: Optional[str]) -> str:
@@ -51,7 +68,7 @@ def sample(args: argparse.Namespace) -> dict:
     """Writes ``--n`` samples as an .npz (``x``: uint8 NHWC images, or float (N, 2) points) and a PNG."""
     from gan_lightning.data import to_uint8
 
-    model, dm = load_model(args.ckpt_path, _device(args.device))
+    model, dm = load_model(args.ckpt_path, _device(args.device), chosen_class=args.model_class)
     noise = torch.Generator(model.device).manual_seed(args.seed)
     with torch.no_grad():
         x = torch.cat([model.sample(min(args.batch_size, args.n - i), generator=noise).cpu()
@@ -83,9 +100,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     from gan_lightning.callbacks.image_metrics import real_key, real_shard
     from gan_lightning.callbacks.probes import model_probe_scores
     from gan_lightning.metrics.features import build_extractor
-    from gan_lightning.metrics.image_scores import ImageScores
+    from gan_lightning.metrics.image_scores import ImageScores, NonFiniteSamplesError, check_cache_dir
 
-    model, dm = load_model(args.ckpt_path, _device(args.device), args.data_dir)
+    model, dm = load_model(args.ckpt_path, _device(args.device), args.data_dir, args.model_class)
     if dm is None:
         raise CheckpointError(f"checkpoint {args.ckpt_path} holds no data settings; evaluate needs them")
     dm.prepare_data()
@@ -98,11 +115,11 @@ def evaluate(args: argparse.Namespace) -> dict:
                                                     else "inception")
         extractor = build_extractor(extractor_name, args.inception_weights, not args.no_download).to(model.device)
         scores = ImageScores(extractor, extractor_name, image_metrics)
-        cache = Path(args.cache_dir) if args.cache_dir else dm.root / ".stats"
-        floor = scores.real_statistics(lambda: real_shard(dm, "test", 0, 1, args.batch_size, None),
-                                       real_key(dm, "test", None), cache)
-        scores.load_real(lambda: real_shard(dm, args.real_split, 0, 1, args.batch_size, args.n_real),
-                         real_key(dm, args.real_split, args.n_real), cache)
+        cache = Path(args.cache_dir).expanduser() if args.cache_dir else dm.root / ".stats"
+        floor_key, real_key_ = real_key(dm, "test", None), real_key(dm, args.real_split, args.n_real)
+        check_cache_dir(cache, [scores.cache_path(floor_key, cache), scores.cache_path(real_key_, cache)])
+        floor = scores.real_statistics(lambda: real_shard(dm, "test", 0, 1, args.batch_size, None), floor_key, cache)
+        scores.load_real(lambda: real_shard(dm, args.real_split, 0, 1, args.batch_size, args.n_real), real_key_, cache)
         start = time.perf_counter()
         if args.images:
             from gan_lightning.data.sources import image_dataset
@@ -116,6 +133,11 @@ def evaluate(args: argparse.Namespace) -> dict:
             scores.add_generator(lambda n, noise: model.sample(n, generator=noise), args.n_samples,
                                  args.batch_size, args.seed)
         results.update(scores.compute())
+        if scores.nonfinite:  # black images would get a finite score: refuse instead
+            raise NonFiniteSamplesError(
+                f"{scores.nonfinite} of the {args.n_samples} samples of {type(model).__name__} at iteration "
+                f"{results['iteration']} ({args.ckpt_path}) hold NaN or Inf: its generator has diverged, there is "
+                "nothing to score. Evaluate an earlier checkpoint")
         results.update(scores.floor(floor))
         results.update({"n_samples": len(folder) if args.images else args.n_samples, "feature_extractor": extractor_name,
                         "real_split": args.real_split, "seconds": round(time.perf_counter() - start, 2)})
@@ -141,6 +163,10 @@ def parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m gan_lightning {command}", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt_path", required=True, help="a checkpoint written by `python -m gan_lightning fit`")
+    p.add_argument("--model_class", default=None,
+                   help="your own model class (pkg.module.Class, a subclass of gan_lightning.models.AdversarialModule) "
+                        "when the checkpoint names one outside gan_lightning.models; it is imported, so name only "
+                        "code you trust (a checkpoint's own class names are never imported)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples' noise")
     p.add_argument("--batch_size", type=int, default=500)

@@ -163,6 +163,23 @@ def test_a_signal_during_validation_skips_the_measuring_callbacks_and_saves_at_t
     assert saved_iteration(tmp_path) == BATCHES + 1
 
 
+def test_image_metrics_skip_their_samples_while_a_signal_is_pending():
+    from types import SimpleNamespace
+
+    from gan_lightning.callbacks import ImageMetrics
+
+    preemption, metrics = Preemption(requeue=False), ImageMetrics(feature_extractor="fashion_classifier")
+    measured = []
+    metrics.evaluate = lambda trainer, pl_module: measured.append(1) or {}
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=0, callbacks=[preemption, metrics], world_size=1)
+    pl_module = SimpleNamespace(log_dict=lambda *args, **kwargs: None)
+    metrics.on_validation_epoch_end(trainer, pl_module)
+    assert measured == [1]
+    preemption._record(signal.SIGUSR1, None)
+    metrics.on_validation_epoch_end(trainer, pl_module)
+    assert measured == [1], "ImageMetrics generated its samples with a signal pending"
+
+
 def test_after_preempted_the_signal_handlers_are_restored(tmp_path):
     """A notebook or a sweep driver goes on after the run: its own handlers must be back."""
     def mine(signum, frame):

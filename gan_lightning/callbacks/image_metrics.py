@@ -1,14 +1,18 @@
 """FID / IS / KID during training, on every rank, against real statistics cached on disk."""
+import hashlib
+import os
 from pathlib import Path
 from typing import Iterator, Literal, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import Subset
 
+from gan_lightning.callbacks.preemption import signal_pending
 from gan_lightning.errors import ConfigError
 from gan_lightning.metrics.features import ExtractorName, build_extractor
-from gan_lightning.metrics.image_scores import Dist, ImageScores, MetricName, chunk
+from gan_lightning.metrics.image_scores import Dist, ImageScores, MetricName, check_cache_dir, chunk
 
 Split = Literal["train", "val", "test"]
 
@@ -34,12 +38,47 @@ def real_shard(datamodule, split: Split, rank: int, world_size: int, batch_size:
 
 
 def real_key(datamodule, split: Split, n_real: Optional[int]) -> dict:
-    """What a split's real statistics depend on (the extractor is added by ImageScores)."""
+    """What a split's real statistics depend on (the extractor and library versions are added by ImageScores):
+    the data settings, the transform that resizes files (its repr: size, interpolation, antialias, crop) and,
+    for a folder of files, their names, sizes and modification times (files added or changed later miss)."""
+    if not datamodule.splits:
+        datamodule.setup("fit")
     hp = datamodule.hparams
+    files = _files_of(datamodule.splits[split])
     return {"dataset": hp.dataset, "split": split, "n_real": n_real, "image_size": hp.image_size,
             "val_fraction": hp.val_fraction, "seed": hp.seed,
             "data_dir": str(Path(hp.data_dir).expanduser().resolve()) if hp.dataset == "image_folder" else None,
+            "resize": _transform_of(datamodule.splits[split]), "files": _files_digest(files) if files else None,
             "preprocessing": "uint8 [0, 255]; generated images: round((x + 1) * 127.5)"}
+
+
+def _dataset_of(dataset):
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def _transform_of(dataset) -> Optional[str]:
+    """The transform a lazily read dataset applies to its files, as text; None for tensors held in memory."""
+    transform = getattr(_dataset_of(dataset), "transform", None)
+    return repr(transform) if transform is not None else None
+
+
+def _files_of(dataset) -> Optional[list[str]]:
+    """The files of a folder dataset (torchvision ImageFolder's ``samples``): all of them, since the split
+    that is carved out of the folder depends on every file."""
+    samples = getattr(_dataset_of(dataset), "samples", None)
+    return [path for path, _ in samples] if samples else None
+
+
+def _files_digest(files: list[str]) -> str:
+    """SHA-256 of the files' names, sizes and modification times (not their bytes: a stat per file)."""
+    root = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        stat = os.stat(path)
+        digest.update(f"{os.path.relpath(path, root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
 
 
 class ImageMetrics(L.Callback):
@@ -107,6 +146,24 @@ class ImageMetrics(L.Callback):
             dist = Dist(trainer.global_rank, trainer.world_size, lambda obj: strategy.broadcast(obj),
                         lambda: strategy.barrier())
             self.scores = ImageScores(extractor, self.feature_extractor, self.metrics, *self.kid, self.is_splits, dist)
+        if dm is not None and stage in ("fit", "validate"):  # the stages that measure
+            self._check_cache(dm)
+
+    def _check_cache(self, datamodule) -> None:
+        """At start-up, not at the first validation: the cache folder holds the statistics this run needs, or
+        can receive them. Rank 0 looks (it is the one that writes) and every rank raises the same error."""
+        cache_dir = self._cache_dir(datamodule)
+        splits = [self.real_split] + ([self.floor_split] if self.report_floor else [])
+        error = None
+        if self.scores.dist.rank == 0:
+            try:
+                check_cache_dir(cache_dir, [self.scores.cache_path(real_key(datamodule, split, self.n_real), cache_dir)
+                                            for split in splits])
+            except ConfigError as err:
+                error = str(err)
+        error = self.scores.dist.broadcast(error)
+        if error:
+            raise ConfigError(error)
 
     def _cache_dir(self, datamodule) -> Path:
         return Path(self.cache_dir).expanduser() if self.cache_dir else Path(datamodule.hparams.data_dir) / ".stats"
@@ -131,10 +188,20 @@ class ImageMetrics(L.Callback):
         self.scores.add_generator(lambda n, noise: pl_module.sample(n, generator=noise), self.n_samples,
                                   self.batch_size, self.seed)
         self.last = {**self.scores.compute(), **(self._floor or {})}
+        if self.scores.nonfinite:  # NaN scores, not the finite score of black images; the run and its checkpoints go on
+            iteration = getattr(pl_module, "iteration", trainer.global_step)
+            logged = ", ".join("val/" + name for name in self.scores.score_names())
+            rank_zero_warn(f"ImageMetrics: {self.scores.nonfinite} of the {self.n_samples} samples of "
+                           f"{type(pl_module).__name__} at iteration {iteration} hold NaN or Inf (its generator "
+                           f"has diverged): {logged} are logged as NaN, which ModelCheckpoint never counts as a "
+                           "best score and EarlyStopping (check_finite) stops on")
         return self.last
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if signal_pending(trainer):  # the run saves and stops at the next iteration: 10,000 samples would delay it
+            rank_zero_info("ImageMetrics: skipped, a preemption signal is pending")
             return
         scores = self.evaluate(trainer, pl_module)
         pl_module.log_dict({f"val/{k}": v for k, v in scores.items()}, sync_dist=False, rank_zero_only=True)

@@ -5,10 +5,11 @@ forward pass; the Frechet distance and KID use the features, the Inception score
 
 Inception-v3 is torch-fidelity's ``inception-v3-compat`` (the TF-1 graph the papers used), loaded
 through torchmetrics with ``antialias=False``, the resize torch-fidelity and the papers use
-(torchmetrics' default ``antialias=True`` shifts FID). Its weights file is checked before it is
-loaded, because the loader unpickles it.
+(torchmetrics' default ``antialias=True`` shifts FID). Its weights file is checked before torch-fidelity
+sees it, because torch-fidelity unpickles it with ``weights_only=False``: see ``load_inception_weights``.
 """
 import hashlib
+import io
 import os
 import socket
 from pathlib import Path
@@ -17,13 +18,16 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from gan_lightning.metrics.classifier import load_classifier, sha256
+from gan_lightning.metrics.classifier import load_classifier
 
 ExtractorName = Literal["inception", "fashion_classifier"]
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
-# torch.hub checks a downloaded file against the SHA-256 prefix in its name; so do we, for local files.
+# torch.hub checks a downloaded file against the SHA-256 prefix in its name; so do we, for local files. These
+# 8 hex digits (32 bits) catch a wrong or damaged file, not a crafted one (about 2**32 tries find a match), and
+# neither torch-fidelity nor torchmetrics records the full digest, so it is not pinned: the safety against a
+# crafted file is torch's weights-only loader (load_inception_weights), not this prefix.
 INCEPTION_SHA256_PREFIX = "6726825d"
 
 # the name every log key, table and plot uses: "fid_inception" but "fd_fashion_classifier" (never FID)
@@ -43,8 +47,8 @@ def hub_checkpoint_dir() -> Path:
 def resolve_inception_weights(path: Optional[str] = None, download: bool = True) -> Path:
     """The Inception weights file to load: ``path`` if given, else torch.hub's cache, else downloaded there.
 
-    Raises ``WeightsNotFoundError`` naming the fix when none of those works, and ``ValueError`` when a
-    file's SHA-256 does not start with the prefix its published name carries.
+    Raises ``WeightsNotFoundError`` naming the fix when none of those works. The file is checked when it is
+    read, by ``load_inception_weights``.
     """
     fix = (f"download {INCEPTION_URL} on a machine with internet access and either copy it to "
            f"{hub_checkpoint_dir() / INCEPTION_FILE} or pass its path as inception_weights; or use "
@@ -68,25 +72,62 @@ def resolve_inception_weights(path: Optional[str] = None, download: bool = True)
                 raise WeightsNotFoundError(f"could not download the Inception weights ({err}): {fix}") from None
             finally:
                 socket.setdefaulttimeout(timeout)
-    digest = sha256(file)
+    return file
+
+
+def load_inception_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``file``, or ``ValueError`` naming the file; nothing in it can run code.
+
+    The file is read once, and those bytes are checked twice: their SHA-256 must start with the published
+    prefix (a wrong or damaged file), and torch's weights-only unpickler must find only tensors in them (a
+    crafted file: that unpickler builds tensors and plain containers and refuses any other class or call).
+    torch-fidelity, which unpickles with ``weights_only=False``, then reads a copy re-serialised from the
+    tensors, never the file.
+    """
+    data = Path(file).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     if not digest.startswith(INCEPTION_SHA256_PREFIX):
         raise ValueError(f"Inception weights file {file} has SHA-256 {digest[:16]}..., not the published "
                          f"{INCEPTION_SHA256_PREFIX}...: it is not torch-fidelity's {INCEPTION_FILE}; refusing to "
-                         f"load it (the loader unpickles)")
-    return file
+                         f"load it")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError for a forbidden global or opcode, RuntimeError, ...
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else
+                      type(err).__name__).split(". Please use")[0]  # not torch's advice to allow-list the global
+        raise ValueError(f"Inception weights file {file} holds more than tensors: torch's weights-only loader "
+                         f"refused it ({reason}); refusing to load it, since torch-fidelity's loader would "
+                         "unpickle it and run what it names") from None
+    if not (isinstance(state, dict) and state
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+        raise ValueError(f"Inception weights file {file} is not a state dict of tensors; refusing to load it")
+    return state
 
 
 class InceptionExtractor(nn.Module):
     """uint8 (B, 1 or 3, H, W) -> (2048 pool features, 1008 unbiased logits), as torch-fidelity computes them."""
 
     num_features = 2048
+    num_logits = 1008
 
     def __init__(self, weights: Path):
         super().__init__()
         from torchmetrics.image.fid import NoTrainInceptionV3
 
+        # torch-fidelity torch.load()s what it is given with weights_only=False: give it our own serialisation
+        # of the tensors that the weights-only loader read from the checked bytes, never the file itself
+        checked = io.BytesIO()
+        torch.save(load_inception_weights(Path(weights)), checked)
+        checked.seek(0)
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"],
-                                      feature_extractor_weights_path=str(weights), antialias=False)
+                                      feature_extractor_weights_path=checked, antialias=False)
+
+    @property
+    def resize(self) -> str:
+        """How images reach 299x299 (part of the real statistics' cache key)."""
+        return ("bilinear, antialias=True (torchmetrics)" if self.net.use_antialias
+                else "bilinear like TensorFlow 1 (torch-fidelity, antialias=False)")
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.shape[1] == 1:

@@ -4,13 +4,16 @@ The metric classes are torchmetrics' (their states are summed or gathered across
 ``compute()``). One extractor pass per batch feeds all three: the metrics receive precomputed
 features through a pass-through module instead of running the extractor once each.
 
-Real statistics are computed once per (dataset, split, preprocessing, extractor, count), each rank
-over its shard, gathered, written atomically by rank 0 and read back by every later run and rank.
+Real statistics are computed once per (dataset, split, preprocessing, extractor, count, library versions;
+an image folder's file list, sizes and mtimes), each rank over its shard, gathered, written atomically by
+rank 0 (with the umask's permissions, so a shared cache folder serves every user) and read back by every
+later run and rank.
 Fake samples come in batches whose noise is seeded by the batch's index, and rank r generates the
 r-th contiguous run of batches: gathered in rank order, the samples are the same, in the same order,
 on any number of ranks (which keeps even KID's and IS's random subsets identical).
 """
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -22,16 +25,25 @@ from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
 import torch
 from torch import nn
+from torchmetrics.aggregation import SumMetric
 from torchmetrics.image import FrechetInceptionDistance, InceptionScore, KernelInceptionDistance
 from torchmetrics.image.fid import _compute_fid
 
 from gan_lightning.data import to_uint8
+from gan_lightning.errors import ConfigError
 from gan_lightning.metrics.features import SCORE_NAMES, ExtractorName, extractor_fingerprint
 
 MetricName = Literal["fid", "is", "kid"]
 # keeping features is what KID and IS need; the memory is reported in the docs, not at every construction
 warnings.filterwarnings("ignore", message=r"Metric `(InceptionScore|Kernel Inception Distance)` will save all")
 CACHE_FORMAT = 1  # bump when what a cache file holds changes
+
+
+class NonFiniteSamplesError(FloatingPointError, ValueError):
+    """Generated samples hold NaN or Inf: the generator has diverged and its scores would be meaningless.
+
+    A ``FloatingPointError`` like the training's own non-finite checks, and a ``ValueError`` so that every
+    command reports it in one line."""
 
 
 class PassThrough(nn.Module):
@@ -65,11 +77,48 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps({**parts, "format": CACHE_FORMAT}, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries whose code computes the statistics (part of every cache key)."""
+    return {name: importlib.metadata.version(name) for name in ("torch", "torchmetrics", "torch-fidelity")}
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask alone must set one)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_cache_dir(cache_dir: Path, needed: Sequence[Path] = ()) -> None:
+    """Raises ``ConfigError`` naming the folder and the fix when real statistics can be neither read from
+    ``cache_dir`` (all of ``needed`` there: a read-only shared cache is fine) nor written to it."""
+    if needed and all(p.is_file() for p in needed):
+        return
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_dir):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write real statistics to the cache folder {cache_dir} "
+                          f"({err.strerror or type(err).__name__}): make it writable for this user, or set the "
+                          "ImageMetrics callback's cache_dir (evaluate: --cache_dir) to a folder you can "
+                          "write") from None
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: readers never see half a file."""
+    """torch.save to a temporary file in the same folder, then rename: readers never see half a file.
+
+    The file gets the permissions of any new file (0666 less the umask), not mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -120,6 +169,11 @@ class ImageScores:
         self.extractor, self.extractor_name, self.metrics = extractor, extractor_name, tuple(metrics)
         self.kid_subsets, self.kid_subset_size, self.is_splits = kid_subsets, kid_subset_size, is_splits
         self.dist = dist or Dist()
+        self.num_logits = _num_logits(extractor)
+        if self.dist.world_size > 1 and self.num_logits is None:
+            raise ValueError(f"{type(extractor).__name__} declares no num_logits (nor has a Linear `head`): a rank "
+                             "that draws no batch needs it to join the ranks' sync with an empty state of the right "
+                             "shape")
         self.names = SCORE_NAMES[extractor_name]
         self.real: Optional[RealStatistics] = None
         self.cache_hit: Optional[bool] = None
@@ -127,6 +181,8 @@ class ImageScores:
         self._fingerprint: Optional[str] = None
         self._n_fake: Optional[int] = None  # over all ranks, when add_generator knows it
         self._n_added = 0                   # added on this rank
+        self._nonfinite: Optional[SumMetric] = None  # generated samples holding NaN or Inf, summed over ranks
+        self.nonfinite = 0  # such samples in the last compute(), over all ranks; its scores are then NaN
 
     @property
     def device(self) -> torch.device:
@@ -145,8 +201,16 @@ class ImageScores:
         fid = FrechetInceptionDistance(PassThrough(dim), reset_real_features=False).to(self.device)
         kid = KernelInceptionDistance(PassThrough(dim), subsets=1, subset_size=1).to(self.device)
         isc = InceptionScore(PassThrough(1), splits=self.is_splits).to(self.device)
+        n = 0
         for images in shard:
             features, logits = self.features(images)
+            fid.update(features, real=True)
+            kid.update(features, real=True)
+            isc.update(logits)
+            n += len(images)
+        if n == 0 and self.dist.world_size > 1:  # fewer batches than ranks: this rank joins the sync with empty
+            # states of the others' shapes
+            features, logits = self._nothing()
             fid.update(features, real=True)
             kid.update(features, real=True)
             isc.update(logits)
@@ -173,11 +237,8 @@ class ImageScores:
 
         ``shard_fn()`` yields this rank's share of the real uint8 images (only called on a cache miss).
         """
-        if self._fingerprint is None:  # hashing Inception's weights takes a while: once per extractor
-            self._fingerprint = extractor_fingerprint(self.extractor_name, self.extractor)
-        parts = {**key_parts, "extractor": self._fingerprint}
-        path = Path(cache_dir) / f"real_{key_parts.get('dataset', 'data')}_{self.extractor_name}_{cache_key(parts)}.pt" \
-            if cache_dir is not None else None
+        parts = self.key_parts(key_parts)
+        path = self.cache_path(key_parts, cache_dir)
         self.dist.barrier()  # nobody is writing the file while the ranks look for it
         hit = bool(self.dist.broadcast(path is not None and path.is_file()))
         if hit:
@@ -194,6 +255,21 @@ class ImageScores:
             self.dist.barrier()
         self.cache_hit = hit
         return stats
+
+    def key_parts(self, key_parts: dict) -> dict:
+        """What real statistics depend on: the data's ``key_parts``, the extractor (weights and resize) and
+        the libraries' versions."""
+        if self._fingerprint is None:  # hashing Inception's weights takes a while: once per extractor
+            self._fingerprint = extractor_fingerprint(self.extractor_name, self.extractor)
+        return {**key_parts, "extractor": self._fingerprint,
+                "extractor_resize": getattr(self.extractor, "resize", None), **library_versions()}
+
+    def cache_path(self, key_parts: dict, cache_dir: Optional[Path]) -> Optional[Path]:
+        """The file that holds (or will hold) the real statistics for ``key_parts`` in ``cache_dir``."""
+        if cache_dir is None:
+            return None
+        return Path(cache_dir) / (f"real_{key_parts.get('dataset', 'data')}_{self.extractor_name}_"
+                                  f"{cache_key(self.key_parts(key_parts))}.pt")
 
     def set_real(self, stats: RealStatistics) -> None:
         """Fresh metrics holding ``stats`` as their real half, split so the ranks' sync adds up to it once."""
@@ -215,6 +291,7 @@ class ImageScores:
             self._metrics["kid"] = kid
         if "is" in self.metrics:
             self._metrics["is"] = InceptionScore(PassThrough(1), splits=self.is_splits).to(device)
+        self._nonfinite = SumMetric(nan_strategy="disable").to(device)
 
     # --- fake samples ----------------------------------------------------------------------
 
@@ -233,17 +310,44 @@ class ImageScores:
     @torch.no_grad()
     def add_generator(self, generate: Callable[[int, torch.Generator], torch.Tensor], n: int, batch_size: int,
                       seed: int = 0) -> None:
-        """Generates this rank's batches of the ``n`` samples: ``generate(count, noise)`` -> images in [-1, 1]."""
+        """Generates this rank's batches of the ``n`` samples: ``generate(count, noise)`` -> images in [-1, 1].
+
+        Samples holding NaN or Inf (a diverged generator) are counted, on the device, with no host sync; they
+        would otherwise become black images with a finite score. ``compute()`` then gives NaN scores."""
+        if self._nonfinite is None:
+            raise RuntimeError("load_real() or set_real() first")
         self._n_fake = n
         for b in chunk(range(math.ceil(n / batch_size)), self.dist.rank, self.dist.world_size):
             noise = torch.Generator(self.device).manual_seed(seed * 1_000_003 + b)
-            self.add_fake(to_uint8(generate(min(batch_size, n - b * batch_size), noise)))
+            images = generate(min(batch_size, n - b * batch_size), noise)
+            self._nonfinite.update(images.flatten(1).isfinite().all(1).logical_not().sum())
+            self.add_fake(to_uint8(images))
 
     def compute(self) -> dict[str, float]:
-        """The scores over every rank's samples (a collective: every rank must call it), then a reset."""
+        """The scores over every rank's samples (a collective: every rank must call it), then a reset.
+
+        When any rank generated a sample with NaN or Inf, every score is NaN on every rank and ``nonfinite``
+        says how many samples were; callers decide whether that is an error (``evaluate``) or a logged NaN."""
         if self.real is None:
             raise RuntimeError("load_real() or set_real() first")
+        self._nonfinite.update(torch.zeros((), device=self.device))  # updated at least once: no "compute before update"
+        self.nonfinite = int(self._nonfinite.compute())  # summed over the ranks: all of them take the same branch
+        self._nonfinite.reset()
+        if self.nonfinite:
+            for m in self._metrics.values():
+                m.reset()
+            self._n_fake, self._n_added = None, 0
+            return {name: float("nan") for name in self.score_names()}
         out = {}
+        if self._n_added == 0 and self.dist.world_size > 1:  # fewer generated batches than ranks: this rank
+            # still joins every sync below
+            features, logits = self._nothing()
+            if "fid" in self._metrics:
+                self._metrics["fid"].update(features, real=False)
+            if "kid" in self._metrics:
+                self._metrics["kid"].update(features.double(), real=False)
+            if "is" in self._metrics:
+                self._metrics["is"].update(logits)
         for m in self._metrics.values():
             _one_tensor_per_list(m)
         with _rng_kept(self.device):
@@ -263,10 +367,33 @@ class ImageScores:
         self._n_fake, self._n_added = None, 0
         return out
 
+    def score_names(self) -> list[str]:
+        """The keys ``compute()`` returns, in its order."""
+        names = {"fid": [self.names["fid"]], "kid": [self.names["kid"], self.names["kid"] + "_std"],
+                 "is": [self.names["is"], self.names["is"] + "_std"]}
+        return [name for metric in ("fid", "kid", "is") if metric in self.metrics for name in names[metric]]
+
+    def _nothing(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """No images' features and logits, shaped and typed like ``features()``'s: what a rank without a batch
+        feeds the metrics, so that its states gather with the other ranks' (torchmetrics' own placeholder for an
+        empty list state is 1-D, which the gather of 2-D states refuses or waits on forever)."""
+        if self.num_logits is None:
+            raise ValueError(f"{type(self.extractor).__name__} declares no num_logits")
+        return (torch.zeros(0, self.extractor.num_features, device=self.device),
+                torch.zeros(0, self.num_logits, device=self.device))
+
     def floor(self, other: RealStatistics) -> dict[str, float]:
         """The real-vs-real reference: Frechet distance between two real sets, and the real set's IS."""
         return {self.names["fid"] + "_floor": self.real.frechet_distance(other),
                 self.names["is"] + "_real": float(other.inception_score[0])}
+
+
+def _num_logits(extractor: nn.Module) -> Optional[int]:
+    """The extractor's logits per image: its ``num_logits``, else its Linear ``head``'s width, else None."""
+    if getattr(extractor, "num_logits", None) is not None:
+        return int(extractor.num_logits)
+    head = getattr(extractor, "head", None)
+    return head.out_features if isinstance(head, nn.Linear) else None
 
 
 def _one_tensor_per_list(metric) -> None:
