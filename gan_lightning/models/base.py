@@ -132,7 +132,7 @@ class AdversarialModule(L.LightningModule):
         self._players: dict[str, tuple[list[str], Optional[OptimizerCallable], Optional[LRSchedulerCallable]]] = {}
         self.ema = nn.ModuleDict()
         self.noise: Optional[torch.Generator] = None  # the training noise; see training_step
-        self._finite: dict[str, torch.Tensor] = {}  # per player: all losses finite since the last check
+        self._finite: dict[str, torch.Tensor] = {}  # per player, on the device: first non-finite iteration (-1: none)
         self.skipped: dict[str, int] = {}      # per player: updates skipped for NaN/Inf (on_nonfinite: skip)
         self._skipped_in_a_row: dict[str, int] = {}
         self.scheduler_epochs = 0  # epoch ends at which the schedulers stepped (see on_train_start)
