@@ -298,8 +298,10 @@ class ImageScores:
     @torch.no_grad()
     def add_fake(self, images: torch.Tensor) -> None:
         """A batch of generated uint8 images (this rank's)."""
-        features, logits = self.features(images)
         self._n_added += len(images)
+        self._update_fake(*self.features(images))
+
+    def _update_fake(self, features: torch.Tensor, logits: torch.Tensor) -> None:
         if "fid" in self._metrics:
             self._metrics["fid"].update(features, real=False)
         if "kid" in self._metrics:
@@ -340,14 +342,8 @@ class ImageScores:
             return {name: float("nan") for name in self.score_names()}
         out = {}
         if self._n_added == 0 and self.dist.world_size > 1:  # fewer generated batches than ranks: this rank
-            # still joins every sync below
-            features, logits = self._nothing()
-            if "fid" in self._metrics:
-                self._metrics["fid"].update(features, real=False)
-            if "kid" in self._metrics:
-                self._metrics["kid"].update(features.double(), real=False)
-            if "is" in self._metrics:
-                self._metrics["is"].update(logits)
+            # still joins every sync below, with no features
+            self._update_fake(*self._nothing())
         for m in self._metrics.values():
             _one_tensor_per_list(m)
         with _rng_kept(self.device):
