@@ -243,6 +243,21 @@ def test_a_periodic_checkpoint_on_an_epochs_last_batch_keeps_the_schedulers_step
     assert_identical(resumed, uninterrupted[True])
 
 
+def test_a_checkpoint_whose_scheduler_steps_do_not_match_its_epoch_is_refused(tmp_path):
+    """Training on from it would follow another learning-rate schedule than the run it continues."""
+    from gan_lightning.checkpoints import CheckpointError
+
+    with pytest.raises(Preempted):
+        fit(tmp_path, SignalAt(BATCHES + 2), Preemption(requeue=False))
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["gan_lightning"]["scheduler_epochs"] == 1
+    checkpoint["gan_lightning"]["scheduler_epochs"] = 0  # as if the epoch's step had been lost
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match="schedulers stepped at 0 epoch ends, but training starts at epoch 1"):
+        fit(tmp_path, ckpt_path="last")
+
+
 def test_preemption_needs_a_checkpoint_folder(tmp_path):
     from gan_lightning.errors import ConfigError
 
