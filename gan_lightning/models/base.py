@@ -575,17 +575,17 @@ class AdversarialModule(L.LightningModule):
 
     def _refuse_nonfinite_state(self, checkpoint: dict) -> None:
         """Raise, naming the first tensor, when the weights or optimizer states about to be saved hold NaN or Inf
-        (one fused reduction over all of them, at checkpoint time only)."""
+        (one ``isfinite().all()`` per tensor and one host read, at checkpoint time only)."""
         named = [(f"weight {k}", v) for k, v in checkpoint.get("state_dict", {}).items()]
         named += [(f"optimizer {i} state {n}.{k}", v) for i, opt in enumerate(checkpoint.get("optimizer_states", []))
                   for n, entries in opt.get("state", {}).items() for k, v in entries.items()]
         named = [(name, t) for name, t in named if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
         if not named:
             return
-        sums = torch.stack([t.detach().float().sum() for _, t in named])  # NaN or Inf anywhere shows in its sum
-        if bool(torch.isfinite(sums).all()):
+        finite = torch.stack([t.detach().isfinite().all().to(named[0][1].device) for _, t in named])
+        if bool(finite.all()):
             return
-        culprit = next(name for (name, t) in named if not bool(torch.isfinite(t).all()))
+        culprit = named[int((~finite).nonzero()[0])][0]
         raise FloatingPointError(
             f"the {culprit} is NaN or Inf at iteration {self.iteration}, so its checkpoint was not written (the "
             "ones already on disk are intact). Lower the learning rate, set model.gradient_clip_val or use a "
