@@ -32,6 +32,7 @@ from provenance import commit, machine  # noqa: E402
 # name -> (config, extra options, paper / what it is)
 MODELS = {
     "gan": ("configs/gan.yaml", [], "GAN, non-saturating (Goodfellow et al. 2014)"),
+    "dcgan_plain": ("benchmarks/plain_dcgan.py", [], "a plain PyTorch DCGAN loop (Radford et al.: N(0, 0.02) init, no EMA)"),
     "gan_su": ("configs/gan.yaml", ["--model.init_args.su_lambda", "5", "--model.init_args.generator_steps", "2"],
                "GAN + Su's regulariser (lambda 5, 2 G steps)"),
     "ali": ("configs/ali.yaml", [], "ALI (Dumoulin et al. 2017)"),
@@ -108,6 +109,10 @@ def one_model(name: str) -> dict:
                 "--data.init_args.seed", str(args.seed)]
     if args.limit_train_batches:
         fit += ["--trainer.limit_train_batches", str(args.limit_train_batches)]
+    if name == "dcgan_plain":  # the same networks and data outside the framework, scored the same way
+        fit = [sys.executable, config, "--epochs", str(args.epochs), "--data_dir", args.data_dir,
+               "--seed", str(args.seed or 0), "--device", "cuda" if args.accelerator == "gpu" else "cpu", "--out", str(run_dir / "checkpoints" / "last.ckpt"),
+               *(["--limit_train_batches", str(args.limit_train_batches)] if args.limit_train_batches else [])]
     seconds = run(fit, log)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     device = "cuda" if args.accelerator == "gpu" else "cpu"

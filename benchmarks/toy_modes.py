@@ -52,6 +52,9 @@ VARIANTS = {
     "plain": ("", [], ""),
     "su": ("_su", [], " + Su"),  # GAN: Su's regulariser; ALI/BiGAN: eq. 41's loss as well
     "su_full": ("_su", ["--model.init_args.loss", "su_full"], " + Su, eq. 40"),  # ALI/BiGAN only
+    # The update order (ALI/BiGAN configs: simultaneous, as their released code; GAN's: alternating).
+    "simultaneous": ("", ["--model.init_args.update", "simultaneous"], ", simultaneous"),
+    "alternating": ("", ["--model.init_args.update", "alternating"], ", alternating"),
 }
 
 
@@ -71,8 +74,9 @@ def run(config: Path, seed: int, epochs: int, workdir: Path, extra: list[str] = 
     logs = next(root.glob("runs/toy/*/logs/version_*"))
     rows = list(csv.DictReader(open(logs / "metrics.csv")))
     final = [r for r in rows if r.get("val/modes")][-1]
-    loss = yaml.safe_load((logs / "config.yaml").read_text())["model"]["init_args"]["loss"]  # as the run resolved it
-    return {"config": label, "seed": seed, "epochs": epochs, "loss": loss, "modes": float(final["val/modes"]),
+    resolved = yaml.safe_load((logs / "config.yaml").read_text())["model"]["init_args"]  # as the run resolved it
+    return {"config": label, "seed": seed, "epochs": epochs, "loss": resolved["loss"],
+            "update": resolved.get("update"), "modes": float(final["val/modes"]),
             "high_quality": float(final["val/high_quality"]), "reverse_kl": float(final["val/reverse_kl"])}
 
 

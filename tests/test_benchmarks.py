@@ -98,22 +98,36 @@ def test_probe_trajectory_probes_the_encoder_at_initialisation_and_at_each_valid
 def test_results_table_trains_scores_and_draws_each_model(tmp_path, data_dir):
     out = tmp_path / "fmnist"
     proc = subprocess.run([sys.executable, "benchmarks/results_table.py", "--models", "flow", "aae_semi_100",
-                           "--epochs", "1", "--limit_train_batches", "2", "--n_samples", "200", "--n_train", "300",
+                           "dcgan_plain", "--epochs", "1", "--limit_train_batches", "2", "--n_samples", "200", "--n_train", "300",
                            "--data_dir", str(data_dir), "--out", str(out)], cwd=REPO, timeout=900,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     rows = {r["model"]: r for r in report["rows"]}
-    assert set(rows) == {"flow", "aae_semi_100"} and report["header"]["commit"]
+    assert set(rows) == {"flow", "aae_semi_100", "dcgan_plain"} and report["header"]["commit"]
     assert all(r["iterations"] == 2 and r["fd_fashion_classifier"] > 0 for r in rows.values())
     semi = rows["aae_semi_100"]
     assert 0 < semi["probe_1nn"] <= 1 and 0 < semi["probe_1nn_pixels"] <= 1 and semi["reconstruction_mse"] > 0
     assert 0 < semi["probe_1nn_penultimate"] <= 1 and "probe_1nn_penultimate" not in rows["flow"]
     assert "probe_1nn" not in rows["flow"] and rows["flow"]["test/bits_per_dim"] > 0
+    assert rows["dcgan_plain"]["class"] == "GAN" and "probe_1nn" not in rows["dcgan_plain"]  # the plain loop, scored alike
     assert 0 <= rows["aae_semi_100"]["test/error"] <= 1 and rows["aae_semi_100"]["labels"] == 100
     table = out.with_suffix(".md").read_text()
     assert "| aae_semi_100 | 2 |" in table and "bits/dim" in table and "logistic regression on the pixels" in table
     assert all((tmp_path / "fmnist_samples" / f"{name}.png").stat().st_size > 0 for name in rows)
+
+
+def test_the_plain_dcgan_loop_initialises_as_radford_et_al(monkeypatch):
+    plain = _load_benchmark("plain_dcgan", monkeypatch)
+    from gan_lightning.models import GAN
+
+    G = GAN(data_shape=(1, 28, 28)).generator
+    G.apply(plain.radford_init)
+    convs = [m for m in G.modules() if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Conv2d, torch.nn.Linear))]
+    norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    weights = torch.cat([m.weight.flatten() for m in convs])
+    assert convs and abs(weights.std().item() - 0.02) < 0.002 and abs(weights.mean().item()) < 0.002
+    assert norms and all(abs(m.weight.mean().item() - 1) < 0.01 and not m.bias.any() for m in norms)
 
 
 def _load_benchmark(name: str, monkeypatch):

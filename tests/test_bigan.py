@@ -42,8 +42,9 @@ def same_grads(a: dict, b: dict, prefixes: tuple[str, ...]) -> bool:
 
 
 def test_each_player_step_leaves_the_other_players_bitwise_unchanged(tmp_path):
+    """The alternating order (simultaneous updates: tests/test_update_order.py)."""
     spy = Snapshots()
-    tiny_trainer(tmp_path, callbacks=[spy], limit_train_batches=2).fit(tiny_bigan(), digits())
+    tiny_trainer(tmp_path, callbacks=[spy], limit_train_batches=2).fit(tiny_bigan(update="alternating"), digits())
     kinds = [e[0] for e in spy.events]
     assert kinds == ["batch_start", "discriminator", "generator_encoder", "batch_end"] * 2
     ge_grads_before = {k: None for k in spy.events[0][1]}  # no player has a gradient before the first step
@@ -104,10 +105,14 @@ def test_ema_follows_the_update_rule_and_is_what_sample_uses(tmp_path):
     model = tiny_bigan(ema_decay=decay)
     tiny_trainer(tmp_path, callbacks=[Record()], limit_train_batches=3).fit(model, digits())
     key = "net.0.weight"
-    expected = (decay * (decay * after_step[0][key] + (1 - decay) * after_step[1][key])
-                + (1 - decay) * after_step[2][key])  # the first update copies, later ones interpolate
+    # The first update copies; the n-th after it interpolates with the warmed-up decay min(decay, (1 + n) / (10 + n)).
+    d1, d2 = min(decay, 2 / 11), min(decay, 3 / 12)
+    expected = d2 * (d1 * after_step[0][key] + (1 - d1) * after_step[1][key]) + (1 - d2) * after_step[2][key]
     averaged = model.ema["generator"].module
     assert torch.allclose(averaged.state_dict()[key], expected, atol=1e-6)
+    # Batch-norm running statistics are the live network's, not an average.
+    buffers = [k for k, _ in model.generator.named_buffers()]
+    assert buffers and all(torch.equal(averaged.state_dict()[k], after_step[2][k]) for k in buffers)
     assert not torch.equal(averaged.state_dict()[key], model.generator.state_dict()[key])
     z = torch.rand(4, 4) * 2 - 1
     assert torch.equal(model.sample(z=z), averaged.eval()(z))

@@ -98,7 +98,9 @@ def test_two_ranks_train_on_different_data_and_noise_and_stay_identical(tmp_path
 
 
 MODELS = {
-    "bigan": lambda: tiny_bigan(seed=3),
+    "bigan": lambda: tiny_bigan(seed=3),  # simultaneous updates, as BiGAN's code
+    "bigan_alternating": lambda: tiny_bigan(seed=3, update="alternating"),
+    "gan_simultaneous": lambda: tiny_gan(seed=3, update="simultaneous"),
     "ali_gaussian_encoder": lambda: tiny_ali(seed=3, encoder="gaussian", dropout=0.0),  # dropout: per-rank RNG
     "ali_su_full": lambda: tiny_ali(seed=3, encoder="gaussian", dropout=0.0, loss="su_full"),  # E used twice
     "gan_r1": lambda: tiny_gan(seed=3, r1_penalty=1.0),

@@ -1,5 +1,7 @@
 """GAN and ALI on the shared base: player isolation, Su's regulariser, penalties, the Gaussian encoder."""
 import math
+import tempfile
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -7,6 +9,7 @@ import torch
 
 import gan_lightning.models.base as base_module
 from gan_lightning.data import GANDataModule
+from gan_lightning.errors import ConfigError
 from tests.helpers import digits, tiny_ali, tiny_bigan, tiny_gan, tiny_trainer
 from tests.test_bigan import Snapshots, changed, same_grads
 
@@ -25,7 +28,7 @@ def test_each_player_step_leaves_the_other_players_unchanged(tmp_path, make, oth
         assert not changed(before_g[1], at_end[1], "discriminator")
 
 
-@pytest.mark.parametrize("make", [tiny_gan, tiny_ali])
+@pytest.mark.parametrize("make", [tiny_gan, lambda **kw: tiny_ali(update="alternating", **kw)])
 def test_su_regulariser_is_zero_on_the_first_generator_step_and_pulls_back_on_the_second(tmp_path, monkeypatch,
                                                                                         make):
     values = []
@@ -41,9 +44,31 @@ def test_su_regulariser_is_zero_on_the_first_generator_step_and_pulls_back_on_th
     assert players.count("discriminator") == 2 and len(players) == 6  # 1 D step and 2 G steps per iteration
 
 
-def test_gradient_penalty_removes_batch_norm_from_the_critic():
+def test_gradient_penalties_remove_batch_norm_from_the_critic():
+    """WGAN-GP and R1 penalise each example's gradient, which batch norm would mix with the others'."""
     has_bn = lambda m: any(isinstance(l, torch.nn.BatchNorm1d) for l in m.discriminator.modules())  # noqa: E731
     assert has_bn(tiny_gan()) and not has_bn(tiny_gan(loss="wasserstein", gradient_penalty=10.0))
+    assert not has_bn(tiny_gan(r1_penalty=1.0))
+
+
+def test_wasserstein_without_a_gradient_penalty_is_refused_and_wgan_gp_defaults_to_the_papers_adam():
+    with pytest.raises(ConfigError, match="model.gradient_penalty 10"):
+        tiny_gan(loss="wasserstein")
+    trainer = tiny_trainer(Path(tempfile.mkdtemp()), limit_train_batches=1)
+    model = tiny_gan(loss="wasserstein", gradient_penalty=10.0, n_critic=5)
+    trainer.fit(model, digits())
+    for optimizer in trainer.optimizers:  # Gulrajani et al., Algorithm 1: alpha 1e-4, beta1 0, beta2 0.9
+        assert optimizer.param_groups[0]["lr"] == 1e-4 and optimizer.param_groups[0]["betas"] == (0.0, 0.9)
+    assert tiny_gan().default_optimizer.keywords["betas"] == (0.5, 0.999)  # DCGAN's, without a penalty
+
+
+def test_the_wgan_gp_config_runs_the_papers_algorithm():
+    import yaml
+
+    model = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/wgan_gp.yaml").read_text())["model"]["init_args"]
+    assert (model["loss"], model["gradient_penalty"], model["n_critic"]) == ("wasserstein", 10.0, 5)
+    for player in ("optimizer_d", "optimizer_g"):
+        assert model[player]["init_args"]["lr"] == 1e-4 and model[player]["init_args"]["betas"] == [0.0, 0.9]
 
 
 def test_gaussian_encoder_samples_in_training_and_encodes_the_mean():

@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from gan_lightning.errors import ConfigError
 from gan_lightning.losses import JointLoss, bigan_encoder_generator_loss, discriminator_loss
-from gan_lightning.models.base import AdversarialModule, Prior, batch_statistics_only, eval_mode
+from gan_lightning.models.base import AdversarialModule, Prior, Update, batch_statistics_only, eval_mode
 from gan_lightning.nets import ARCHITECTURES, ArchitectureName
 
 EncoderKind = Literal["gaussian", "deterministic"]
@@ -38,6 +38,7 @@ class ALI(AdversarialModule):
         loss: JointLoss = "non_saturating",
         dropout: float = 0.2,
         squash_encoder: bool = False,
+        update: Update = "simultaneous",
         optimizer_d: Optional[OptimizerCallable] = None,
         optimizer_ge: Optional[OptimizerCallable] = None,
         scheduler_d: Optional[LRSchedulerCallable] = None,
@@ -61,6 +62,8 @@ class ALI(AdversarialModule):
             squash_encoder: a deterministic encoder with the uniform prior ends in E(x) = 2 sigmoid(a) - 1, inside
                 the prior's support [-1, 1]^Z, as in BiGAN's official code; the probes then use the pre-squash
                 activations a (``features``), the official code's 1-NN features. False: E(x) = a.
+            update: ``simultaneous`` (ALI's and BiGAN's released code: D's loss and G/E's loss from one forward
+                pass through D, then both steps) or ``alternating`` (D steps, then G/E against the updated D).
             optimizer_d: optimizer of D (default: Adam 1e-4, betas (0.5, 0.999)).
             optimizer_ge: optimizer of G and E together (same default).
             scheduler_d: optional learning-rate schedule of D, stepped once per epoch.
@@ -78,6 +81,7 @@ class ALI(AdversarialModule):
                               f"encoder: deterministic and prior: uniform, not encoder: {encoder}, prior: {prior}. "
                               f"Set model.squash_encoder false")
         self.squash_encoder = squash_encoder
+        self.update = self.check_update(update)
         nets = ARCHITECTURES[architecture]
         self.generator = nets.generator(latent_dim, data_shape, width)
         self.encoder = nets.encoder(2 * latent_dim if self.gaussian_encoder else latent_dim, data_shape, width)
@@ -105,6 +109,15 @@ class ALI(AdversarialModule):
         with torch.set_grad_enabled(self.generator_turn):
             x_fake, z_enc = self.generator(z), self.infer(x)
 
+        if self.update == "simultaneous" and self.generator_turn:
+            # The released code's one gradient step over both costs: D scores each kind of pair once, and D's loss
+            # (w.r.t. D) and G/E's loss (w.r.t. G and E) both see D as it was before either player steps.
+            d_real, d_fake = self.discriminator(x, z_enc), self.discriminator(x_fake, z)
+            d_loss = discriminator_loss(d_real, d_fake)
+            ge_loss = self.encoder_generator_loss(x, z, x_fake, z_enc, scores=(d_real, d_fake))
+            self.step_together((opt_d, d_loss, "discriminator"), (opt_ge, ge_loss, "generator_encoder"))
+            return {"train/d_loss": d_loss.detach(), "train/ge_loss": ge_loss.detach()}
+
         # 1. Discriminator: tell data pairs (x, E(x)) from generated pairs (G(z), z).
         with self.toggled_optimizer(opt_d):
             d_loss = discriminator_loss(self.discriminator(x, z_enc.detach()), self.discriminator(x_fake.detach(), z))
@@ -120,11 +133,13 @@ class ALI(AdversarialModule):
             loss=lambda x_fake, z_enc: self.encoder_generator_loss(x, z, x_fake, z_enc))
         return logs
 
-    def encoder_generator_loss(self, x: torch.Tensor, z: torch.Tensor, x_fake: torch.Tensor,
-                               z_enc: torch.Tensor) -> torch.Tensor:
+    def encoder_generator_loss(self, x: torch.Tensor, z: torch.Tensor, x_fake: torch.Tensor, z_enc: torch.Tensor,
+                               scores: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         """The G/E loss of ``self.loss`` on data pairs (x, E(x)) and generated pairs (G(z), z); for ``su_full``
-        also the encoder's term of Su's eq. 40 (``latent_nll``)."""
-        loss = bigan_encoder_generator_loss(self.discriminator(x, z_enc), self.discriminator(x_fake, z), self.loss)
+        also the encoder's term of Su's eq. 40 (``latent_nll``). ``scores``: D's logits of the two kinds of pairs
+        when already computed (simultaneous updates), else D scores them now."""
+        d_real, d_fake = scores or (self.discriminator(x, z_enc), self.discriminator(x_fake, z))
+        loss = bigan_encoder_generator_loss(d_real, d_fake, self.loss)
         if self.loss == "su_full":
             loss = loss + self.latent_nll(z, x_fake.detach())
         return loss
@@ -193,6 +208,7 @@ class BiGAN(ALI):
         prior: Prior = "uniform",
         dropout: float = 0.0,
         squash_encoder: bool = False,
+        update: Update = "simultaneous",
         **kwargs,
     ):
         """BiGAN: ALI's game with a deterministic encoder; defaults are the official MNIST setting
@@ -206,6 +222,7 @@ class BiGAN(ALI):
             prior: p(z): ``uniform`` on [-1, 1]^Z (the paper) or ``gaussian``.
             dropout: dropout rate of the discriminator.
             squash_encoder: E(x) = 2 sigmoid(a) - 1 and probes on a, as in the official code (see ALI).
+            update: ``simultaneous`` (the official ``train_gan.py``, unless ``--no_update_both``) or ``alternating``.
         """
         super().__init__(latent_dim=latent_dim, architecture=architecture, width=width, encoder=encoder, prior=prior,
-                         dropout=dropout, squash_encoder=squash_encoder, **kwargs)
+                         dropout=dropout, squash_encoder=squash_encoder, update=update, **kwargs)

@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from gan_lightning.checkpoints import CheckpointError, SafeCheckpointIO
 from gan_lightning.distributed import PlayerDDPStrategy, RanksDivergedError
@@ -59,7 +59,25 @@ def batch_statistics_only(module: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+def ema_with_warmup(decay: float) -> Callable:
+    """``AveragedModel``'s ``multi_avg_fn`` for an exponential moving average whose decay ramps up as
+    min(decay, (1 + n) / (10 + n)) after n updates (TensorFlow's ``ExponentialMovingAverage(num_updates)``), so
+    that the average forgets the initial weights within its first updates instead of keeping a share decay ** n.
+    The decay stays a tensor on the device: no host synchronisation per update."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = num_averaged.to(averaged[0].device)
+        step_decay = torch.clamp((1 + n) / (10 + n), max=decay)
+        torch._foreach_lerp_(averaged, current, (1 - step_decay).to(averaged[0].dtype))
+
+    return update
+
+
 Prior = Literal["gaussian", "uniform"]
+# The order of the players' updates in one iteration: ``alternating`` (D steps, then G against the updated D:
+# DCGAN's code, Goodfellow et al.'s Algorithm 1 with k = 1) or ``simultaneous`` (every player's gradients from one
+# forward pass through the pre-step D, then every step: ALI's and BiGAN's released code).
+Update = Literal["simultaneous", "alternating"]
 
 
 class AdversarialModule(L.LightningModule):
@@ -145,13 +163,34 @@ class AdversarialModule(L.LightningModule):
         self._players[name] = (networks, optimizer, scheduler)
 
     def add_ema(self, *networks: str) -> None:
-        """Keep an exponential moving average of these networks when ``ema_decay`` is set."""
+        """Keep an exponential moving average of these networks' weights when ``ema_decay`` is set.
+
+        As StyleGAN2-ADA's ``G_ema``: the weights are averaged, with a warm-up (``ema_with_warmup``), and the
+        buffers (batch-norm running statistics) are copied from the live network at every update, not averaged:
+        an average of running statistics that starts from their initial values (variance 1) keeps a share
+        ``decay ** n`` of them, and normalises the averaged network's activations to a flat grey output."""
         if self.ema_decay is None:
             return
         for name in networks:
-            averaged = AveragedModel(getattr(self, name), multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay),
-                                     use_buffers=True)
+            averaged = AveragedModel(getattr(self, name), multi_avg_fn=ema_with_warmup(self.ema_decay),
+                                     use_buffers=False)
             self.ema[name] = averaged.requires_grad_(False)
+
+    def update_ema(self) -> None:
+        """One update of every moving average: the weights averaged, the buffers copied from the live network
+        (``AveragedModel`` copies them with ``use_buffers=False``)."""
+        for name, averaged in self.ema.items():
+            averaged.update_parameters(self.get_submodule(name))
+
+    def check_update(self, update: str) -> str:
+        """Validate a model's ``update`` option (see ``Update``); returns it."""
+        if update not in ("simultaneous", "alternating"):
+            raise ConfigError(f"model.update must be simultaneous or alternating, got {update!r}")
+        if update == "simultaneous" and self.generator_steps > 1:
+            raise ConfigError(f"model.generator_steps {self.generator_steps} (Su 2018) takes further generator steps "
+                              "against the updated discriminator, which is the alternating order: set model.update "
+                              "alternating, or model.generator_steps 1")
+        return update
 
     def player_networks(self) -> list[str]:
         """The attribute names of every player's networks, in the order the players were declared."""
@@ -233,6 +272,10 @@ class AdversarialModule(L.LightningModule):
         from gan_lightning.distributed import PlayerDDPStrategy
 
         strategy = self.trainer.strategy
+        if getattr(self, "update", None) == "simultaneous" and getattr(self.trainer.precision_plugin, "scaler", None):
+            raise ConfigError("model.update simultaneous steps two players after one loss scale, which fp16's "
+                              "scaler may change between their steps: set trainer.precision bf16-mixed (or 32), or "
+                              "model.update alternating")
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # atomic writes, weights-only reads
             strategy.checkpoint_io = SafeCheckpointIO()
         if stage == "fit" and isinstance(strategy, DDPStrategy) and not isinstance(strategy, PlayerDDPStrategy):
@@ -272,10 +315,28 @@ class AdversarialModule(L.LightningModule):
     def step(self, optimizer, loss: torch.Tensor, player: str) -> None:
         """One update of a player: zero its gradients, backpropagate, check the loss and gradients are finite
         (``on_nonfinite``), step."""
+        self._backward(optimizer, loss, player)
+        self._step_if_finite(optimizer, loss, player)
+
+    def step_together(self, *updates: tuple) -> None:
+        """Simultaneous updates, as ALI's and BiGAN's released code make them: each ``(optimizer, loss, player)``
+        takes the gradients of its loss with respect to its own parameters only, all from the same graph and so
+        from the same forward pass through every network (e.g. D as it was before either step), and only then
+        does any player step. Under ``player_ddp`` each network is still all-reduced once, by its own backward."""
+        for k, (optimizer, loss, player) in enumerate(updates):
+            own = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+            self._backward(optimizer, loss, player, inputs=own, retain_graph=k + 1 < len(updates))
+        for optimizer, loss, player in updates:
+            self._step_if_finite(optimizer, loss, player)
+
+    def _backward(self, optimizer, loss: torch.Tensor, player: str, **backward_kwargs) -> None:
         if self.on_nonfinite == "stop":
             self._check_finite(loss, player)
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self.manual_backward(loss, **backward_kwargs)
+
+    def _step_if_finite(self, optimizer, loss: torch.Tensor, player: str) -> None:
+        """Step a player whose gradients are in place, unless they (or its loss) are not finite (``on_nonfinite``)."""
         if self.on_nonfinite == "ignore" or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             optimizer.step()
             return
@@ -396,8 +457,7 @@ class AdversarialModule(L.LightningModule):
         with self.explain_out_of_memory(batch, "training"):
             logs = self.update_players(batch)
         if self.generator_turn:
-            for name, averaged in self.ema.items():
-                averaged.update_parameters(self.get_submodule(name))
+            self.update_ema()
         self.iteration += 1
         self.images_seen += len(batch[0]) * self.trainer.world_size
         if self._finite and self.iteration % max(self.trainer.log_every_n_steps, 1) == 0:

@@ -13,14 +13,17 @@ from typing import Optional, Sequence
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from gan_lightning.errors import ConfigError
 from gan_lightning.losses import GANLoss, gan_discriminator_loss, gan_generator_loss, gradient_penalty, r1_penalty
-from gan_lightning.models.base import AdversarialModule, Prior, eval_mode
+from gan_lightning.models.base import AdversarialModule, Prior, Update, eval_mode
 from gan_lightning.nets import ARCHITECTURES, ArchitectureName
 
 
 class GAN(AdversarialModule):
     # DCGAN's optimiser (Adam 2e-4, beta1 0.5), used when the config names none.
     default_optimizer = functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))
+    # WGAN-GP's (Gulrajani et al. 2017, Algorithm 1: alpha 1e-4, beta1 0, beta2 0.9), with a gradient penalty.
+    wgan_gp_optimizer = functools.partial(torch.optim.Adam, lr=1e-4, betas=(0.0, 0.9))
 
     def __init__(
         self,
@@ -33,6 +36,7 @@ class GAN(AdversarialModule):
         gradient_penalty: float = 0.0,
         r1_penalty: float = 0.0,
         dropout: float = 0.0,
+        update: Update = "alternating",
         optimizer_d: Optional[OptimizerCallable] = None,
         optimizer_g: Optional[OptimizerCallable] = None,
         scheduler_d: Optional[LRSchedulerCallable] = None,
@@ -48,10 +52,15 @@ class GAN(AdversarialModule):
             width: hidden units (mlp, toy) or channels at the finest resolution (dcgan).
             prior: p(z): ``gaussian`` or ``uniform`` on [-1, 1]^Z.
             loss: ``non_saturating``, ``minimax``, ``hinge`` or ``wasserstein``.
-            gradient_penalty: weight of WGAN-GP's penalty (10 in the paper); D then has no batch norm.
-            r1_penalty: weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real data.
+            gradient_penalty: weight of WGAN-GP's penalty (10 in the paper); D then has no batch norm, and the
+                default optimizers are the paper's Adam (1e-4, betas (0, 0.9)). ``wasserstein`` needs it.
+            r1_penalty: weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real data; D then has no
+                batch norm (which would mix the examples whose gradients R1 penalises one by one).
             dropout: dropout rate of the discriminator.
-            optimizer_d: optimizer of D (default: Adam 2e-4, betas (0.5, 0.999)).
+            update: ``alternating`` (D steps, then G against the updated D, as DCGAN's and WGAN-GP's code) or
+                ``simultaneous`` (both losses from one forward pass through the pre-step D, then both steps).
+            optimizer_d: optimizer of D (default: Adam 2e-4, betas (0.5, 0.999), DCGAN's; with a gradient penalty
+                Adam 1e-4, betas (0, 0.9), WGAN-GP's).
             optimizer_g: optimizer of G (same default).
             scheduler_d: optional learning-rate schedule of D, stepped once per epoch.
             scheduler_g: optional learning-rate schedule of G, stepped once per epoch.
@@ -62,16 +71,23 @@ class GAN(AdversarialModule):
         if width < 1 or min(gradient_penalty, r1_penalty) < 0:
             raise ValueError(f"model.width must be >= 1 and the penalty weights >= 0; got {width}, "
                              f"gradient_penalty={gradient_penalty}, r1_penalty={r1_penalty}")
+        if loss == "wasserstein" and gradient_penalty == 0:
+            raise ConfigError("model.loss wasserstein needs a constraint on the critic, and model.gradient_penalty is 0: "
+                              "set model.gradient_penalty 10 (WGAN-GP, Gulrajani et al.; configs/wgan_gp.yaml), or "
+                              "another loss")
         nets = ARCHITECTURES[architecture]
         if nets.discriminator is None:
             raise ValueError(f"model.architecture {architecture!r} has no D(x) for a GAN; use mlp, dcgan or toy")
         self.save_hyperparameters(ignore=["optimizer_d", "optimizer_g", "scheduler_d", "scheduler_g"])
         self.loss, self.gp_weight, self.r1_weight = loss, gradient_penalty, r1_penalty
+        self.update = self.check_update(update)
         self.generator = nets.generator(latent_dim, data_shape, width)
-        # A gradient penalty is per example, which batch norm's mixing of examples would break (Gulrajani et al.).
-        self.discriminator = nets.discriminator(data_shape, width, dropout, gradient_penalty == 0)
-        self.add_player("discriminator", ["discriminator"], optimizer_d or self.default_optimizer, scheduler_d)
-        self.add_player("generator", ["generator"], optimizer_g or self.default_optimizer, scheduler_g)
+        # A gradient penalty is per example, which batch norm's mixing of examples would break: WGAN-GP's critic
+        # (Gulrajani et al. §4) and R1's discriminators (Mescheder et al.'s code) have none.
+        self.discriminator = nets.discriminator(data_shape, width, dropout, gradient_penalty == 0 and r1_penalty == 0)
+        default = self.wgan_gp_optimizer if gradient_penalty else self.default_optimizer
+        self.add_player("discriminator", ["discriminator"], optimizer_d or default, scheduler_d)
+        self.add_player("generator", ["generator"], optimizer_g or default, scheduler_g)
         self.add_ema("generator")
 
     def update_players(self, batch) -> dict[str, torch.Tensor]:
@@ -81,16 +97,16 @@ class GAN(AdversarialModule):
         with torch.set_grad_enabled(self.generator_turn):  # G's graph only when G steps this iteration
             x_fake = self.generator(z)
 
+        if self.update == "simultaneous" and self.generator_turn:
+            # Both losses from one pass of D over x and G(z), before either player steps.
+            d_loss, d_fake = self.discriminator_loss(x, x_fake)
+            g_loss = gan_generator_loss(d_fake, self.loss)
+            self.step_together((opt_d, d_loss, "discriminator"), (opt_g, g_loss, "generator"))
+            return {"train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach()}
+
         # 1. Discriminator: tell x from G(z), with the optional penalties.
         with self.toggled_optimizer(opt_d):
-            x_real = x.detach().requires_grad_(self.r1_weight > 0)  # R1 differentiates D(x) w.r.t. x
-            d_real = self.discriminator(x_real)
-            d_loss = gan_discriminator_loss(d_real, self.discriminator(x_fake.detach()), self.loss)
-            if self.gp_weight:
-                d_loss = d_loss + self.gp_weight * gradient_penalty(self.discriminator, x, x_fake,
-                                                                    self.draw_training_uniform(len(x)))
-            if self.r1_weight:
-                d_loss = d_loss + self.r1_weight / 2 * r1_penalty(d_real, x_real)
+            d_loss, _ = self.discriminator_loss(x, x_fake.detach())
             self.step(opt_d, d_loss, player="discriminator")
         logs = {"train/d_loss": d_loss.detach()}
         if not self.generator_turn:
@@ -102,6 +118,19 @@ class GAN(AdversarialModule):
             opt_g, "generator", (x_fake,), regenerate=lambda: (self.generator(z),),
             loss=lambda x_fake: gan_generator_loss(self.discriminator(x_fake), self.loss))
         return logs
+
+    def discriminator_loss(self, x: torch.Tensor, x_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's loss on real x and generated x_fake, with the optional WGAN-GP and R1 penalties, and D's logits
+        of x_fake (for a simultaneous generator loss)."""
+        x_real = x.detach().requires_grad_(self.r1_weight > 0)  # R1 differentiates D(x) w.r.t. x
+        d_real, d_fake = self.discriminator(x_real), self.discriminator(x_fake)
+        d_loss = gan_discriminator_loss(d_real, d_fake, self.loss)
+        if self.gp_weight:
+            d_loss = d_loss + self.gp_weight * gradient_penalty(self.discriminator, x, x_fake,
+                                                                self.draw_training_uniform(len(x)))
+        if self.r1_weight:
+            d_loss = d_loss + self.r1_weight / 2 * r1_penalty(d_real, x_real)
+        return d_loss, d_fake
 
     def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
                  y: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
