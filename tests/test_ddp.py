@@ -158,7 +158,7 @@ def test_lightnings_default_ddp_sends_every_gradient_at_every_step(tmp_path):
     strategy = DDPStrategy(start_method="fork", process_group_backend="gloo", find_unused_parameters=True)
     trainer = tiny_trainer(tmp_path, devices=2, strategy=strategy, limit_train_batches=3,
                            callbacks=[Hook(), RecordPerRank(tmp_path, counter)])
-    model = tiny_bigan(seed=3)
+    model = tiny_bigan(seed=3, update="alternating")  # simultaneous updates are refused there (below)
     trainer.fit(model, digits(batch_size=16))
     r0 = torch.load(tmp_path / "rank0.pt")
     total = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -255,6 +255,13 @@ def test_gradient_accumulation_all_reduces_once_per_step_under_block_backward_sy
 def test_lightnings_one_ddp_per_module_is_refused_with_the_fix(tmp_path):
     strategy = DDPStrategy(start_method="fork", process_group_backend="gloo")
     with pytest.raises(Exception, match="set trainer.strategy to player_ddp"):
+        tiny_trainer(tmp_path, devices=2, strategy=strategy).fit(tiny_bigan(), digits())
+
+
+@pytest.mark.ddp
+def test_simultaneous_updates_under_one_ddp_per_module_are_refused_with_the_fix(tmp_path):
+    strategy = DDPStrategy(start_method="fork", process_group_backend="gloo", find_unused_parameters=True)
+    with pytest.raises(Exception, match="model.update simultaneous .* player_ddp .* model.update alternating"):
         tiny_trainer(tmp_path, devices=2, strategy=strategy).fit(tiny_bigan(), digits())
 
 

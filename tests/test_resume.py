@@ -318,6 +318,12 @@ def test_a_signal_during_start_up_is_held_until_the_first_iteration(tmp_path):
                                cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     time.sleep(0.3)
+    # The signal is for the start-up: wait (on a loaded machine) until the recorder's handler is in place, as it is
+    # before SLURM could send anything to a job whose first line is `python -m gan_lightning`.
+    caught = lambda: int(next(line for line in open(f"/proc/{process.pid}/status") if line.startswith("SigCgt")).split()[1], 16)  # noqa: E731
+    deadline = time.time() + 60
+    while not caught() >> (signal.SIGUSR1 - 1) & 1 and time.time() < deadline:
+        time.sleep(0.01)
     process.send_signal(signal.SIGUSR1)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output[-2000:]

@@ -280,6 +280,10 @@ class AdversarialModule(L.LightningModule):
             strategy.checkpoint_io = SafeCheckpointIO()
         if stage == "fit" and isinstance(strategy, DDPStrategy) and not isinstance(strategy, PlayerDDPStrategy):
             fix = "set trainer.strategy to player_ddp (one DDP per player network: each step sends only its gradients)"
+            if getattr(self, "update", None) == "simultaneous":
+                raise ConfigError(f"model.update simultaneous takes two players' gradients from one forward pass, "
+                                  f"which one DDP around the whole {type(self).__name__} cannot all-reduce: {fix}, "
+                                  "or set model.update alternating.")
             if not strategy._ddp_kwargs.get("find_unused_parameters"):
                 raise ConfigError(f"trainer.strategy {type(strategy).__name__} wraps the whole {type(self).__name__} "
                                   f"in one DDP, which fails when a player's step leaves the other players' "
