@@ -29,11 +29,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gan_lightning.callbacks.image_metrics import real_key, real_shard  # noqa: E402
-from gan_lightning.data import GANDataModule  # noqa: E402
+from gan_lightning.data import GANDataModule, to_uint8  # noqa: E402
 from gan_lightning.metrics.features import build_extractor  # noqa: E402
-from gan_lightning.data import to_uint8
 from gan_lightning.metrics.image_scores import ImageScores  # noqa: E402
+from gan_lightning.metrics.protocols import real_key, real_shard  # noqa: E402
 from gan_lightning.models import BiGAN  # noqa: E402
 from provenance import commit  # noqa: E402
 

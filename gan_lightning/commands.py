@@ -1,6 +1,7 @@
 """``evaluate`` and ``sample``: what a trained checkpoint is worth, and its samples for other tools.
 
-    python -m gan_lightning evaluate --ckpt_path runs/bigan/checkpoints/last.ckpt [--metrics fid is kid probes]
+    python -m gan_lightning evaluate --ckpt_path runs/bigan/checkpoints/last.ckpt [--protocol train50k] \\
+        [--metrics fid is kid probes]
     python -m gan_lightning sample --ckpt_path runs/bigan/checkpoints/last.ckpt --n 10000 --out samples.npz
 
 Both rebuild the model and its data module from the checkpoint alone (its saved hyperparameters),
@@ -96,9 +97,10 @@ def sample(args: argparse.Namespace) -> dict:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    """Scores a checkpoint (or an image folder with ``--images``), prints a table and writes JSON."""
-    from gan_lightning.callbacks.image_metrics import real_key, real_shard
+    """Scores a checkpoint (or an image folder with ``--images``) under a named protocol, prints a table and
+    writes JSON; both name the protocol and its parts."""
     from gan_lightning.callbacks.probes import model_probe_scores
+    from gan_lightning.metrics import protocols
     from gan_lightning.metrics.features import build_extractor
     from gan_lightning.metrics.image_scores import ImageScores, NonFiniteSamplesError, check_cache_dir
 
@@ -109,38 +111,41 @@ def evaluate(args: argparse.Namespace) -> dict:
     dm.setup("fit")
     results: dict = {"checkpoint": str(args.ckpt_path), "model": type(model).__name__,
                      "iteration": getattr(model, "iteration", 0), "dataset": dm.hparams.dataset}
-    image_metrics = [m for m in args.metrics if m in ("fid", "is", "kid")]
+    image_metrics = [m for m in args.metrics if m in ("fid", "is", "kid", "prc")]
     if image_metrics:
+        folder = protocols.folder_images(Path(args.images), dm.data_shape) if args.images else None
+        protocol = protocols.get_protocol(args.protocol, len(folder) if folder is not None else args.n_samples,
+                                          args.n_real)
+        reference, floor_images = protocols.protocol_images(dm, protocol)  # a missing split fails before any work
         extractor_name = args.feature_extractor or ("fashion_classifier" if tuple(dm.data_shape) == (1, 28, 28)
                                                     else "inception")
-        extractor = build_extractor(extractor_name, args.inception_weights, not args.no_download).to(model.device)
+        extractor = build_extractor(extractor_name, args.inception_weights, not args.no_download,
+                                    args.extractor_weights, args.extractor_sha256).to(model.device)
         scores = ImageScores(extractor, extractor_name, image_metrics)
         cache = Path(args.cache_dir).expanduser() if args.cache_dir else dm.root / ".stats"
-        floor_key, real_key_ = real_key(dm, "test", None), real_key(dm, args.real_split, args.n_real)
-        check_cache_dir(cache, [scores.cache_path(floor_key, cache), scores.cache_path(real_key_, cache)])
-        floor = scores.real_statistics(lambda: real_shard(dm, "test", 0, 1, args.batch_size, None), floor_key, cache)
-        scores.load_real(lambda: real_shard(dm, args.real_split, 0, 1, args.batch_size, args.n_real), real_key_, cache)
+        check_cache_dir(cache, [scores.cache_path(images.key, cache) for images in (reference, floor_images) if images])
+        floor = (protocols.load_statistics(scores, floor_images, cache, args.batch_size, hold=False)
+                 if floor_images else None)
+        protocols.load_statistics(scores, reference, cache, args.batch_size)
         start = time.perf_counter()
-        if args.images:
-            from gan_lightning.data.sources import image_dataset
-
-            folder = image_dataset("image_folder", Path(args.images), "train", dm.data_shape[-1], False)
+        if folder is not None:
             for i in range(0, len(folder), args.batch_size):
-                batch = torch.stack([folder[j][0] for j in range(i, min(i + args.batch_size, len(folder)))])
-                scores.add_fake(batch[:, : dm.data_shape[0]])
+                scores.add_fake(torch.stack([folder[j][0] for j in range(i, min(i + args.batch_size, len(folder)))]))
             results["images"] = str(args.images)
         else:
-            scores.add_generator(lambda n, noise: model.sample(n, generator=noise), args.n_samples,
+            scores.add_generator(lambda n, noise: model.sample(n, generator=noise), protocol.n_samples,
                                  args.batch_size, args.seed)
         results.update(scores.compute())
         if scores.nonfinite:  # black images would get a finite score: refuse instead
             raise NonFiniteSamplesError(
-                f"{scores.nonfinite} of the {args.n_samples} samples of {type(model).__name__} at iteration "
+                f"{scores.nonfinite} of the {protocol.n_samples} samples of {type(model).__name__} at iteration "
                 f"{results['iteration']} ({args.ckpt_path}) hold NaN or Inf: its generator has diverged, there is "
                 "nothing to score. Evaluate an earlier checkpoint")
-        results.update(scores.floor(floor))
-        results.update({"n_samples": len(folder) if args.images else args.n_samples, "feature_extractor": extractor_name,
-                        "real_split": args.real_split, "seconds": round(time.perf_counter() - start, 2)})
+        if floor is not None:
+            results.update(scores.floor(floor))
+        results.update({"n_samples": protocol.n_samples, "feature_extractor": extractor_name,
+                        "protocol": protocols.describe(protocol, reference, floor_images, scores),
+                        "seconds": round(time.perf_counter() - start, 2)})
     if "probes" in args.metrics:
         if not hasattr(model, "encode"):
             raise CheckpointError(f"--metrics probes needs an encoder; {type(model).__name__} has none")
@@ -153,8 +158,11 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def _print_table(results: dict) -> None:
-    width = max(len(k) for k in results)
-    for key, value in results.items():
+    rows = []
+    for key, value in results.items():  # a dict (the protocol) as one row per part
+        rows += [(f"{key}.{part}", v) for part, v in value.items()] if isinstance(value, dict) else [(key, value)]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
         text = f"{value:.6g}" if isinstance(value, float) and math.isfinite(value) else str(value)
         print(f"{key:<{width}}  {text}")
 
@@ -175,12 +183,24 @@ def parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--out", default="samples.npz", help=".npz file; a PNG grid goes beside it")
     else:
         p.add_argument("--metrics", nargs="+", default=["fid", "is", "kid", "probes"],
-                       choices=["fid", "is", "kid", "probes"])
-        p.add_argument("--feature_extractor", choices=["inception", "fashion_classifier"], default=None,
+                       choices=["fid", "is", "kid", "prc", "probes"])  # prc: precision and recall
+        from gan_lightning.metrics.features import SCORE_NAMES
+
+        p.add_argument("--feature_extractor", choices=list(SCORE_NAMES), default=None,
                        help="default: fashion_classifier for 28x28 grey data, else inception")
-        p.add_argument("--n_samples", type=int, default=10_000, help="generated images (50,000 for papers' tables)")
-        p.add_argument("--real_split", choices=["train", "val", "test"], default="train")
-        p.add_argument("--n_real", type=int, default=None, help="use the real split's first n images")
+        from gan_lightning.metrics.protocols import PROTOCOLS
+
+        p.add_argument("--protocol", choices=list(PROTOCOLS), default="train50k",
+                       help="which real images and how many samples (docs/evaluation.md): train50k (default: 50,000 "
+                            "samples against the full official training set, as BigGAN and StudioGAN report; "
+                            "seconds with fashion_classifier, hours with Inception on a CPU), test10k (10,000 "
+                            "against the official test set), trainsplit10k (10,000 against the training split "
+                            "less the val_fraction hold-out, the training-time default) or val10k (10,000 "
+                            "against that hold-out)")
+        p.add_argument("--n_samples", type=int, default=None,
+                       help="generated images instead of the protocol's (reported as, e.g., train50k[n_samples=10000])")
+        p.add_argument("--n_real", type=int, default=None,
+                       help="use the reference's first n images (reported as, e.g., train50k[n_real=5000])")
         p.add_argument("--n_train", type=int, default=10_000, help="training images the encoder probes use")
         p.add_argument("--no_linear", action="store_true",
                        help="1-NN probes only: skip the logistic regressions, the slow part at 50,000 training images")
@@ -189,6 +209,14 @@ def parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--cache_dir", default=None, help="real statistics cache (default: <data_dir>/.stats)")
         p.add_argument("--inception_weights", default=None, help="local weights-inception-2015-12-05-6726825d.pth")
         p.add_argument("--no_download", action="store_true", help="never download the Inception weights")
+        p.add_argument("--extractor_weights", default=None, metavar="PATH",
+                       help="the feature extractor's weights file instead of the one in torch.hub's cache: DINOv2's "
+                            "dinov2_vitl14_pretrain.pth, CLIP's ViT-B-32.pt, ... (for inception the same as "
+                            "--inception_weights); its digest goes into the protocol the outputs name")
+        p.add_argument("--extractor_sha256", default=None, metavar="HEX",
+                       help="the full SHA-256 that weights file must have (sha256sum FILE): DINOv2 needs one, here "
+                            "or in GAN_LIGHTNING_SHA256_DINOV2_VIT_L_14 (etc.); for inception it adds to the "
+                            "published prefix; CLIP's is pinned by OpenAI's URL")
         p.add_argument("--out", default=None, help="JSON file (default: <checkpoint>.eval.json)")
     return p
 

@@ -13,8 +13,8 @@ says ``auto``; ``--wandb.mode off`` turns W&B off.
 
 What the run gets: the full resolved config, every ``train/``, ``val/`` and ``test/`` metric against
 ``iteration`` (training iterations; ``images_seen`` is there too), the pictures the callbacks draw, the
-output folders, and an id that a requeued SLURM job reuses (``resume: allow``). ``wandb.finish()`` runs on
-rank 0 when training ends.
+output folders and ImageMetrics' evaluation protocol (in the summary), and an id that a requeued SLURM job
+reuses (``resume: allow``). ``wandb.finish()`` runs on rank 0 when training ends.
 """
 import netrc
 import os
@@ -164,7 +164,12 @@ class WandbLogger(LightningWandbLogger):
     @rank_zero_only
     def log_outputs(self, outputs: dict[str, str]) -> None:
         """Where the run's files are (checkpoints, samples, logs), in the run's summary."""
-        self.experiment.summary.update({f"outputs/{k}": v for k, v in outputs.items()})
+        self.log_summary({f"outputs/{k}": v for k, v in outputs.items()})
+
+    @rank_zero_only
+    def log_summary(self, values: dict) -> None:
+        """Values that describe the whole run (its output folders, its evaluation protocol) in the run's summary."""
+        self.experiment.summary.update(values)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -123,13 +123,13 @@ def image_folder(root, n: int = 20):
 
 
 def test_changing_any_input_of_the_real_set_through_the_data_module_misses_the_cache(tmp_path):
-    """real_key as the callback and evaluate build it, from the data module: each input of the real images
-    (seed, val_fraction, image_size, resize, split, n_real, the folder's files) gives another cache file."""
+    """The key of real_images as the callback and evaluate build it, from the data module: each input of the real
+    images (seed, val_fraction, image_size, resize, split, n_real, the folder's files) gives another cache file."""
     import os
 
     from torchvision.transforms import v2
 
-    from gan_lightning.callbacks.image_metrics import real_key, real_shard
+    from gan_lightning.metrics.protocols import real_images
 
     folder, cache = image_folder(tmp_path / "images"), tmp_path / "stats"
 
@@ -140,7 +140,8 @@ def test_changing_any_input_of_the_real_set_through_the_data_module_misses_the_c
         if transform is not None:
             dm.splits[split].dataset.transform = transform
         scores = ImageScores(PooledExtractor(), "fashion_classifier", ["fid"])
-        scores.real_statistics(lambda: real_shard(dm, split, 0, 1, 8, n_real), real_key(dm, split, n_real), cache)
+        images = real_images(dm, split, n_real)
+        scores.real_statistics(lambda: images.shard(0, 1, 8), images.key, cache)
         return scores.cache_hit
 
     assert (hit(), hit()) == (False, True)  # the same real set is read back
@@ -282,17 +283,16 @@ def test_measuring_does_not_change_the_training_trajectory_and_stays_out_of_chec
 @pytest.mark.ddp
 @pytest.mark.parametrize("n_samples", [60, 32], ids=["a batch per rank", "one batch for two ranks"])
 def test_two_ranks_give_the_value_of_one_process_over_the_same_samples(tmp_path, data_dir, n_samples):
-    from lightning.pytorch.strategies import DDPStrategy
-
-    from gan_lightning.callbacks.image_metrics import real_key, real_shard
+    from gan_lightning.distributed import PlayerDDPStrategy
     from gan_lightning.metrics.features import build_extractor
+    from gan_lightning.metrics.protocols import real_images
 
     class Record(L.Callback):
         def on_validation_epoch_end(self, trainer, pl_module):
             torch.save({"scores": metric.last, "state": pl_module.state_dict()}, tmp_path / f"r{trainer.global_rank}.pt")
 
     metric = image_metrics(tmp_path, report_floor=False, n_samples=n_samples)
-    strategy = DDPStrategy(start_method="fork", process_group_backend="gloo", find_unused_parameters=True)
+    strategy = PlayerDDPStrategy(start_method="fork", process_group_backend="gloo")
     trainer = tiny_trainer(tmp_path, devices=2, strategy=strategy, limit_val_batches=1, num_sanity_val_steps=0,
                            callbacks=[metric, Record()])
     trainer.fit(tiny_fashion_bigan(), fashion(data_dir))
@@ -305,7 +305,8 @@ def test_two_ranks_give_the_value_of_one_process_over_the_same_samples(tmp_path,
     dm.setup("fit")
     single = ImageScores(build_extractor("fashion_classifier"), "fashion_classifier", ["fid", "is", "kid"],
                          kid_subsets=5, kid_subset_size=50, is_splits=2, dist=Dist())
-    single.load_real(lambda: real_shard(dm, "train", 0, 1, 32, 120), real_key(dm, "train", 120), None)  # no cache
+    reference = real_images(dm, "train", 120)
+    single.load_real(lambda: reference.shard(0, 1, 32), reference.key, None)  # no cache
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as Lightning sets each CPU rank: matrix products then sum in the same order
     try:
@@ -448,8 +449,8 @@ def test_diverged_samples_are_logged_as_nan_with_a_warning_naming_the_model_and_
 def test_evaluate_refuses_diverged_samples_in_one_line_naming_the_model_and_iteration(tmp_path, data_dir,
                                                                                       monkeypatch):
     from gan_lightning import commands
-    from gan_lightning.callbacks import image_metrics as callback_module
     from gan_lightning.cli import main
+    from gan_lightning.metrics import protocols
 
     def diverged_model(path, device="cpu", data_dir=None, *args, **kwargs):
         model = tiny_fashion_bigan().eval()
@@ -459,9 +460,8 @@ def test_evaluate_refuses_diverged_samples_in_one_line_naming_the_model_and_iter
 
     data_dir_for_test = data_dir
     monkeypatch.setattr(commands, "load_model", diverged_model)
-    shard = callback_module.real_shard  # the floor's whole test split (10,000 images) takes a minute on 2 CPUs
-    monkeypatch.setattr(callback_module, "real_shard", lambda dm, split, rank, world, batch, n: shard(
-        dm, split, rank, world, batch, n or 64))
+    images = protocols.real_images  # the floor's whole test split (10,000 images) takes a minute on 2 CPUs
+    monkeypatch.setattr(protocols, "real_images", lambda dm, reference, n=None: images(dm, reference, n or 64))
     out = tmp_path / "eval.json"
     with pytest.raises(SystemExit) as exit_:
         main(["evaluate", "--ckpt_path", str(tmp_path / "run.ckpt"), "--metrics", "fid", "kid", "--n_samples", "64",

@@ -50,7 +50,9 @@ class GANDataModule(L.LightningDataModule):
             data_dir: folder holding (or receiving) the dataset's files.
             batch_size: examples per batch on each device.
             val_fraction: share of the training files held out for validation (datasets without an
-                official validation split); the official test split is kept for testing.
+                official validation split); the official test split is kept for testing. 0 trains on the whole
+                training set and leaves validation empty (Lightning then skips it; not for image folders and
+                digits, whose test images are carved out by this fraction).
             image_size: side length that CelebA and image folders are resized and cropped to.
             on_device: keep the whole training set as one tensor in device memory and batch by
                 index-gathering, with no DataLoader workers (small datasets only; fastest for small GANs).
@@ -64,8 +66,12 @@ class GANDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if val_fraction == 0 and dataset in ("image_folder", "digits"):
+            raise ValueError(f"data.val_fraction=0: {dataset!r} carves its val and test images out of its files by "
+                             "val_fraction, so 0 would leave no test images; set data.val_fraction > 0 (protocol "
+                             "train50k scores against all its files anyway)")
         if on_device and dataset in ("celeba", "image_folder"):
             raise ValueError(f"data.on_device=true keeps the dataset in device memory; {dataset!r} is read "
                              "lazily from disk. Set data.on_device=false for it.")

@@ -23,20 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics.aggregation import SumMetric
 from torchmetrics.image import FrechetInceptionDistance, InceptionScore, KernelInceptionDistance
 from torchmetrics.image.fid import _compute_fid
+from torchmetrics.utilities import dim_zero_cat
 
 from gan_lightning.data import to_uint8
 from gan_lightning.errors import ConfigError
 from gan_lightning.metrics.features import SCORE_NAMES, ExtractorName, extractor_fingerprint
+from gan_lightning.metrics.precision_recall import PrecisionRecall
 
-MetricName = Literal["fid", "is", "kid"]
+MetricName = Literal["fid", "is", "kid", "prc"]  # prc: precision and recall
 # keeping features is what KID and IS need; the memory is reported in the docs, not at every construction
 warnings.filterwarnings("ignore", message=r"Metric `(InceptionScore|Kernel Inception Distance)` will save all")
-CACHE_FORMAT = 1  # bump when what a cache file holds changes
+CACHE_FORMAT = 2  # bump when what a cache file holds changes (2: the real IS as torch-fidelity computes it)
 
 
 class NonFiniteSamplesError(FloatingPointError, ValueError):
@@ -55,6 +58,31 @@ class PassThrough(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features
+
+
+def inception_score(logits: torch.Tensor, splits: int, seed: int = 2020) -> tuple[float, float]:
+    """Salimans et al. 2016: exp(E_x KL(p(y|x) || p(y))) over each of ``splits`` parts; their mean and spread.
+
+    torch-fidelity's ``isc_features_to_metric`` step for step: rows shuffled by numpy's RandomState(``seed``) (a
+    generator of its own: the score does not depend on what else drew random numbers), float64, part i the rows
+    [i N / splits, (i + 1) N / splits), and the spread over the parts divided by their number, as torch-fidelity
+    and the OpenAI code compute it (torchmetrics divides by one less)."""
+    n = len(logits)  # (N, classes)
+    logits = logits[torch.from_numpy(np.random.RandomState(seed).permutation(n)).to(logits.device)].double()
+    p, log_p = logits.softmax(1), logits.log_softmax(1)
+    scores = []
+    for i in range(splits):
+        part, log_part = p[i * n // splits:(i + 1) * n // splits], log_p[i * n // splits:(i + 1) * n // splits]
+        kl = part * (log_part - part.mean(0, keepdim=True).log())  # p(y|x) (log p(y|x) - log p(y))
+        scores.append(kl.sum(1).mean().exp().item())
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+class FidelityInceptionScore(InceptionScore):
+    """torchmetrics' Inception-score states, gathered across ranks by its sync; the score by ``inception_score``."""
+
+    def compute(self) -> tuple[float, float]:
+        return inception_score(dim_zero_cat(self.features), self.splits)
 
 
 @dataclass
@@ -149,13 +177,48 @@ class RealStatistics:
         return float(_compute_fid(*self.mean_cov(), *other.mean_cov()))
 
 
+class CacheFileError(ValueError):
+    """A cached real-statistics file that is not what this code writes; the one-line message names it and the fix."""
+
+
+def read_cached(path: Path, num_features: int) -> RealStatistics:
+    """A cache file's statistics, checked: written by anyone who can write the cache folder, so trusted for nothing
+    but tensors (the weights-only loader) of the shapes this extractor gives, and counts that agree."""
+    def bad(what: str) -> CacheFileError:
+        return CacheFileError(f"cached real statistics {path} {what}: it was not written by this code or is damaged; "
+                              "delete it and it is computed again")
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, a forbidden global
+        raise bad(f"cannot be read ({str(err).splitlines()[0] if str(err).strip() else type(err).__name__})") from None
+    tensors = ("features_sum", "features_cov_sum", "features")
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), torch.Tensor) for k in tensors):
+        raise bad("does not hold the tensors features_sum, features_cov_sum and features")
+    n, score, meta = saved.get("n"), saved.get("inception_score"), saved.get("meta")
+    f = num_features
+    if (saved["features_sum"].shape != (f,) or saved["features_cov_sum"].shape != (f, f)
+            or saved["features"].dim() != 2 or saved["features"].shape[1] != f):
+        raise bad(f"holds tensors of other shapes than this extractor's {f} features")
+    if not isinstance(n, int) or isinstance(n, bool) or n != len(saved["features"]) or n < 2:
+        raise bad(f"counts {n!r} images but holds {len(saved['features'])} images' features")
+    if not (isinstance(score, (list, tuple)) and len(score) == 2 and all(isinstance(v, float) for v in score)
+            and isinstance(meta, dict)):
+        raise bad("lacks the real images' Inception score or its description")
+    return RealStatistics(saved["features_sum"].double(), saved["features_cov_sum"].double(), n,
+                          saved["features"].float(), tuple(score), meta)
+
+
 class ImageScores:
-    """FID, IS and KID (any subset) with one feature extractor, on ``dist.world_size`` processes.
+    """FID, IS, KID and precision/recall (any subset) with one feature extractor, on ``dist.world_size`` processes.
 
     Args:
         extractor: maps uint8 images to ``(features, logits)``, e.g. ``features.build_extractor(...)``.
-        extractor_name: ``inception`` or ``fashion_classifier``; it names every score.
-        metrics: which of ``fid``, ``is``, ``kid``.
+        extractor_name: one of ``features.SCORE_NAMES``: ``inception``, ``fashion_classifier``, or a DINOv2 /
+            CLIP model (``dinov2_vit_l_14``, ``clip_vit_b_32``, ...: no logits, so no ``is``); it names
+            every score.
+        metrics: which of ``fid``, ``is``, ``kid``, ``prc`` (precision and recall, Kynkaanniemi et al. 2019, against
+            a fixed random subset of the real features as large as the generated set).
         kid_subsets, kid_subset_size: KID's subsets (torchmetrics' defaults, 100 of 1,000).
         is_splits: the Inception score's splits (10, as in the papers).
     """
@@ -163,9 +226,12 @@ class ImageScores:
     def __init__(self, extractor: nn.Module, extractor_name: ExtractorName,
                  metrics: Sequence[MetricName] = ("fid", "is", "kid"), kid_subsets: int = 100,
                  kid_subset_size: int = 1000, is_splits: int = 10, dist: Optional[Dist] = None):
-        unknown = set(metrics) - {"fid", "is", "kid"}
+        unknown = set(metrics) - {"fid", "is", "kid", "prc"}
         if unknown or not metrics:
-            raise ValueError(f"metrics must be a non-empty subset of fid, is, kid; got {list(metrics)}")
+            raise ValueError(f"metrics must be a non-empty subset of fid, is, kid, prc; got {list(metrics)}")
+        if "is" in metrics and "is" not in SCORE_NAMES[extractor_name]:
+            raise ValueError(f"the Inception score needs class logits, which {extractor_name} does not give: drop is "
+                             "from metrics")
         self.extractor, self.extractor_name, self.metrics = extractor, extractor_name, tuple(metrics)
         self.kid_subsets, self.kid_subset_size, self.is_splits = kid_subsets, kid_subset_size, is_splits
         self.dist = dist or Dist()
@@ -200,7 +266,7 @@ class ImageScores:
         dim = self.extractor.num_features
         fid = FrechetInceptionDistance(PassThrough(dim), reset_real_features=False).to(self.device)
         kid = KernelInceptionDistance(PassThrough(dim), subsets=1, subset_size=1).to(self.device)
-        isc = InceptionScore(PassThrough(1), splits=self.is_splits).to(self.device)
+        isc = FidelityInceptionScore(PassThrough(1), splits=self.is_splits).to(self.device)
         n = 0
         for images in shard:
             features, logits = self.features(images)
@@ -218,8 +284,8 @@ class ImageScores:
             _one_tensor_per_list(m)
             m.sync(should_sync=self.dist.world_size > 1)
         features = kid.real_features if isinstance(kid.real_features, torch.Tensor) else torch.cat(kid.real_features)
-        with _rng_kept(self.device):
-            torch.manual_seed(0)
+        is_mean = is_std = float("nan")  # no logits (DINOv2, CLIP), no Inception score
+        if self.num_logits != 0:
             is_mean, is_std = _compute_synced(isc)
         return RealStatistics(fid.real_features_sum.cpu(), fid.real_features_cov_sum.cpu(),
                               int(fid.real_features_num_samples), features.cpu(), (float(is_mean), float(is_std)))
@@ -242,9 +308,7 @@ class ImageScores:
         self.dist.barrier()  # nobody is writing the file while the ranks look for it
         hit = bool(self.dist.broadcast(path is not None and path.is_file()))
         if hit:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            stats = RealStatistics(saved["features_sum"], saved["features_cov_sum"], int(saved["n"]),
-                                   saved["features"], tuple(saved["inception_score"]), saved["meta"])
+            stats = read_cached(path, self.extractor.num_features)
         else:
             stats = self._compute_real(shard_fn())
             stats.meta = parts
@@ -256,12 +320,17 @@ class ImageScores:
         self.cache_hit = hit
         return stats
 
+    @property
+    def extractor_digest(self) -> str:
+        """The extractor's name and its weights' SHA-256 prefix, e.g. ``fashion_classifier:41840ceb...``."""
+        if self._fingerprint is None:  # hashing Inception's weights takes a while: once per extractor
+            self._fingerprint = extractor_fingerprint(self.extractor_name, self.extractor)
+        return self._fingerprint
+
     def key_parts(self, key_parts: dict) -> dict:
         """What real statistics depend on: the data's ``key_parts``, the extractor (weights and resize) and
         the libraries' versions."""
-        if self._fingerprint is None:  # hashing Inception's weights takes a while: once per extractor
-            self._fingerprint = extractor_fingerprint(self.extractor_name, self.extractor)
-        return {**key_parts, "extractor": self._fingerprint,
+        return {**key_parts, "extractor": self.extractor_digest,
                 "extractor_resize": getattr(self.extractor, "resize", None), **library_versions()}
 
     def cache_path(self, key_parts: dict, cache_dir: Optional[Path]) -> Optional[Path]:
@@ -290,7 +359,11 @@ class ImageScores:
             kid.real_features.append(chunk(stats.features, rank, world).to(device, torch.float64))
             self._metrics["kid"] = kid
         if "is" in self.metrics:
-            self._metrics["is"] = InceptionScore(PassThrough(1), splits=self.is_splits).to(device)
+            self._metrics["is"] = FidelityInceptionScore(PassThrough(1), splits=self.is_splits).to(device)
+        if "prc" in self.metrics:  # the real features split like KID's: gathered, they are all of them once
+            prc = PrecisionRecall(reset_real_features=False).to(device)
+            prc.update(chunk(stats.features, rank, world).to(device), real=True)
+            self._metrics["prc"] = prc
         self._nonfinite = SumMetric(nan_strategy="disable").to(device)
 
     # --- fake samples ----------------------------------------------------------------------
@@ -308,6 +381,8 @@ class ImageScores:
             self._metrics["kid"].update(features.double(), real=False)
         if "is" in self._metrics:
             self._metrics["is"].update(logits)
+        if "prc" in self._metrics:
+            self._metrics["prc"].update(features, real=False)
 
     @torch.no_grad()
     def add_generator(self, generate: Callable[[int, torch.Generator], torch.Tensor], n: int, batch_size: int,
@@ -347,10 +422,10 @@ class ImageScores:
         for m in self._metrics.values():
             _one_tensor_per_list(m)
         with _rng_kept(self.device):
-            torch.manual_seed(0)
             if "fid" in self._metrics:
                 out[self.names["fid"]] = float(self._metrics["fid"].compute())
             if "kid" in self._metrics:
+                torch.manual_seed(0)  # KID's subsets from the global RNG, seeded for it alone (IS has its own)
                 kid = self._metrics["kid"]
                 kid.subset_size = min(self.kid_subset_size, self.real.n, self._n_fake or self._n_added)
                 mean, std = kid.compute()
@@ -358,6 +433,8 @@ class ImageScores:
             if "is" in self._metrics:
                 mean, std = self._metrics["is"].compute()
                 out[self.names["is"]], out[self.names["is"] + "_std"] = float(mean), float(std)
+            if "prc" in self._metrics:
+                out[self.names["precision"]], out[self.names["recall"]] = self._metrics["prc"].compute()
         for m in self._metrics.values():
             m.reset()
         self._n_fake, self._n_added = None, 0
@@ -365,9 +442,10 @@ class ImageScores:
 
     def score_names(self) -> list[str]:
         """The keys ``compute()`` returns, in its order."""
-        names = {"fid": [self.names["fid"]], "kid": [self.names["kid"], self.names["kid"] + "_std"],
-                 "is": [self.names["is"], self.names["is"] + "_std"]}
-        return [name for metric in ("fid", "kid", "is") if metric in self.metrics for name in names[metric]]
+        keys = {"fid": [("fid", "")], "kid": [("kid", ""), ("kid", "_std")], "is": [("is", ""), ("is", "_std")],
+                "prc": [("precision", ""), ("recall", "")]}
+        return [self.names[key] + suffix for metric in ("fid", "kid", "is", "prc") if metric in self.metrics
+                for key, suffix in keys[metric]]
 
     def _nothing(self) -> tuple[torch.Tensor, torch.Tensor]:
         """No images' features and logits, shaped and typed like ``features()``'s: what a rank without a batch
@@ -379,9 +457,11 @@ class ImageScores:
                 torch.zeros(0, self.num_logits, device=self.device))
 
     def floor(self, other: RealStatistics) -> dict[str, float]:
-        """The real-vs-real reference: Frechet distance between two real sets, and the real set's IS."""
-        return {self.names["fid"] + "_floor": self.real.frechet_distance(other),
-                self.names["is"] + "_real": float(other.inception_score[0])}
+        """The real-vs-real reference: Frechet distance between two real sets, and the real set's IS (if any)."""
+        floor = {self.names["fid"] + "_floor": self.real.frechet_distance(other)}
+        if "is" in self.names:
+            floor[self.names["is"] + "_real"] = float(other.inception_score[0])
+        return floor
 
 
 def _num_logits(extractor: nn.Module) -> Optional[int]:
