@@ -3,8 +3,9 @@
 Trains ``--config`` (BiGAN by default) for ``--epochs`` with validation every ``--every`` epochs, where the
 ``EncoderProbe`` callback scores 1-NN and linear probes of E(x) and of the encoder's penultimate layer against
 raw pixels (the BiGAN paper's protocol: test images against ``--n_train`` training images, Euclidean
-distance). Before that it probes a freshly initialised model of the same config (seed ``--seed``): the
-control that says how much of a probe's accuracy the training added.
+distance; logged as ``test/probe_*``, a measurement, not a figure to choose checkpoints by). Before that it
+probes a freshly initialised model of the same config (seed ``--seed``): the control that says how much of a
+probe's accuracy the training added.
 
 Writes ``OUT.json`` (the raw probes per epoch, command, commit, machine and date) and ``OUT.md`` (the table). At
 initialisation and at the end of a complete run, each feature set's 1-NN classifier is also paired with the pixels'
@@ -84,8 +85,9 @@ def callbacks_overlay(n_train: int, linear: bool, checkpoints: Path) -> dict:
          "init_args": {"dirpath": str(checkpoints), "save_last": True, "enable_version_counter": False,
                        "save_on_train_epoch_end": True}},
         {"class_path": "gan_lightning.callbacks.Preemption"},
-        {"class_path": "gan_lightning.callbacks.EncoderProbe",
-         "init_args": {"n_train": n_train, "every_n_epochs": 1, "linear": linear, "penultimate": True}},
+        {"class_path": "gan_lightning.callbacks.EncoderProbe",   # the papers' protocol: scored on the test split
+         "init_args": {"n_train": n_train, "every_n_epochs": 1, "linear": linear, "penultimate": True,
+                       "split": "test"}},
     ]}}
 
 
@@ -144,9 +146,9 @@ def main() -> None:
         rows = {}  # every log of the run (a resume starts a new CSV version), later epochs' rows last
         for log in sorted(run_dir.glob("**/metrics.csv"), key=lambda f: f.stat().st_mtime):
             for r in csv.DictReader(open(log)):
-                if r.get("val/probe_1nn"):
+                if r.get("test/probe_1nn"):
                     rows[int(r["epoch"]) + 1] = r
-        trajectory = [{"epoch": epoch, **{k: float(r[f"val/{k}"]) for k in COLUMNS if r.get(f"val/{k}")}}
+        trajectory = [{"epoch": epoch, **{k: float(r[f"test/{k}"]) for k in COLUMNS if r.get(f"test/{k}")}}
                       for epoch, r in sorted(rows.items())]
         # The epoch-0 control: from an earlier part of this run if there is one; a stopped part skips it (a
         # preempted job has seconds left), and the part that completes the run computes it.

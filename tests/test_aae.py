@@ -174,13 +174,14 @@ def test_labelled_subset_errors_name_the_option():
 
 # --- evaluation -----------------------------------------------------------------------------------
 
-def test_cluster_accuracy_maps_each_cluster_to_its_majority_label():
+def test_majority_cluster_accuracy_maps_each_cluster_to_its_majority_label():
+    """The figure beside the paper's (tests/test_cluster_error.py): labelled by the scored examples' majority."""
     table = LabelContingency(num_clusters=3, num_labels=2)
     clusters = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 0])
     labels = torch.tensor([1, 1, 0, 0, 0, 1, 0, 0, -1, -1])  # -1: unlabelled, not counted
     table.update(clusters, labels)
     # cluster 0: labels 1, 1, 0 -> 2 right; cluster 1: 0, 0 -> 2; cluster 2: 1, 0, 0 -> 2: 6 of 8
-    assert table.compute()["cluster_accuracy"] == pytest.approx(6 / 8)
+    assert table.compute()["cluster_accuracy_majority"] == pytest.approx(6 / 8)
     square = LabelContingency(2, 2)
     square.update(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0]))
     assert square.compute()["accuracy"] == pytest.approx(3 / 4)

@@ -1,5 +1,5 @@
 """Encoder probes during training: 1-NN and linear-probe accuracy of E(x), next to raw pixels."""
-from typing import Optional
+from typing import Literal, Optional
 
 import lightning as L
 import torch
@@ -27,13 +27,15 @@ def labelled_split(datamodule, split: str, n: Optional[int]) -> tuple[torch.Tens
 
 
 def model_probe_scores(model, datamodule, n_train: Optional[int], n_test: Optional[int] = None, pixels: bool = True,
-                       linear: bool = True, penultimate: bool = True, paired: bool = True) -> dict[str, float]:
+                       linear: bool = True, penultimate: bool = True, paired: bool = True,
+                       split: Literal["val", "test"] = "test") -> dict[str, float]:
     """``probe_scores`` of a model with an encoder on its data module's labelled splits: E(x) (``model.features``
     where the model has it, the encoder's output before a squashing map; else ``model.encode``),
-    the encoder's penultimate layer (when ``penultimate``) and raw pixels (when ``pixels``), with ``n_train``
-    training images and ``n_test`` test images (None: all), plus the reconstruction MSE and (``paired``, with
-    ``pixels``) McNemar's test of each 1-NN classifier against the pixels'."""
-    train, test = labelled_split(datamodule, "train", n_train), labelled_split(datamodule, "test", n_test)
+    the encoder's penultimate layer (when ``penultimate``) and raw pixels (when ``pixels``), fit on ``n_train``
+    training images and scored on ``n_test`` images of ``split`` (None: all), plus the reconstruction MSE on
+    those and (``paired``, with ``pixels``) McNemar's test of each 1-NN classifier against the pixels'. No
+    other split is read."""
+    train, test = labelled_split(datamodule, "train", n_train), labelled_split(datamodule, split, n_test)
     features = getattr(model, "features", model.encode)
     return probe_scores(features, model.reconstruct, train, test, model.device, pixels=pixels, linear=linear,
                         penultimate=penultimate_features(model.net("encoder")) if penultimate else None,
@@ -41,25 +43,30 @@ def model_probe_scores(model, datamodule, n_train: Optional[int], n_test: Option
 
 
 class EncoderProbe(L.Callback):
-    """Logs ``val/probe_1nn``, ``val/probe_linear`` (and the raw-pixel baselines, once) and ``val/reconstruction_mse``.
+    """Logs ``val/probe_1nn``, ``val/probe_linear`` (and the raw-pixel baselines, once) and ``val/reconstruction_mse``,
+    scored on the validation split, so that a checkpoint chosen by them is not chosen on the test set.
 
     Features are ``model.features(x)`` where the model has it (ALI/BiGAN: the encoder's output before
-    ``squash_encoder``'s map; the posterior mean for ALI), else ``model.encode(x)``, of ``n_test`` test images against
-    ``n_train`` training images. Runs on rank 0; the probes are cheap next to a training epoch.
+    ``squash_encoder``'s map; the posterior mean for ALI), else ``model.encode(x)``, of ``n_test`` images of the
+    scored split against ``n_train`` training images. Runs on rank 0; the probes are cheap next to a training epoch.
 
     Args:
         n_train: training images the probes fit / search (default 10,000; None for all).
-        n_test: test images they are scored on (default: all).
+        n_test: images of the scored split they are scored on (default: all).
         every_n_epochs: probe at every n-th validation.
         linear: also fit the linear probe (scikit-learn's logistic regression).
         penultimate: also probe the encoder's penultimate layer (the input of its last linear layer), the
             BiGAN paper's second feature set: ``val/probe_1nn_penultimate``, ``val/probe_linear_penultimate``.
+        split: the split scored, and the logged names' prefix: ``val`` (default), or ``test`` for a measurement
+            of the papers' protocol along training (``test/probe_1nn``, ...), never to choose checkpoints by.
     """
 
     def __init__(self, n_train: Optional[int] = 10_000, n_test: Optional[int] = None, every_n_epochs: int = 1,
-                 linear: bool = True, penultimate: bool = True):
+                 linear: bool = True, penultimate: bool = True, split: Literal["val", "test"] = "val"):
+        if split not in ("val", "test"):
+            raise ConfigError(f"EncoderProbe's split must be 'val' or 'test'; got {split!r}")
         self.n_train, self.n_test, self.every_n_epochs, self.linear = n_train, n_test, every_n_epochs, linear
-        self.penultimate = penultimate
+        self.penultimate, self.split = penultimate, split
         self._pixels: Optional[dict[str, float]] = None
         self.last: dict[str, float] = {}
 
@@ -82,9 +89,9 @@ class EncoderProbe(L.Callback):
                                     linear=self.linear, penultimate=self.penultimate,
                                     # the pixels are scored at the first probe alone, so no paired test: `evaluate`
                                     # and benchmarks/probe_trajectory.py give it for a checkpoint
-                                    paired=False)
+                                    paired=False, split=self.split)
         if self._pixels is None:
             self._pixels = {k: v for k, v in scores.items() if k.endswith("_pixels")}
         self.last = {**scores, **self._pixels}
-        pl_module.log_dict({f"val/{k}": v for k, v in self.last.items()}, rank_zero_only=True)
+        pl_module.log_dict({f"{self.split}/{k}": v for k, v in self.last.items()}, rank_zero_only=True)
         rank_zero_info("  ".join(f"{k} {v:.4f}" for k, v in self.last.items()))
