@@ -55,3 +55,52 @@ def assert_same_training_state(model_a: dict, model_b: dict, optimizers_a: list,
         for idx, entries in opt_a["state"].items():
             for name, value in entries.items():
                 assert same(value, opt_b["state"][idx][name]), f"optimizer state {idx}.{name} differs"
+
+
+def measure_on_ranks(folder: Path, world_size: int, measure, cases: list) -> list[list]:
+    """``measure(dist, *case)`` for every case on ``world_size`` forked gloo ranks, each with a ``Dist`` of its rank;
+    returns each rank's list of results. Fails naming the ranks that hung or raised."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    procs = [context.Process(target=_measure_on_rank, args=(rank, world_size, folder, measure, cases))
+             for rank in range(world_size)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    hung = [rank for rank, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    errors = {f.name: f.read_text() for f in sorted(folder.glob("error*.txt"))}
+    assert not hung and not errors and all(p.exitcode == 0 for p in procs), f"hung ranks {hung}, errors {errors}"
+    import torch
+
+    return [torch.load(folder / f"r{rank}.pt") for rank in range(world_size)]
+
+
+def _measure_on_rank(rank: int, world_size: int, folder: Path, measure, cases: list) -> None:
+    from datetime import timedelta
+
+    import torch
+
+    from gan_lightning.metrics.image_scores import Dist
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank,
+                                         world_size=world_size, timeout=timedelta(seconds=60))
+    try:
+        def broadcast(obj):
+            box = [obj]
+            torch.distributed.broadcast_object_list(box, src=0)
+            return box[0]
+
+        dist = Dist(rank, world_size, broadcast, torch.distributed.barrier)
+        torch.save([measure(dist, *case) for case in cases], folder / f"r{rank}.pt")
+    except BaseException as err:
+        (folder / f"error{rank}.txt").write_text(f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        torch.distributed.destroy_process_group()

@@ -1,7 +1,5 @@
 """FID / IS / KID: the maths against torch-fidelity, the cache, DDP, RNG isolation, weights checks."""
 import math
-import multiprocessing
-from datetime import timedelta
 
 import lightning as L
 import pytest
@@ -11,7 +9,7 @@ from torch import nn
 from gan_lightning.data import GANDataModule
 from gan_lightning.data import to_uint8
 from gan_lightning.metrics.image_scores import Dist, ImageScores, RealStatistics, chunk
-from tests.helpers import tiny_trainer
+from tests.helpers import measure_on_ranks, tiny_trainer
 
 
 class SmallExtractor(nn.Module):
@@ -334,25 +332,6 @@ def _scores_over(dist: Dist, n_real: int, n_fake: int, batch_size: int, nan_batc
     return {**scores.compute(), "nonfinite": getattr(scores, "nonfinite", 0)}
 
 
-def _rank_scores(rank: int, world_size: int, folder, cases) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank,
-                                         world_size=world_size, timeout=timedelta(seconds=60))
-    try:
-        def broadcast(obj):
-            box = [obj]
-            torch.distributed.broadcast_object_list(box, src=0)
-            return box[0]
-
-        dist = Dist(rank, world_size, broadcast, torch.distributed.barrier)
-        torch.save([_scores_over(dist, *case) for case in cases], folder / f"r{rank}.pt")
-    except BaseException as err:
-        (folder / f"error{rank}.txt").write_text(f"{type(err).__name__}: {err}")
-        raise
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 # (n_real, n_fake, batch_size): fewer fake batches than ranks, fewer real batches than ranks, both, neither, one
 # image per batch, and fewer real images than ranks (KID's real features: an empty share)
 IDLE_RANK_CASES = [(64, 32, 32), (30, 64, 32), (40, 20, 40), (70, 45, 10), (3, 2, 1), (2, 2, 4),
@@ -365,21 +344,7 @@ IDLE_RANK_CASES = [(64, 32, 32), (30, 64, 32), (40, 20, 40), (70, 45, 10), (3, 2
 def test_ranks_without_a_batch_join_and_give_the_value_of_one_process(tmp_path, world_size):
     """A rank that draws no generated (or no real) batch still joins compute(): every combination of n_samples,
     batch size and world size gives, on every rank, the value one process gives over the same samples."""
-    context = multiprocessing.get_context("fork")
-    procs = [context.Process(target=_rank_scores, args=(rank, world_size, tmp_path, IDLE_RANK_CASES))
-             for rank in range(world_size)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=180)
-    hung = [rank for rank, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    errors = {f.name: f.read_text() for f in sorted(tmp_path.glob("error*.txt"))}
-    assert not hung and not errors and all(p.exitcode == 0 for p in procs), f"hung ranks {hung}, errors {errors}"
-    per_rank = [torch.load(tmp_path / f"r{rank}.pt") for rank in range(world_size)]
+    per_rank = measure_on_ranks(tmp_path, world_size, _scores_over, IDLE_RANK_CASES)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

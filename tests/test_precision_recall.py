@@ -1,7 +1,5 @@
 """Precision and recall (Kynkaanniemi et al. 2019): torch-fidelity's maths, equal-size sets, ImageScores, DDP."""
 import math
-import multiprocessing
-from datetime import timedelta
 
 import pytest
 import torch
@@ -9,6 +7,7 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 
 from gan_lightning.metrics.image_scores import Dist, ImageScores, chunk
 from gan_lightning.metrics.precision_recall import PrecisionRecall, equal_size_subset, precision_recall
+from tests.helpers import measure_on_ranks
 
 
 def torch_fidelity_prc(fake: torch.Tensor, real: torch.Tensor) -> tuple[float, float]:
@@ -119,25 +118,6 @@ def _prc_over(dist: Dist, n_real: int, n_fake: int, batch_size: int) -> dict:
     return scores.compute()
 
 
-def _rank_prc(rank: int, world_size: int, folder, cases) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank,
-                                         world_size=world_size, timeout=timedelta(seconds=60))
-    try:
-        def broadcast(obj):
-            box = [obj]
-            torch.distributed.broadcast_object_list(box, src=0)
-            return box[0]
-
-        dist = Dist(rank, world_size, broadcast, torch.distributed.barrier)
-        torch.save([_prc_over(dist, *case) for case in cases], folder / f"r{rank}.pt")
-    except BaseException as err:
-        (folder / f"error{rank}.txt").write_text(f"{type(err).__name__}: {err}")
-        raise
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 # (n_real, n_fake, batch_size): more real than fake (the real set is cut), a rank without a fake batch,
 # a rank without a real batch
 PRC_CASES = [(120, 60, 20), (64, 40, 40), (30, 50, 20)]
@@ -145,24 +125,12 @@ PRC_CASES = [(120, 60, 20), (64, 40, 40), (30, 50, 20)]
 
 @pytest.mark.ddp
 def test_two_ranks_gather_the_features_and_give_the_precision_recall_of_one_process(tmp_path):
-    context = multiprocessing.get_context("fork")
-    procs = [context.Process(target=_rank_prc, args=(rank, 2, tmp_path, PRC_CASES)) for rank in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=180)
-    hung = [rank for rank, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    errors = {f.name: f.read_text() for f in sorted(tmp_path.glob("error*.txt"))}
-    assert not hung and not errors and all(p.exitcode == 0 for p in procs), f"hung ranks {hung}, errors {errors}"
+    per_rank = measure_on_ranks(tmp_path, 2, _prc_over, PRC_CASES)
     single = [_prc_over(Dist(), *case) for case in PRC_CASES]
     for case, ours in zip(PRC_CASES, single):
         assert 0 < ours["recall_fashion_classifier"] < 1, (case, ours)  # neither trivially 0 nor 1
     for rank in range(2):
-        for case, theirs, ours in zip(PRC_CASES, torch.load(tmp_path / f"r{rank}.pt"), single):
+        for case, theirs, ours in zip(PRC_CASES, per_rank[rank], single):
             assert theirs.keys() == ours.keys()
             for key in ("precision_fashion_classifier", "recall_fashion_classifier"):
                 assert theirs[key] == ours[key], (rank, case, key)

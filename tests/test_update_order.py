@@ -143,3 +143,18 @@ def test_simultaneous_updates_refuse_su_generator_steps_naming_the_fix():
     tiny_ali(generator_steps=2, su_lambda=5.0, update="alternating")
     with pytest.raises(ConfigError, match="simultaneous or alternating"):
         tiny_gan(update="both")
+
+
+def test_simultaneous_updates_refuse_fp16s_loss_scaler_and_alternating_trains_with_it(tmp_path):
+    """fp16's scaler may change its scale between the two players' steps of one simultaneous iteration."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    def trainer(out):
+        return tiny_trainer(out, limit_train_batches=1,
+                            plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))])
+
+    with pytest.raises(ConfigError, match="bf16-mixed .* model.update alternating"):
+        trainer(tmp_path / "a").fit(tiny_bigan(), digits())
+    model = tiny_bigan(update="alternating")
+    trainer(tmp_path / "b").fit(model, digits())
+    assert model.iteration == 1

@@ -112,6 +112,9 @@ class AdversarialModule(L.LightningModule):
     # every checkpoint) instead of checking each value at once. None: off the CPU only. Tests force it on the CPU.
     defer_nonfinite_checks: Optional[bool] = None
 
+    # The order of the players' updates (see ``Update``); GAN, ALI and BiGAN take it as an option, the other
+    # models' phases run in turn.
+    update: str = "alternating"
     iteration: int      # training iterations (batches) completed: the step users see
     images_seen: int    # training examples consumed, summed over all ranks
 
@@ -272,7 +275,7 @@ class AdversarialModule(L.LightningModule):
         from gan_lightning.distributed import PlayerDDPStrategy
 
         strategy = self.trainer.strategy
-        if getattr(self, "update", None) == "simultaneous" and getattr(self.trainer.precision_plugin, "scaler", None):
+        if self.update == "simultaneous" and getattr(self.trainer.precision_plugin, "scaler", None):
             raise ConfigError("model.update simultaneous steps two players after one loss scale, which fp16's "
                               "scaler may change between their steps: set trainer.precision bf16-mixed (or 32), or "
                               "model.update alternating")
@@ -280,7 +283,7 @@ class AdversarialModule(L.LightningModule):
             strategy.checkpoint_io = SafeCheckpointIO()
         if stage == "fit" and isinstance(strategy, DDPStrategy) and not isinstance(strategy, PlayerDDPStrategy):
             fix = "set trainer.strategy to player_ddp (one DDP per player network: each step sends only its gradients)"
-            if getattr(self, "update", None) == "simultaneous":
+            if self.update == "simultaneous":
                 raise ConfigError(f"model.update simultaneous takes two players' gradients from one forward pass, "
                                   f"which one DDP around the whole {type(self).__name__} cannot all-reduce: {fix}, "
                                   "or set model.update alternating.")
