@@ -88,12 +88,29 @@ def plain_update(model, optimizers: list) -> Callable[[torch.Tensor], None]:
                                            model.gradient_clip_val)
         optimizer.step()
 
+    def steps_together(*updates):
+        """Each loss differentiated w.r.t. its own optimizer's parameters only, then every step."""
+        for k, (optimizer, loss) in enumerate(updates):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward(inputs=[p for g in optimizer.param_groups for p in g["params"]],
+                          retain_graph=k + 1 < len(updates))
+        for optimizer, _ in updates:
+            if model.gradient_clip_val is not None:
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                               model.gradient_clip_val)
+            optimizer.step()
+
     if kind == "GAN":
         opt_d, opt_g = optimizers
 
         def update(x):
             z = model.draw_prior(len(x))
             x_fake = G(z)
+            if model.update == "simultaneous":  # both losses from one pass of D, then both steps
+                d_fake = D(x_fake)
+                steps_together((opt_d, gan_discriminator_loss(D(x), d_fake, model.loss)),
+                               (opt_g, gan_generator_loss(d_fake, model.loss)))
+                return
             step(opt_d, gan_discriminator_loss(D(x), D(x_fake.detach()), model.loss))
             with frozen(D):
                 step(opt_g, gan_generator_loss(D(x_fake), model.loss))
@@ -102,13 +119,18 @@ def plain_update(model, optimizers: list) -> Callable[[torch.Tensor], None]:
 
         def update(x):
             z = model.draw_prior(len(x))
+            x_fake = G(z)  # G(z), then E(x): ALI.update_players's order
             h = model.encoder(x)
             if model.gaussian_encoder:
                 mu, log_sigma = h.chunk(2, dim=1)
                 h = mu + log_sigma.exp() * torch.randn_like(mu)
             else:
                 h = model.squash(h)  # 2 sigmoid(h) - 1 with squash_encoder, else h
-            x_fake = G(z)
+            if model.update == "simultaneous":  # both losses from one pass of D over each kind of pair
+                d_real, d_fake = D(x, h), D(x_fake, z)
+                steps_together((opt_d, discriminator_loss(d_real, d_fake)),
+                               (opt_ge, bigan_encoder_generator_loss(d_real, d_fake, model.loss)))
+                return
             step(opt_d, discriminator_loss(D(x, h.detach()), D(x_fake.detach(), z)))
             with frozen(D):
                 step(opt_ge, bigan_encoder_generator_loss(D(x, h), D(x_fake, z), model.loss))

@@ -66,6 +66,7 @@ class Preemption(L.Callback):
         self.requeue, self.check_every = requeue, check_every_n_iterations
         self.received: Optional[int] = None
         self._previous: dict[int, object] = {}
+        self._checked = 0  # the iteration at the last check
 
     # --- the handler only records ----------------------------------------------------------
 
@@ -95,6 +96,7 @@ class Preemption(L.Callback):
         self._install()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._checked = getattr(pl_module, "iteration", 0)  # a resumed run counts from where it stopped
         self._install()  # again, over the SIGTERM handler that Lightning installed after setup
         # Lightning noted our handler as the one to restore at its teardown: make that the one before ours.
         originals = getattr(getattr(trainer, "_signal_connector", None), "_original_handlers", None)
@@ -126,8 +128,11 @@ class Preemption(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         iteration = getattr(pl_module, "iteration", trainer.fit_loop.total_batch_idx + 1)
-        if iteration % self.check_every:
+        # Every check_every_n_iterations: a batch that reached or passed the next multiple (a batch may hold several
+        # iterations, data.iterations_per_batch); the ranks count alike, so they all take part in the collective.
+        if iteration // self.check_every == self._checked // self.check_every:
             return
+        self._checked = iteration
         signum = self.agreed_signal(trainer)
         if signum:
             # At once, also on an epoch's last batch: the schedulers have stepped in its training step

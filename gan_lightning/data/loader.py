@@ -110,8 +110,36 @@ class ResumableSampler(DistributedSampler):
             "from a checkpoint written at an epoch's end, or start a new run without --ckpt_path")
 
 
+class Batches:
+    """Several consecutive training batches served to Lightning as one (``data.iterations_per_batch``): the
+    tensors of all of them, concatenated (one index-gather each), and the batch size of one iteration.
+
+    Iterating yields each iteration's batch, a tuple like a lone batch's. Lightning moves it with ``to`` and
+    calls its per-batch machinery (hooks, logging, progress) once for all of them."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor], batch_size: int):
+        self.tensors, self.batch_size = tuple(tensors), batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.tensors[0]) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        return zip(*(t.split(self.batch_size) for t in self.tensors))
+
+    def to(self, *args, **kwargs) -> "Batches":
+        return Batches([t.to(*args, **kwargs) for t in self.tensors], self.batch_size)
+
+    def map_first(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Batches":
+        """The same batches with ``fn`` applied to the first tensor (the examples) of all of them at once."""
+        return Batches([fn(self.tensors[0]), *self.tensors[1:]], self.batch_size)
+
+
 class DeviceTensorLoader:
-    """Batches of tensors held in device memory, one index-gather each, in ``ResumableSampler`` order."""
+    """Batches of tensors held in device memory, one index-gather each, in ``ResumableSampler`` order.
+
+    With ``iterations_per_batch`` k > 1 it serves k consecutive batches at a time as one ``Batches`` (the
+    epoch's last one may hold fewer), so that Lightning's per-batch work is paid once per k iterations; the
+    batches and their order are those of k = 1."""
 
     def __init__(
         self,
@@ -125,28 +153,48 @@ class DeviceTensorLoader:
         world_size: int = 1,
         device: torch.device | str = "cpu",
         position: Optional[Position] = None,
+        iterations_per_batch: int = 1,
     ):
+        if iterations_per_batch < 1:
+            raise ValueError(f"iterations_per_batch must be >= 1, got {iterations_per_batch}")
         self.tensors = [t.to(device) for t in tensors]
-        self.batch_size = batch_size
+        self.batch_size, self.iterations_per_batch = batch_size, iterations_per_batch
         self.sampler = ResumableSampler(len(self.tensors[0]), batch_size, shuffle=shuffle, drop_last=drop_last,
                                         seed=seed, rank=rank, world_size=world_size)
         self.batch_sampler = None  # read by Lightning, as on a DataLoader
         self.position = position
 
     def __len__(self) -> int:
-        return self.sampler.batches
+        return -(-self.sampler.batches // self.iterations_per_batch)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...] | Batches]:
         indices = self.sampler.take_epoch().to(self.tensors[0].device)
-        for batch in indices.split(self.batch_size):
-            yield tuple(t[batch] for t in self.tensors)
+        k = self.iterations_per_batch
+        for batch in indices.split(self.batch_size * k):
+            gathered = tuple(t[batch] for t in self.tensors)
+            yield gathered if k == 1 else Batches(gathered, self.batch_size)
 
     def state_dict(self) -> dict:
-        return self.sampler.state(self.position()) if self.position is not None else {}
+        if self.position is None:
+            return {}
+        state = self.sampler.state(self.position())
+        if self.iterations_per_batch > 1:  # absent: 1, as in checkpoints written before the option
+            state["iterations_per_batch"] = self.iterations_per_batch
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state:
-            self.sampler.resume(state)
+        if not state:
+            return
+        saved = state.get("iterations_per_batch", 1)
+        if saved != self.iterations_per_batch and not state["epoch_done"]:
+            from gan_lightning.checkpoints import CheckpointError
+
+            raise CheckpointError(
+                f"this checkpoint stopped in the middle of epoch {state['epoch']} with data.iterations_per_batch "
+                f"{saved}, and this run has {self.iterations_per_batch}: Lightning's count of the epoch's batches "
+                f"would not match. Resume with data.iterations_per_batch {saved}, or from a checkpoint written at "
+                "an epoch's end")
+        self.sampler.resume(state)
 
 
 class ResumableDataLoader(DataLoader):

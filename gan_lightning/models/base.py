@@ -26,9 +26,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from gan_lightning.checkpoints import CheckpointError, SafeCheckpointIO
+from gan_lightning.data.loader import Batches
 from gan_lightning.distributed import PlayerDDPStrategy, RanksDivergedError
 from gan_lightning.errors import ConfigError
 from gan_lightning.losses import su_regulariser
+from gan_lightning.models.direct_steps import DirectSteps, direct_steps
 
 
 @contextlib.contextmanager
@@ -71,6 +73,19 @@ def ema_with_warmup(decay: float) -> Callable:
         torch._foreach_lerp_(averaged, current, (1 - step_decay).to(averaged[0].dtype))
 
     return update
+
+
+def seed_training_rng(seed: int, device: torch.device) -> None:
+    """``torch.manual_seed(seed)`` for the generators a training step draws from: the CPU's and, on a CUDA device,
+    that device's. ``torch.manual_seed`` also seeds every other backend (every CUDA device, XPU, MTIA); with a torch
+    built for CUDA and no GPU it queues each as a lazy call that formats a stack trace, 0.2 to 0.5 ms a call, every
+    iteration (benchmarks/host_overhead.py). Other accelerators (MPS, XPU) keep ``torch.manual_seed``."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()
+                                      ].manual_seed(seed)
+    elif device.type != "cpu":
+        torch.manual_seed(seed)
 
 
 Prior = Literal["gaussian", "uniform"]
@@ -156,7 +171,8 @@ class AdversarialModule(L.LightningModule):
         self._finite: dict[str, torch.Tensor] = {}  # per player, on the device: first non-finite iteration (-1: none)
         self.skipped: dict[str, int] = {}      # per player: updates skipped for NaN/Inf (on_nonfinite: skip)
         self._skipped_in_a_row: dict[str, int] = {}
-        self.scheduler_epochs = 0  # epoch ends at which the schedulers stepped (see on_train_start)
+        self.scheduler_epochs = 0  # epoch ends at which the schedulers stepped (see _resume_schedulers)
+        self._direct: Optional[DirectSteps] = None  # how to call backward and step during fit (see direct_steps)
 
     # --- players and their optimizers -------------------------------------------------------
 
@@ -180,10 +196,26 @@ class AdversarialModule(L.LightningModule):
             self.ema[name] = averaged.requires_grad_(False)
 
     def update_ema(self) -> None:
-        """One update of every moving average: the weights averaged, the buffers copied from the live network
-        (``AveragedModel`` copies them with ``use_buffers=False``)."""
+        """One update of every moving average: the weights averaged, the buffers copied from the live network.
+
+        What ``AveragedModel.update_parameters`` (``use_buffers=False``) does, without its two reads of the update
+        count on the host (``bool(n_averaged == 0)``, ``n_averaged > 0``), which wait for the device at every
+        update on an accelerator: the count is mirrored on the host, read once per fit."""
+        counts = self.__dict__.setdefault("_ema_counts", {})
         for name, averaged in self.ema.items():
-            averaged.update_parameters(self.get_submodule(name))
+            live = self.get_submodule(name)
+            if name not in counts:
+                counts[name] = int(averaged.n_averaged)  # outside fit (fit reads them in on_train_start)
+            ours = [p.detach() for p in averaged.module.parameters()]
+            theirs = [p.detach() for p in live.parameters()]
+            if counts[name] == 0:
+                torch._foreach_copy_(ours, theirs)
+            else:
+                averaged.multi_avg_fn(ours, theirs, averaged.n_averaged)
+            for b_ours, b_live in zip(averaged.module.buffers(), live.buffers()):
+                b_ours.detach().copy_(b_live.detach())
+            averaged.n_averaged += 1
+            counts[name] += 1
 
     def check_update(self, update: str) -> str:
         """Validate a model's ``update`` option (see ``Update``); returns it."""
@@ -322,7 +354,7 @@ class AdversarialModule(L.LightningModule):
     def step(self, optimizer, loss: torch.Tensor, player: str) -> None:
         """One update of a player: zero its gradients, backpropagate, check the loss and gradients are finite
         (``on_nonfinite``), step."""
-        self._backward(optimizer, loss, player)
+        self._backward(optimizer, loss)
         self._step_if_finite(optimizer, loss, player)
 
     def step_together(self, *updates: tuple) -> None:
@@ -332,36 +364,155 @@ class AdversarialModule(L.LightningModule):
         does any player step. Under ``player_ddp`` each network is still all-reduced once, by its own backward."""
         for k, (optimizer, loss, player) in enumerate(updates):
             own = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-            self._backward(optimizer, loss, player, inputs=own, retain_graph=k + 1 < len(updates))
+            self._backward(optimizer, loss, inputs=own, retain_graph=k + 1 < len(updates))
         for optimizer, loss, player in updates:
             self._step_if_finite(optimizer, loss, player)
 
-    def _backward(self, optimizer, loss: torch.Tensor, player: str, **backward_kwargs) -> None:
-        if self.on_nonfinite == "stop":
-            self._check_finite(loss, player)
+    # --- Lightning's backward and optimizer step, without its per-call wrappers where they do nothing ---------
+
+    def on_train_start(self) -> None:
+        self._direct = direct_steps(self, base=AdversarialModule)
+        # The moving averages' update counts on the host (update_ema), read here rather than in a training step.
+        self.__dict__["_ema_counts"] = {name: int(averaged.n_averaged) for name, averaged in self.ema.items()}
+        self._resume_schedulers()
+
+    def on_train_end(self) -> None:
+        self._direct = None
+        if self.on_nonfinite != "ignore":  # a NaN in the run's last log_every_n_steps iterations still stops it
+            self.read_nonfinite_flags("at the end of training")
+
+    def _backward(self, optimizer, loss: torch.Tensor, **backward_kwargs) -> None:
+        """``optimizer.zero_grad`` and ``self.manual_backward(loss)``: directly, with the same hooks, when
+        ``direct_steps`` found Lightning's wrappers would only pass the call on."""
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss, **backward_kwargs)
+        direct = self.__dict__.get("_direct")
+        if direct is None:
+            self.manual_backward(loss, **backward_kwargs)
+            return
+        if direct.overridden["on_before_backward"]:
+            direct.call_hooks("on_before_backward", loss)
+        loss.backward(**backward_kwargs)
+        if direct.overridden["on_after_backward"]:
+            direct.call_hooks("on_after_backward")
+
+    def _optimizer_step(self, optimizer) -> None:
+        """``optimizer.step()`` of a LightningOptimizer: Lightning's step counting (``trainer.global_step``) and
+        ``on_before_optimizer_step`` hooks (the module's gradient clipping), directly when ``direct_steps`` allows."""
+        direct = self.__dict__.get("_direct")
+        if direct is None:
+            optimizer.step()
+            return
+        optimizer._on_before_step()
+        if direct.overridden["on_before_optimizer_step"]:
+            direct.call_hooks("on_before_optimizer_step", optimizer.optimizer)
+        elif self.gradient_clip_val is not None:
+            self.on_before_optimizer_step(optimizer.optimizer)
+        optimizer.optimizer.step()
+        optimizer._on_after_step()
+
+    # --- NaN and Inf (model.on_nonfinite) ---------------------------------------------------------------------
 
     def _step_if_finite(self, optimizer, loss: torch.Tensor, player: str) -> None:
         """Step a player whose gradients are in place, unless they (or its loss) are not finite (``on_nonfinite``)."""
         if self.on_nonfinite == "ignore" or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            optimizer.step()
+            self._optimizer_step(optimizer)
             return
-        # NaN/Inf anywhere in the gradients shows in their total norm (one fused reduction per player).
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.new_zeros(())
+        found = self._nonfinite(optimizer, loss)
         if self.on_nonfinite == "stop":
-            self._check_finite(norm, player, what="gradient norm")
-            optimizer.step()
-        elif self._finite_on_every_rank(loss, norm):
+            defer = self.defer_nonfinite_checks if self.defer_nonfinite_checks is not None else found.device.type != "cpu"
+            if defer:  # per player, on the device: the first iteration whose values were not finite (-1: none yet)
+                first = self._finite.get(player, torch.full((), -1, dtype=torch.long, device=found.device))
+                self._finite[player] = torch.where((first < 0) & (found[0] > 0), self.iteration, first)
+            elif found.item():
+                self._raise_nonfinite_values(optimizer, loss, player)
+            self._optimizer_step(optimizer)
+        elif self._finite_on_every_rank(found):
             self._skipped_in_a_row[player] = 0
-            optimizer.step()
+            self._optimizer_step(optimizer)
         else:
             self._skip(optimizer, player, loss)
 
-    def _finite_on_every_rank(self, *values: torch.Tensor) -> bool:
-        """Whether all values are finite on every rank (skipping must be unanimous: one synchronisation)."""
-        ok = torch.stack([torch.isfinite(v.detach()).all() for v in values]).all().to(torch.int32)
+    def _nonfinite(self, optimizer, loss: torch.Tensor) -> torch.Tensor:
+        """A (1,) tensor on the loss's device, > 0 when the loss or any of the player's gradients holds NaN or Inf.
+
+        One fused kernel per device and dtype: the check of torch's AMP grad scaler at scale 1, which leaves the
+        values as they are (x * 1 is x, NaN and Inf included). A norm per tensor and their total norm, the usual
+        check, cost 20 times more host time on small networks (benchmarks/host_overhead.py)."""
+        # The loss joins the check as a view: multiplied by 1 in place after every backward pass through it.
+        groups: dict[tuple, list[torch.Tensor]] = {(loss.device, loss.dtype): [loss.detach().view(1)]}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        found = {}
+        for (device, _), tensors in groups.items():
+            if device not in found:
+                found[device] = torch.zeros(1, device=device)
+            torch._amp_foreach_non_finite_check_and_unscale_(tensors, found[device], self._unit_scale(device))
+        if len(found) == 1:
+            return found[loss.device]
+        return sum(f.to(loss.device) for f in found.values())
+
+    def _unit_scale(self, device: torch.device) -> torch.Tensor:
+        scales = self.__dict__.setdefault("_unit_scales", {})
+        if device not in scales:
+            scales[device] = torch.ones(1, device=device)
+        return scales[device]
+
+    # --- which parameters take gradients: Lightning's toggle_optimizer, with the parameter lists kept ---------
+
+    def toggle_optimizer(self, optimizer) -> None:
+        """Only ``optimizer``'s parameters require gradients (Lightning's ``toggle_optimizer``: the others are
+        frozen and their states kept for ``untoggle_optimizer``), with each optimizer's parameter list built once
+        per fit instead of on every call (``_toggle_lists``)."""
+        lists = self._toggle_lists()
+        if lists is None:
+            return super().toggle_optimizer(optimizer)
+        raw = getattr(optimizer, "optimizer", optimizer)
+        everything, own = lists
+        states = {p: p.requires_grad for p in everything}
+        for p in everything:
+            p.requires_grad = False
+        for p in own[id(raw)]:
+            p.requires_grad = states[p]
+        self._param_requires_grad_state = states
+
+    def untoggle_optimizer(self, optimizer) -> None:
+        lists = self._toggle_lists()
+        if lists is None:
+            return super().untoggle_optimizer(optimizer)
+        raw = getattr(optimizer, "optimizer", optimizer)
+        own = set(lists[1][id(raw)])
+        for p, state in self._param_requires_grad_state.items():
+            if p not in own:
+                p.requires_grad = state
+        self._param_requires_grad_state = {}
+
+    def _toggle_lists(self) -> Optional[tuple[list, dict[int, list]]]:
+        """Every optimizer's parameters (each once) and each optimizer's own, kept while ``direct_steps`` holds."""
+        direct = self.__dict__.get("_direct")
+        if direct is None:
+            return None
+        cached = self.__dict__.get("_toggle_cache")
+        if cached is None or cached[0] is not direct:
+            optimizers = self.trainer.optimizers
+            own = {id(opt): [p for group in opt.param_groups for p in group["params"]] for opt in optimizers}
+            everything = list(dict.fromkeys(p for opt in optimizers for p in own[id(opt)]))
+            cached = (direct, (everything, own))
+            self.__dict__["_toggle_cache"] = cached
+        return cached[1]
+
+    def _raise_nonfinite_values(self, optimizer, loss: torch.Tensor, player: str):
+        """Name what is not finite: the loss, else the gradients' total norm (computed only now)."""
+        if not torch.isfinite(loss.detach()).all():
+            self._raise_nonfinite(player, f"is {loss.item()} at iteration {self.iteration}")
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([g.float() for g in torch._foreach_norm(grads)]))
+        self._raise_nonfinite(player, f"is {norm.item()} at iteration {self.iteration}", what="gradient norm")
+
+    def _finite_on_every_rank(self, found: torch.Tensor) -> bool:
+        """Whether no rank found NaN or Inf (``_nonfinite``): skipping must be unanimous, one synchronisation."""
+        ok = (found == 0).to(torch.int32)
         if self.trainer.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
         return bool(ok)
@@ -412,23 +563,8 @@ class AdversarialModule(L.LightningModule):
         else:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
 
-    def _check_finite(self, value: torch.Tensor, player: str, what: str = "loss") -> None:
-        """Stop on a NaN or Inf loss (or gradient norm), naming the player. On the CPU every value is checked at
-        once, before the step; on an accelerator a flag accumulates on the device (no synchronisation per step),
-        read every ``log_every_n_steps`` iterations and before any checkpoint is written (``read_nonfinite_flags``),
-        so the run stops within ``log_every_n_steps`` iterations and no checkpoint holds what followed."""
-        defer = self.defer_nonfinite_checks if self.defer_nonfinite_checks is not None else value.device.type != "cpu"
-        if not defer:
-            if not torch.isfinite(value):
-                self._raise_nonfinite(player, f"is {value.item()} at iteration {self.iteration}", what)
-            return
-        ok = torch.isfinite(value.detach()).all()
-        # Per player, on the device: the first iteration whose value was not finite (-1: none yet).
-        first = self._finite.get(player, torch.full((), -1, dtype=torch.long, device=ok.device))
-        self._finite[player] = torch.where((first < 0) & ~ok, self.iteration, first)
-
     def read_nonfinite_flags(self, before: str) -> None:
-        """Read the device flags of ``_check_finite`` (one synchronisation) and stop, naming the player that went
+        """Read the device flags of ``_step_if_finite`` (one synchronisation) and stop, naming the player that went
         NaN or Inf first and that iteration, if any did since the last read; ``before``: what the read precedes."""
         flags, self._finite = self._finite, {}
         if not flags:
@@ -454,12 +590,21 @@ class AdversarialModule(L.LightningModule):
     # --- noise, counters, EMA ----------------------------------------------------------------
 
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """One iteration: seed its randomness, run the algorithm (``update_players``), advance the counters.
+        """One iteration per batch (each of a ``Batches``: ``data.iterations_per_batch``): seed its randomness, run
+        the algorithm (``update_players``), advance the counters; returns the last iteration's logs.
 
         The counters and the moving averages advance here rather than in ``on_train_batch_end`` because
         callbacks (checkpointing, preemption) run before the module's own hooks: a checkpoint written in
         any ``on_train_batch_end`` then holds an iteration count that matches its weights.
         """
+        for one in batch if isinstance(batch, Batches) else (batch,):
+            logs = self.train_iteration(one)
+        if batch_idx + 1 == self.trainer.num_training_batches:  # the epoch's last batch: see _resume_schedulers
+            self._step_schedulers()
+        return logs
+
+    def train_iteration(self, batch) -> dict[str, torch.Tensor]:
+        """One iteration of the paper's algorithm on one batch, between the counters it advances."""
         self.seed_iteration(self.iteration)
         with self.explain_out_of_memory(batch, "training"):
             logs = self.update_players(batch)
@@ -470,8 +615,6 @@ class AdversarialModule(L.LightningModule):
         if self._finite and self.iteration % max(self.trainer.log_every_n_steps, 1) == 0:
             # Here, not in on_train_batch_end: callbacks (checkpoints, preemption) run before the module's hook.
             self.read_nonfinite_flags(f"at iteration {self.iteration}")
-        if batch_idx + 1 == self.trainer.num_training_batches:  # the epoch's last batch: see on_train_start
-            self._step_schedulers()
         return logs
 
     def update_players(self, batch) -> dict[str, torch.Tensor]:
@@ -485,7 +628,7 @@ class AdversarialModule(L.LightningModule):
             self.noise = torch.Generator(device=self.device)
         # Tuples of ints hash the same in every process and every Python run (no hash randomisation).
         self.noise.manual_seed(hash((self.seed, iteration)) & (2**63 - 1))
-        torch.manual_seed(hash((self.seed, iteration, self.global_rank)) & (2**63 - 1))
+        seed_training_rng(hash((self.seed, iteration, self.global_rank)) & (2**63 - 1), self.device)
 
     def rank_rows(self, draw: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
         """This rank's n rows of ``draw(n * world_size)``: noise drawn for the whole global batch, so that
@@ -512,8 +655,16 @@ class AdversarialModule(L.LightningModule):
         Logging happens every ``trainer.log_every_n_steps`` iterations only: Lightning's ``self.log``
         costs about 2 ms a call, a few per cent of a small GAN's iteration on a CPU.
         """
-        if self.iteration % max(self.trainer.log_every_n_steps, 1) == 0:  # Lightning writes logs on these batches
+        if self._trainer_writes_logs():
             self.log_dict({**(outputs or {}), **self._counters()}, prog_bar=True, on_step=True, on_epoch=False)
+
+    def _trainer_writes_logs(self) -> bool:
+        """Whether Lightning writes step logs on this batch (every ``log_every_n_steps`` batches)."""
+        connector = getattr(self.trainer, "_logger_connector", None)
+        writes = getattr(connector, "should_update_logs", None)
+        if writes is None:  # another Lightning: its batches are our iterations with data.iterations_per_batch 1
+            return self.iteration % max(self.trainer.log_every_n_steps, 1) == 0
+        return bool(writes)
 
     def _counters(self) -> dict[str, float]:
         skipped = {f"train/skipped_{player}": float(n) for player, n in self.skipped.items()}
@@ -535,7 +686,7 @@ class AdversarialModule(L.LightningModule):
             scheduler.step()
         self.scheduler_epochs += 1
 
-    def on_train_start(self) -> None:
+    def _resume_schedulers(self) -> None:
         """A resumed run starts where the checkpoint's schedulers are: at the epoch after the last one stepped."""
         if self.scheduler_epochs == -1:
             self.scheduler_epochs = self.trainer.current_epoch
@@ -658,10 +809,6 @@ class AdversarialModule(L.LightningModule):
             "ones already on disk are intact). Lower the learning rate, set model.gradient_clip_val or use a "
             "stabler loss, and resume from the last checkpoint")
 
-    def on_train_end(self) -> None:
-        if self.on_nonfinite != "ignore":  # a NaN in the run's last log_every_n_steps iterations still stops it
-            self.read_nonfinite_flags("at the end of training")
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("gan_lightning", {})
         if saved.get("model", type(self).__name__) != type(self).__name__:
@@ -673,6 +820,7 @@ class AdversarialModule(L.LightningModule):
         self.images_seen = saved.get("images_seen", 0)
         self.skipped = dict(saved.get("skipped", {}))
         self.scheduler_epochs = saved.get("scheduler_epochs", -1)  # -1: an older checkpoint, which did not count
+        self.__dict__.pop("_ema_counts", None)  # the loaded counts are read again (on_train_start, update_ema)
 
     def _refuse_other_shapes(self, checkpoint: dict) -> None:
         """A checkpoint of this model built with other sizes (latent_dim, width, data shape): one line naming
