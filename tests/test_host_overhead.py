@@ -178,3 +178,20 @@ def test_iterations_per_batch_needs_the_data_in_device_memory():
     with pytest.raises(ValueError, match="data.iterations_per_batch=4 groups batches of the data held in device "
                                          "memory: set data.on_device true"):
         digits(iterations_per_batch=4)
+
+
+def test_cached_toggling_keeps_what_the_user_froze_frozen_through_every_player_step(tmp_path):
+    """The models keep each optimizer's parameter list per fit (Lightning's toggle_optimizer rebuilds it and hashes
+    every parameter at each step); a parameter frozen by the user stays frozen and untouched, the others train."""
+    torch.manual_seed(0)
+    model = tiny_bigan(update="alternating")
+    frozen = next(model.encoder.parameters())
+    frozen.requires_grad_(False)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = tiny_trainer(tmp_path, limit_train_batches=3)
+    trainer.fit(model, digits())
+    assert not frozen.requires_grad and torch.equal(frozen, before["encoder." + next(iter(
+        dict(model.encoder.named_parameters())))])
+    assert all(p.requires_grad for p in model.parameters() if p is not frozen)
+    moved = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
+    assert len(moved) == len(before) - 1

@@ -346,7 +346,10 @@ class AdversarialModule(L.LightningModule):
         return optimizers, schedulers
 
     def optimizer(self, player: str):
-        """The LightningOptimizer of a player, by name."""
+        """The LightningOptimizer of a player, by name (kept per fit: ``self.optimizers()`` builds a list)."""
+        kept = self.__dict__.get("_player_optimizers")
+        if kept is not None:
+            return kept[player]
         optimizers = self.optimizers()  # Lightning returns a lone optimizer unwrapped
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         return optimizers[list(self._players).index(player)]
@@ -372,12 +375,17 @@ class AdversarialModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._direct = direct_steps(self, base=AdversarialModule)
+        self.__dict__["_check_group_cache"] = {}  # the optimizers of this fit, by id (see _check_groups)
+        optimizers = self.optimizers() if self._players else []
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        self.__dict__["_player_optimizers"] = dict(zip(self._players, optimizers)) if optimizers else None
         # The moving averages' update counts on the host (update_ema), read here rather than in a training step.
         self.__dict__["_ema_counts"] = {name: int(averaged.n_averaged) for name, averaged in self.ema.items()}
         self._resume_schedulers()
 
     def on_train_end(self) -> None:
         self._direct = None
+        self.__dict__["_check_group_cache"] = self.__dict__["_player_optimizers"] = None
         if self.on_nonfinite != "ignore":  # a NaN in the run's last log_every_n_steps iterations still stops it
             self.read_nonfinite_flags("at the end of training")
 
@@ -435,23 +443,40 @@ class AdversarialModule(L.LightningModule):
     def _nonfinite(self, optimizer, loss: torch.Tensor) -> torch.Tensor:
         """A (1,) tensor on the loss's device, > 0 when the loss or any of the player's gradients holds NaN or Inf.
 
-        One fused kernel per device and dtype: the check of torch's AMP grad scaler at scale 1, which leaves the
-        values as they are (x * 1 is x, NaN and Inf included). A norm per tensor and their total norm, the usual
-        check, cost 20 times more host time on small networks (benchmarks/host_overhead.py)."""
-        # The loss joins the check as a view: multiplied by 1 in place after every backward pass through it.
-        groups: dict[tuple, list[torch.Tensor]] = {(loss.device, loss.dtype): [loss.detach().view(1)]}
-        for group in optimizer.param_groups:
+        One fused kernel per device and dtype of the gradients: the check of torch's AMP grad scaler at scale 1,
+        which leaves the values as they are (x * 1 is x, NaN and Inf included); the loss joins the check as a
+        view. A norm per tensor and their total norm, the usual check, costs 20 times more host time on small
+        networks, and building the groups on every call costs as much as the kernels: they are kept per
+        optimizer (``_check_groups``)."""
+        tensors = [loss.detach().view(1)]
+        found = torch.zeros(1, device=loss.device)
+        groups = self._check_groups(optimizer)
+        for (device, dtype), params in groups.items():
+            grads = [p.grad for p in params if p.grad is not None]
+            if device == loss.device and dtype == loss.dtype:
+                grads.append(tensors.pop())
+            if grads:
+                found_here = found if device == loss.device else torch.zeros(1, device=device)
+                torch._amp_foreach_non_finite_check_and_unscale_(grads, found_here, self._unit_scale(device))
+                if found_here is not found:
+                    found += found_here.to(loss.device)
+        if tensors:  # no gradient shares the loss's device and dtype
+            torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, self._unit_scale(loss.device))
+        return found
+
+    def _check_groups(self, optimizer) -> dict[tuple, list[torch.nn.Parameter]]:
+        """An optimizer's parameters grouped by device and dtype, built once per optimizer object."""
+        raw = getattr(optimizer, "optimizer", optimizer)
+        cache = self.__dict__.get("_check_group_cache")  # emptied at each fit's start; None outside fit
+        if cache is not None and id(raw) in cache:
+            return cache[id(raw)]
+        groups: dict[tuple, list] = {}
+        for group in raw.param_groups:
             for p in group["params"]:
-                if p.grad is not None:
-                    groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
-        found = {}
-        for (device, _), tensors in groups.items():
-            if device not in found:
-                found[device] = torch.zeros(1, device=device)
-            torch._amp_foreach_non_finite_check_and_unscale_(tensors, found[device], self._unit_scale(device))
-        if len(found) == 1:
-            return found[loss.device]
-        return sum(f.to(loss.device) for f in found.values())
+                groups.setdefault((p.device, p.dtype), []).append(p)
+        if cache is not None:
+            cache[id(raw)] = groups
+        return groups
 
     def _unit_scale(self, device: torch.device) -> torch.Tensor:
         scales = self.__dict__.setdefault("_unit_scales", {})
@@ -463,41 +488,43 @@ class AdversarialModule(L.LightningModule):
 
     def toggle_optimizer(self, optimizer) -> None:
         """Only ``optimizer``'s parameters require gradients (Lightning's ``toggle_optimizer``: the others are
-        frozen and their states kept for ``untoggle_optimizer``), with each optimizer's parameter list built once
-        per fit instead of on every call (``_toggle_lists``)."""
+        frozen, their states kept for ``untoggle_optimizer``), with the parameter lists built once per fit
+        (``_toggle_lists``) and the states kept in a list: a dict keyed by parameters hashes each one in Python."""
         lists = self._toggle_lists()
         if lists is None:
             return super().toggle_optimizer(optimizer)
-        raw = getattr(optimizer, "optimizer", optimizer)
         everything, own = lists
-        states = {p: p.requires_grad for p in everything}
+        states = [p.requires_grad for p in everything]
         for p in everything:
             p.requires_grad = False
-        for p in own[id(raw)]:
-            p.requires_grad = states[p]
-        self._param_requires_grad_state = states
+        for i in own[id(getattr(optimizer, "optimizer", optimizer))]:
+            everything[i].requires_grad = states[i]
+        self.__dict__["_toggled_states"] = states
 
     def untoggle_optimizer(self, optimizer) -> None:
         lists = self._toggle_lists()
         if lists is None:
             return super().untoggle_optimizer(optimizer)
-        raw = getattr(optimizer, "optimizer", optimizer)
-        own = set(lists[1][id(raw)])
-        for p, state in self._param_requires_grad_state.items():
-            if p not in own:
+        everything, own = lists
+        states = self.__dict__.pop("_toggled_states")
+        mine = own[id(getattr(optimizer, "optimizer", optimizer))]
+        for i, (p, state) in enumerate(zip(everything, states)):
+            if i not in mine:
                 p.requires_grad = state
-        self._param_requires_grad_state = {}
 
-    def _toggle_lists(self) -> Optional[tuple[list, dict[int, list]]]:
-        """Every optimizer's parameters (each once) and each optimizer's own, kept while ``direct_steps`` holds."""
+    def _toggle_lists(self) -> Optional[tuple[list, dict[int, frozenset]]]:
+        """Every optimizer's parameters (each once), and the positions in that list of each optimizer's own; kept
+        while ``direct_steps`` holds (during fit), None otherwise (Lightning's toggling then)."""
         direct = self.__dict__.get("_direct")
         if direct is None:
             return None
         cached = self.__dict__.get("_toggle_cache")
         if cached is None or cached[0] is not direct:
             optimizers = self.trainer.optimizers
-            own = {id(opt): [p for group in opt.param_groups for p in group["params"]] for opt in optimizers}
-            everything = list(dict.fromkeys(p for opt in optimizers for p in own[id(opt)]))
+            params = {id(opt): [p for group in opt.param_groups for p in group["params"]] for opt in optimizers}
+            everything = list(dict.fromkeys(p for opt in optimizers for p in params[id(opt)]))
+            position = {id(p): i for i, p in enumerate(everything)}
+            own = {key: frozenset(position[id(p)] for p in ps) for key, ps in params.items()}
             cached = (direct, (everything, own))
             self.__dict__["_toggle_cache"] = cached
         return cached[1]
