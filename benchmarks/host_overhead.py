@@ -13,14 +13,18 @@ to 16 and fused Adam (the same networks, initialised from the same seed, in both
              handler on; the training set resident in memory (``data.on_device: true``).
   plain      a hand-written loop over the same networks with the same updates, in the order the model's
              ``update_players`` runs them (``benchmarks/throughput_models.py``'s plain loops), the same
-             optimizers, and batches indexed from the same resident tensor in the same order.
+             optimizers, and batches indexed from the same resident tensor (in another shuffled order, so that
+             neither variant reads rows the other has just read into the cache).
 
-Every iteration is timed (batch start to batch start). A round runs both variants for ``--iterations``
-iterations after ``--warmup``, in turn (ABBA over rounds); a variant's figure in a round is its median
-iteration time, and the table gives the median over rounds of each and of the paired ratios. One thread.
+The two are interleaved (``Interleaved``): at every Lightning batch start the plain loop's iterations for that
+batch run and are timed first, then the framework's batch is timed up to the next batch start, so that the slow
+phases of a shared machine fall on both alike. A round's figure is the median over its batches of framework time
+/ plain time (and each variant's median time an iteration); the table gives the median over rounds. One thread.
+With ``--iterations_per_batch k`` the framework serves k batches to Lightning as one (``data.iterations_per_batch``).
+See docs/performance.md.
 
-    python benchmarks/host_overhead.py                       # every model, 5 rounds of 300 iterations
-    python benchmarks/host_overhead.py --models bigan --rounds 3
+    python benchmarks/host_overhead.py --rounds 3 --iterations 192                    # every model
+    python benchmarks/host_overhead.py --models bigan aae vae --rounds 4 --iterations 384 --iterations_per_batch 8
 """
 import argparse
 import contextlib
@@ -162,11 +166,14 @@ def main() -> None:
     command = "python benchmarks/host_overhead.py " + " ".join(
         f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items())
     report = {"command": command, "date": datetime.date.today().isoformat(), "commit": commit(), "machine": machine,
-              "torch": torch.__version__, "lightning": L.__version__, "width": int(WIDTH), "models": results}
+              "torch": torch.__version__, "lightning": L.__version__, "width": int(WIDTH),
+              "iterations_per_batch": args.iterations_per_batch, "models": results}
     lines = [f"Command: {command}",
              f"Date {report['date']}, commit {report['commit']}, {machine}, torch {torch.__version__}, "
-             f"lightning {L.__version__}; networks 16 units wide, fused Adam, resident data; median iteration time "
-             f"of {args.iterations} iterations after {args.warmup}, median over {args.rounds} paired rounds.", "",
+             f"lightning {L.__version__}; networks 16 units wide, fused Adam, resident data; framework with "
+             f"data.iterations_per_batch {args.iterations_per_batch}; {args.iterations} iterations after {args.warmup} "
+             f"per round, interleaved; median over {args.rounds} rounds of each round's median (ratio: over its "
+             "batches).", "",
              "| model (config) | plain loop, ms/iteration | framework, ms/iteration | framework / plain (paired) |",
              "|---|---|---|---|"]
     for name, r in results.items():
