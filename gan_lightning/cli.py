@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
 import gan_lightning.callbacks  # noqa: F401  (makes the callbacks' short names known to configs)
 import gan_lightning.distributed  # noqa: F401  (registers the strategy name player_ddp)
@@ -25,7 +26,7 @@ from gan_lightning.data.loader import DataLoaderWorkerDied
 from gan_lightning.distributed import RanksDivergedError
 from gan_lightning.errors import ConfigError, Preempted
 from gan_lightning.metrics.features import WeightsNotFoundError
-from gan_lightning.tracking import SaveAndLogConfig, WandbSettings
+from gan_lightning.tracking import SaveAndLogConfig, WandbLogger, WandbSettings, quiet_wandb_init
 
 
 class ShortErrorParser(LightningArgumentParser):
@@ -117,6 +118,9 @@ class GANLightningCLI(LightningCLI):
         logger = settings.logger(trainer.default_root_dir, run_name(raw)) if settings is not None else None
         if logger is not None:
             trainer.loggers = [*trainer.loggers, logger]
+        for each in trainer.loggers:  # a WandbLogger of Lightning's the config names itself (ours do this themselves)
+            if isinstance(each, LightningWandbLogger) and not isinstance(each, WandbLogger):
+                quiet_wandb_init(each._wandb_init)
         return trainer
 
 

@@ -35,6 +35,13 @@ NO_BUFFER_SYNC = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.si
                   else "broadcast_buffers")
 
 
+# ``self.log`` options for a value that is already the whole run's: a counter kept alike on every rank, a score
+# computed from every rank's share (torchmetrics' compute), or one that rank 0 alone computes and logs. Lightning's
+# reduction is then a no-op (``rank_zero_only``: no collective), and ``sync_dist`` tells it that the value needs no
+# other, so it does not warn "It is recommended to use self.log(..., sync_dist=True)" at each epoch-level log.
+GLOBAL_VALUE = {"sync_dist": True, "rank_zero_only": True}
+
+
 class RanksDivergedError(RuntimeError):
     """The ranks' copies of a network differ: some update bypassed its all-reduce (see ``check_ranks_agree``)."""
 

@@ -81,6 +81,35 @@ def wandb_reachable(timeout: float = 3.0) -> bool:
     return False
 
 
+def repository_root(start: Optional[Path] = None) -> Optional[str]:
+    """The top folder of the git checkout this code runs from (the first folder up from ``start``, default this
+    package's, that holds ``.git``), or None when it is not in one (installed from a wheel)."""
+    start = (start or Path(__file__).parent).resolve()
+    return next((str(folder) for folder in (start, *start.parents) if (folder / ".git").exists()), None)
+
+
+def quiet_wandb_init(init: dict) -> dict:
+    """``init`` (a WandbLogger's ``wandb.init`` arguments, changed in place) without the causes of two warnings a
+    user cannot act on. Lightning passes ``anonymous=None``, which W&B (0.31 here) warns "has no effect and will
+    be removed": an unset ``anonymous`` is dropped. W&B looks for the git repository from the run folder before it
+    creates it ("git root runs/bigan does not exist"): it gets the checkout of this code as ``git_root`` (whose
+    commit and remote it records), or, outside a checkout, the run folder is created first so that its own search
+    starts from a folder that exists."""
+    if "anonymous" in init and init["anonymous"] is None:
+        del init["anonymous"]
+    root, settings = repository_root(), init.get("settings")
+    if root is None:
+        if init.get("dir"):
+            os.makedirs(init["dir"], exist_ok=True)
+    elif settings is None:
+        init["settings"] = {"git_root": root}  # wandb.init takes a dict: no import of wandb here
+    elif isinstance(settings, dict):
+        init["settings"] = {"git_root": root, **settings}
+    elif getattr(settings, "git_root", None) is None:
+        settings.git_root = root
+    return init
+
+
 class WandbSettings:
     def __init__(self, mode: Mode = "auto", project: str = "gan_lightning", entity: Optional[str] = None,
                  group: Optional[str] = None, job_type: str = "train", tags: Optional[list[str]] = None,
@@ -145,6 +174,8 @@ class WandbLogger(LightningWandbLogger):
     @property
     def experiment(self):
         fresh = self._experiment is None
+        if fresh:
+            quiet_wandb_init(self._wandb_init)
         run = super().experiment
         if fresh and hasattr(run, "define_metric"):
             for axis in X_AXES:

@@ -1,5 +1,6 @@
 """Small models, trainers and data for fast tests."""
 import math
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +13,49 @@ def tiny_bigan(**kwargs) -> BiGAN:
     """A BiGAN small enough for unit tests, on 8x8 digits."""
     kwargs = {"data_shape": (1, 8, 8), "latent_dim": 4, "width": 32, **kwargs}
     return BiGAN(**kwargs)
+
+
+class RecordWarnings(L.Callback):
+    """Each rank appends every warning it raises between setup and teardown to ``out/warnings<rank>.txt``: DDP's
+    ranks are forked, so the test process's capture (pytest's, ``pytest.warns``) sees none of theirs."""
+
+    def __init__(self, out: Path):
+        self.out, self._catch, self._caught = Path(out), None, []
+
+    def setup(self, trainer, pl_module, stage):
+        from lightning.pytorch.trainer.connectors.logger_connector import result
+
+        result.warning_cache.clear()  # Lightning says a thing once per process; a fork inherits what was said
+        self._catch = warnings.catch_warnings(record=True)
+        self._caught = self._catch.__enter__()
+        warnings.simplefilter("always")
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.teardown(trainer, pl_module, "exception")
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._catch is None:
+            return
+        self._catch.__exit__(None, None, None)
+        self._catch = None
+        self.out.mkdir(parents=True, exist_ok=True)
+        with (self.out / f"warnings{trainer.global_rank}.txt").open("a") as file:
+            for caught in self._caught:  # one line each
+                file.write(f"{caught.category.__name__}: {' '.join(str(caught.message).split())}\n")
+
+    @staticmethod
+    def read(out: Path) -> list[str]:
+        """The warnings every rank recorded in ``out``, one a line."""
+        return [line for path in sorted(Path(out).glob("warnings*.txt")) for line in path.read_text().splitlines()]
+
+
+# Warnings a run once printed that tell a user nothing to act on; a DDP run that records them fails its test.
+UNACTIONABLE = ("It is recommended to use `self.log(",           # a value logged per epoch without sync_dist
+                "torch.distributed.nn.functional.all_gather is deprecated")   # Lightning's strategy.all_gather
+
+
+def unactionable(out: Path) -> list[str]:
+    return [line for line in RecordWarnings.read(out) if any(text in line for text in UNACTIONABLE)]
 
 
 def tiny_trainer(tmp_path: Path, **kwargs) -> L.Trainer:

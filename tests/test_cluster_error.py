@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gan_lightning.metrics.clustering import ConfidentLabels, LabelContingency, labelled_cluster_accuracy
 from gan_lightning.models import ClusteringAAE
-from tests.helpers import digits, tiny_trainer
+from tests.helpers import RecordWarnings, digits, tiny_trainer, unactionable
 
 
 def most_confident_labels(q: torch.Tensor, y: torch.Tensor) -> list[int]:
@@ -145,7 +145,8 @@ def test_two_ranks_test_and_validate_to_the_figures_of_one_process(tmp_path):
             torch.manual_seed(0)
             model = ClusteringAAE(data_shape=(1, 8, 8), n_classes=6, n_labels=10, latent_dim=3, width=32,
                                   discriminator_width=32, seed=0)
-            trainer = tiny_trainer(tmp_path / str(devices), devices=devices, strategy=strategy, limit_val_batches=None)
+            trainer = tiny_trainer(tmp_path / str(devices), devices=devices, strategy=strategy, limit_val_batches=None,
+                                   callbacks=[RecordWarnings(tmp_path / str(devices))])
             data = lambda: digits(val_fraction=0.125)  # noqa: E731  (224 validation and test images: even, so
             # the evaluation sampler, which leaves out the last n mod world_size examples, keeps them all)
             tested = trainer.test(model, data(), verbose=False)[0]
@@ -157,3 +158,4 @@ def test_two_ranks_test_and_validate_to_the_figures_of_one_process(tmp_path):
     assert set(one) == {"test/cluster_error", "test/cluster_error_majority", "val/cluster_error",
                         "val/cluster_error_majority"}
     assert two == pytest.approx(one, abs=1e-6)
+    assert unactionable(tmp_path / "2") == []   # the ranks' tables summed: logged as needing no reduction

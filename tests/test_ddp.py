@@ -10,10 +10,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 
-from gan_lightning.callbacks import Preemption
+from gan_lightning.callbacks import EncoderProbe, Preemption
 from gan_lightning.distributed import CommunicationCounter, PlayerDDPStrategy
 from gan_lightning.models import VAE
-from tests.helpers import assert_same_training_state, digits, tiny_ali, tiny_bigan, tiny_gan, tiny_trainer
+from tests.helpers import (RecordWarnings, assert_same_training_state, digits, tiny_ali, tiny_bigan, tiny_gan,
+                           tiny_trainer, unactionable)
 
 
 @pytest.fixture(autouse=True)
@@ -84,10 +85,14 @@ def assert_same_state(a, b, atol=0.0):
 @pytest.mark.ddp
 @pytest.mark.parametrize("on_device", [False, True])
 def test_two_ranks_train_on_different_data_and_noise_and_stay_identical(tmp_path, on_device):
-    trainer = tiny_trainer(tmp_path, devices=2, strategy=player_ddp(), limit_train_batches=4,
-                           callbacks=[RecordPerRank(tmp_path)])
+    # With a validation and an encoder probe (rank 0's): none of the values logged per epoch asks to be synced.
+    trainer = tiny_trainer(tmp_path, devices=2, strategy=player_ddp(), limit_train_batches=4, limit_val_batches=1,
+                           callbacks=[RecordPerRank(tmp_path), EncoderProbe(n_train=64, n_test=64),
+                                      RecordWarnings(tmp_path)])
     torch.manual_seed(0)
     trainer.fit(tiny_bigan(seed=3), digits(batch_size=16, on_device=on_device))
+    assert unactionable(tmp_path) == []
+    assert "val/probe_1nn" in trainer.callback_metrics  # the probe ran (rank 0)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert not torch.equal(r0["x"], r1["x"]), "both ranks trained on the same batch"
     assert not torch.equal(r0["z"], r1["z"]), "both ranks drew the same noise"

@@ -9,7 +9,7 @@ from torch import nn
 from gan_lightning.data import GANDataModule
 from gan_lightning.data import to_uint8
 from gan_lightning.metrics.image_scores import Dist, ImageScores, RealStatistics, chunk
-from tests.helpers import measure_on_ranks, tiny_trainer
+from tests.helpers import RecordWarnings, measure_on_ranks, tiny_trainer, unactionable
 
 
 class SmallExtractor(nn.Module):
@@ -292,10 +292,11 @@ def test_two_ranks_give_the_value_of_one_process_over_the_same_samples(tmp_path,
     metric = image_metrics(tmp_path, report_floor=False, n_samples=n_samples)
     strategy = PlayerDDPStrategy(start_method="fork", process_group_backend="gloo")
     trainer = tiny_trainer(tmp_path, devices=2, strategy=strategy, limit_val_batches=1, num_sanity_val_steps=0,
-                           callbacks=[metric, Record()])
+                           callbacks=[metric, Record(), RecordWarnings(tmp_path)])
     trainer.fit(tiny_fashion_bigan(), fashion(data_dir))
     r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
     assert r0["scores"] == r1["scores"] and r0["scores"]
+    assert unactionable(tmp_path) == []   # the scores, counters and held-out losses say they need no reduction
 
     model = tiny_fashion_bigan()
     model.load_state_dict(r0["state"])

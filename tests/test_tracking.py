@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from gan_lightning.cli import main
 from gan_lightning.compare import higher_is_better, read_run, summarise
 from gan_lightning.compare import main as compare_main
-from gan_lightning.tracking import WandbSettings, wandb_host, wandb_reachable
+from gan_lightning.tracking import WandbSettings, quiet_wandb_init, repository_root, wandb_host, wandb_reachable
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--config", str(REPO / "configs/overlays/smoke.yaml")]
@@ -222,6 +222,42 @@ def test_wandb_mode_from_the_environment_decides_auto_but_not_a_mode_the_config_
     # The config's mode goes to wandb.init, where it wins over W&B's variable.
     assert WandbSettings(mode="online").logger(str(tmp_path), "gan")._wandb_init["mode"] == "online"
     assert WandbSettings(mode="offline").logger(str(tmp_path), "gan")._wandb_init["mode"] == "offline"
+
+
+@pytest.mark.parametrize("kind", ["ours", "ours outside a git checkout", "Lightning's, as the CLI passes it"])
+def test_a_wandb_run_starts_logs_and_finishes_without_a_warning(tmp_path, monkeypatch, kind):
+    """`make train` printed W&B's "The anonymous setting has no effect and will be removed" (Lightning passes
+    anonymous=None) and "git root runs/bigan does not exist" (W&B looked for the repository from the run folder,
+    which it had not created yet): neither tells a user anything to do. W&B gets the code's checkout instead."""
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+
+    monkeypatch.chdir(tmp_path)   # the configs' run folders are relative: runs/<name>
+    monkeypatch.delenv("WANDB_MODE")
+    checkout = kind != "ours outside a git checkout"
+    if not checkout:
+        monkeypatch.setattr("gan_lightning.tracking.repository_root", lambda start=None: None)
+    said, termwarn = [], wandb.termwarn
+
+    def record(text, *args, **kwargs):   # every W&B warning, also one it prints once per process (repeat=False)
+        said.append(text)
+        termwarn(text, *args, **kwargs)
+
+    monkeypatch.setattr(wandb, "termwarn", record)
+    if kind.startswith("Lightning"):
+        logger = LightningWandbLogger(save_dir="runs/gan", offline=True, mode="offline")
+        quiet_wandb_init(logger._wandb_init)   # what GANCLI.instantiate_trainer does to a config's WandbLogger
+    else:
+        logger = WandbSettings(mode="offline").logger("runs/gan", "gan")
+    run = logger.experiment
+    try:
+        git_root = run.settings.git_root
+        logger.log_metrics({"iteration": 1, "train/d_loss": 0.5})
+    finally:   # a run left open would be the next test's (wandb.run)
+        run.finish()
+    assert said == []
+    assert git_root == (str(REPO) if checkout and repository_root() else None)
+    assert list((tmp_path / "runs/gan/wandb").glob("offline-run-*"))
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

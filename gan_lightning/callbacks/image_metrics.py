@@ -6,6 +6,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from gan_lightning.callbacks.preemption import signal_pending
+from gan_lightning.distributed import GLOBAL_VALUE
 from gan_lightning.errors import ConfigError
 from gan_lightning.metrics.features import ExtractorName, build_extractor
 from gan_lightning.metrics.image_scores import Dist, ImageScores, MetricName, check_cache_dir
@@ -180,5 +181,5 @@ class ImageMetrics(L.Callback):
             rank_zero_info("ImageMetrics: skipped, a preemption signal is pending")
             return
         scores = self.evaluate(trainer, pl_module)
-        pl_module.log_dict({f"val/{k}": v for k, v in scores.items()}, sync_dist=False, rank_zero_only=True)
+        pl_module.log_dict({f"val/{k}": v for k, v in scores.items()}, **GLOBAL_VALUE)  # every rank has the scores
         rank_zero_info("  ".join(f"{k} {v:.4g}" for k, v in scores.items() if not k.endswith("_std")))

@@ -6,6 +6,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from gan_lightning.callbacks.preemption import signal_pending
+from gan_lightning.distributed import GLOBAL_VALUE
 from gan_lightning.errors import ConfigError
 from gan_lightning.data import to_model_range
 from gan_lightning.metrics.probes import penultimate_features, probe_scores
@@ -93,5 +94,5 @@ class EncoderProbe(L.Callback):
         if self._pixels is None:
             self._pixels = {k: v for k, v in scores.items() if k.endswith("_pixels")}
         self.last = {**scores, **self._pixels}
-        pl_module.log_dict({f"{self.split}/{k}": v for k, v in self.last.items()}, rank_zero_only=True)
+        pl_module.log_dict({f"{self.split}/{k}": v for k, v in self.last.items()}, **GLOBAL_VALUE)  # rank 0 alone
         rank_zero_info("  ".join(f"{k} {v:.4f}" for k, v in self.last.items()))

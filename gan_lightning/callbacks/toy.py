@@ -5,6 +5,7 @@ from typing import Optional
 import lightning as L
 import torch
 
+from gan_lightning.distributed import GLOBAL_VALUE
 from gan_lightning.errors import ConfigError
 from gan_lightning.data.toy import mixture_modes
 from gan_lightning.metrics import N_SAMPLES, mode_coverage
@@ -42,7 +43,7 @@ class ModeCoverage(L.Callback):
         if trainer.sanity_checking:
             return
         samples, self.last = self.measure(pl_module)
-        pl_module.log_dict({f"val/{k}": v for k, v in self.last.items()})
+        pl_module.log_dict({f"val/{k}": v for k, v in self.last.items()}, **GLOBAL_VALUE)  # one seed: alike on ranks
         if self.plot and trainer.is_global_zero:
             step = getattr(pl_module, "iteration", trainer.global_step)
             out = Path(self._dirpath or Path(trainer.default_root_dir) / "samples")

@@ -28,6 +28,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from gan_lightning.distributed import GLOBAL_VALUE
 from gan_lightning.errors import ConfigError
 from gan_lightning.losses import discriminator_loss
 from gan_lightning.metrics.clustering import ConfidentLabels, LabelContingency, labelled_cluster_accuracy
@@ -504,13 +505,13 @@ class SemiSupervisedAAE(AdversarialModule):
             return
         scores = table.compute()
         if self.supervised:
-            self.log(f"{stage}/error", 1.0 - scores["accuracy"])
+            self.log(f"{stage}/error", 1.0 - scores["accuracy"], **GLOBAL_VALUE)  # the ranks' tables summed
         else:
             logs = {f"{stage}/cluster_error_majority": 1.0 - scores["cluster_accuracy_majority"]}
             if stage == "val" or self._clusters_labelled:
                 accuracy = labelled_cluster_accuracy(scores["counts"], self.cluster_labels.compute())
                 logs[f"{stage}/cluster_error"] = 1.0 - accuracy
-            self.log_dict(logs)
+            self.log_dict(logs, **GLOBAL_VALUE)
             self.cluster_labels.reset()
         table.reset()
 

@@ -27,10 +27,10 @@ from torch.optim.swa_utils import AveragedModel
 
 from gan_lightning.checkpoints import CheckpointError, SafeCheckpointIO
 from gan_lightning.data.loader import Batches
-from gan_lightning.distributed import PlayerDDPStrategy, RanksDivergedError
+from gan_lightning.distributed import GLOBAL_VALUE, PlayerDDPStrategy, RanksDivergedError
 from gan_lightning.errors import ConfigError
 from gan_lightning.losses import su_regulariser
-from gan_lightning.models.direct_steps import DirectSteps, direct_steps
+from gan_lightning.models.direct_steps import DirectSteps, FitParameters, by_device_and_dtype, direct_steps
 
 
 @contextlib.contextmanager
@@ -212,8 +212,9 @@ class AdversarialModule(L.LightningModule):
                 torch._foreach_copy_(ours, theirs)
             else:
                 averaged.multi_avg_fn(ours, theirs, averaged.n_averaged)
-            for b_ours, b_live in zip(averaged.module.buffers(), live.buffers()):
-                b_ours.detach().copy_(b_live.detach())
+            buffers = [b.detach() for b in averaged.module.buffers()]
+            if buffers:
+                torch._foreach_copy_(buffers, [b.detach() for b in live.buffers()])
             averaged.n_averaged += 1
             counts[name] += 1
 
@@ -277,7 +278,9 @@ class AdversarialModule(L.LightningModule):
             return
         sums = torch.stack([torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64)])
                             for ps in params for p in ps])
-        gathered = strategy.all_gather(sums)  # (world, tensors, 2), the same on every rank
+        gathered = [torch.empty_like(sums) for _ in range(self.trainer.world_size)]
+        torch.distributed.all_gather(gathered, sums)  # not strategy.all_gather: its torch call is deprecated
+        gathered = torch.stack(gathered)  # (world, tensors, 2), the same on every rank
         same = (gathered == gathered[0]) | (gathered.isnan() & gathered[0].isnan())
         same_per_tensor = same.flatten(2).all(dim=2)  # (world, tensors)
         differ, start = {}, 0
@@ -380,10 +383,12 @@ class AdversarialModule(L.LightningModule):
         self.__dict__["_player_optimizers"] = dict(zip(self._players, optimizers)) if optimizers else None
         # The moving averages' update counts on the host (update_ema), read here rather than in a training step.
         self.__dict__["_ema_counts"] = {name: int(averaged.n_averaged) for name, averaged in self.ema.items()}
+        self.__dict__["_fit_place"] = (self.trainer.world_size, self.global_rank, self.device)
         self._resume_schedulers()
 
     def on_train_end(self) -> None:
         self._direct = None
+        self.__dict__["_fit_place"] = None
         self.__dict__["_player_optimizers"] = None
         if self.on_nonfinite != "ignore":  # a NaN in the run's last log_every_n_steps iterations still stops it
             self.read_nonfinite_flags("at the end of training")
@@ -448,7 +453,10 @@ class AdversarialModule(L.LightningModule):
         networks (113 against 13 µs a player step, in isolation)."""
         tensors = [loss.detach().view(1)]
         found = torch.zeros(1, device=loss.device)
-        groups = self._check_groups(optimizer)
+        lists = self._fit_parameters()
+        torch_optimizer = getattr(optimizer, "optimizer", optimizer)
+        groups = (lists.groups[id(torch_optimizer)] if lists is not None else
+                  by_device_and_dtype([p for group in torch_optimizer.param_groups for p in group["params"]]))
         for (device, dtype), params in groups.items():
             grads = [p.grad for p in params if p.grad is not None]
             if device == loss.device and dtype == loss.dtype:
@@ -462,15 +470,6 @@ class AdversarialModule(L.LightningModule):
             torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, self._unit_scale(loss.device))
         return found
 
-    @staticmethod
-    def _check_groups(optimizer) -> dict[tuple, list[torch.nn.Parameter]]:
-        """An optimizer's parameters grouped by device and dtype."""
-        groups: dict[tuple, list] = {}
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                groups.setdefault((p.device, p.dtype), []).append(p)
-        return groups
-
     def _unit_scale(self, device: torch.device) -> torch.Tensor:
         scales = self.__dict__.setdefault("_unit_scales", {})
         if device not in scales:
@@ -480,46 +479,35 @@ class AdversarialModule(L.LightningModule):
     # --- which parameters take gradients: Lightning's toggle_optimizer, with the parameter lists kept ---------
 
     def toggle_optimizer(self, optimizer) -> None:
-        """Only ``optimizer``'s parameters require gradients (Lightning's ``toggle_optimizer``: the others are
-        frozen, their states kept for ``untoggle_optimizer``), with the parameter lists built once per fit
-        (``_toggle_lists``) and the states kept in a list: a dict keyed by parameters hashes each one in Python."""
-        lists = self._toggle_lists()
+        """Only ``optimizer``'s parameters require gradients (Lightning's ``toggle_optimizer``: the other
+        optimizers' parameters are frozen, their states kept for ``untoggle_optimizer``), from lists built once per
+        fit (``_fit_parameters``): Lightning rebuilds them and hashes every parameter at each call."""
+        lists = self._fit_parameters()
         if lists is None:
             return super().toggle_optimizer(optimizer)
-        everything, own = lists
-        states = [p.requires_grad for p in everything]
-        for p in everything:
+        others = lists.others[id(getattr(optimizer, "optimizer", optimizer))]
+        self.__dict__["_toggled_states"] = [p.requires_grad for p in others]
+        for p in others:
             p.requires_grad = False
-        for i in own[id(getattr(optimizer, "optimizer", optimizer))]:
-            everything[i].requires_grad = states[i]
-        self.__dict__["_toggled_states"] = states
 
     def untoggle_optimizer(self, optimizer) -> None:
-        lists = self._toggle_lists()
+        lists = self._fit_parameters()
         if lists is None:
             return super().untoggle_optimizer(optimizer)
-        everything, own = lists
-        states = self.__dict__.pop("_toggled_states")
-        mine = own[id(getattr(optimizer, "optimizer", optimizer))]
-        for i, (p, state) in enumerate(zip(everything, states)):
-            if i not in mine:
-                p.requires_grad = state
+        for p, state in zip(lists.others[id(getattr(optimizer, "optimizer", optimizer))],
+                            self.__dict__.pop("_toggled_states")):
+            p.requires_grad = state
 
-    def _toggle_lists(self) -> Optional[tuple[list, dict[int, frozenset]]]:
-        """Every optimizer's parameters (each once), and the positions in that list of each optimizer's own; kept
-        while ``direct_steps`` holds (during fit), None otherwise (Lightning's toggling then)."""
+    def _fit_parameters(self) -> Optional[FitParameters]:
+        """Each optimizer's parameter lists for toggling and the non-finite check, kept while ``direct_steps``
+        holds (during fit); None otherwise (Lightning's toggling, and the check's groups built per call)."""
         direct = self.__dict__.get("_direct")
         if direct is None:
             return None
-        cached = self.__dict__.get("_toggle_cache")
+        cached = self.__dict__.get("_fit_parameter_lists")
         if cached is None or cached[0] is not direct:
-            optimizers = self.trainer.optimizers
-            params = {id(opt): [p for group in opt.param_groups for p in group["params"]] for opt in optimizers}
-            everything = list(dict.fromkeys(p for opt in optimizers for p in params[id(opt)]))
-            position = {id(p): i for i, p in enumerate(everything)}
-            own = {key: frozenset(position[id(p)] for p in ps) for key, ps in params.items()}
-            cached = (direct, (everything, own))
-            self.__dict__["_toggle_cache"] = cached
+            cached = (direct, FitParameters.of(self.trainer.optimizers))
+            self.__dict__["_fit_parameter_lists"] = cached
         return cached[1]
 
     def _raise_nonfinite_values(self, optimizer, loss: torch.Tensor, player: str):
@@ -631,7 +619,7 @@ class AdversarialModule(L.LightningModule):
         if self.generator_turn:
             self.update_ema()
         self.iteration += 1
-        self.images_seen += len(batch[0]) * self.trainer.world_size
+        self.images_seen += len(batch[0]) * self.place()[0]
         if self._finite and self.iteration % max(self.trainer.log_every_n_steps, 1) == 0:
             # Here, not in on_train_batch_end: callbacks (checkpoints, preemption) run before the module's hook.
             self.read_nonfinite_flags(f"at iteration {self.iteration}")
@@ -644,17 +632,27 @@ class AdversarialModule(L.LightningModule):
     def seed_iteration(self, iteration: int) -> None:
         """Derive an iteration's randomness from (seed, iteration): ``self.noise`` for the global batch's
         noise, and the global RNG (dropout) from (seed, iteration, rank)."""
-        if self.noise is None or self.noise.device != self.device:
-            self.noise = torch.Generator(device=self.device)
+        _, rank, device = self.place()
+        if self.noise is None or self.noise.device != device:
+            self.noise = torch.Generator(device=device)
         # Tuples of ints hash the same in every process and every Python run (no hash randomisation).
         self.noise.manual_seed(hash((self.seed, iteration)) & (2**63 - 1))
-        seed_training_rng(hash((self.seed, iteration, self.global_rank)) & (2**63 - 1), self.device)
+        seed_training_rng(hash((self.seed, iteration, rank)) & (2**63 - 1), device)
+
+    def place(self) -> tuple[int, int, torch.device]:
+        """(world size, this process's rank, device): kept per fit (``on_train_start``), read from the trainer
+        otherwise; a training iteration reads them several times, at about 1 µs a property."""
+        place = self.__dict__.get("_fit_place")
+        if place is None:
+            world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
+            place = (world, rank, self.device)
+        return place
 
     def rank_rows(self, draw: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
         """This rank's n rows of ``draw(n * world_size)``: noise drawn for the whole global batch, so that
         training on W ranks equals training on one process with the W batches concatenated."""
-        world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
-        return draw(n * world)[rank * n : (rank + 1) * n]
+        world, rank, _ = self.place()
+        return draw(n) if world == 1 else draw(n * world)[rank * n : (rank + 1) * n]
 
     def draw_training_prior(self, n: int) -> torch.Tensor:
         """This iteration's n draws from p(z) for this rank's batch: (n, Z)."""
@@ -663,11 +661,11 @@ class AdversarialModule(L.LightningModule):
     def draw_training_normal(self, shape: Sequence[int]) -> torch.Tensor:
         """This iteration's standard normal noise of ``shape`` (first dimension: this rank's batch)."""
         return self.rank_rows(lambda m: torch.randn(m, *shape[1:], generator=self.noise, device=self.noise.device),
-                              shape[0]).to(self.device)
+                              shape[0])
 
     def draw_training_uniform(self, n: int) -> torch.Tensor:
         """This iteration's n draws from U[0, 1] for this rank's batch (e.g. WGAN-GP's interpolation weights)."""
-        return self.rank_rows(lambda m: torch.rand(m, generator=self.noise, device=self.noise.device), n).to(self.device)
+        return self.rank_rows(lambda m: torch.rand(m, generator=self.noise, device=self.noise.device), n)
 
     def on_train_batch_end(self, outputs: Optional[dict], batch, batch_idx: int) -> None:
         """Log ``training_step``'s returned dict and the counters.
@@ -691,8 +689,8 @@ class AdversarialModule(L.LightningModule):
         return {"iteration": float(self.iteration), "images_seen": float(self.images_seen), **skipped}
 
     def on_train_epoch_end(self) -> None:
-        # Checkpoint names use {iteration}; the counters are equal on every rank, so syncing changes nothing.
-        self.log_dict(self._counters(), on_step=False, on_epoch=True, sync_dist=True)
+        # Checkpoint names use {iteration}; the counters are equal on every rank: nothing to reduce.
+        self.log_dict(self._counters(), on_step=False, on_epoch=True, **GLOBAL_VALUE)
 
     def _step_schedulers(self) -> None:
         """Step every player's (per-epoch) scheduler once: at the end of an epoch's last training step.
@@ -751,10 +749,10 @@ class AdversarialModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         # The counters beside the held-out metrics: every logged row carries its iteration, the x-axis.
-        self.log_dict(self._counters())
+        self.log_dict(self._counters(), **GLOBAL_VALUE)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self._counters())
+        self.log_dict(self._counters(), **GLOBAL_VALUE)
 
     def test_step(self, batch, batch_idx: int) -> None:
         with self.explain_out_of_memory(batch, "test"):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import lightning as L
+import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.trainer import call
@@ -50,3 +51,34 @@ def direct_steps(module: L.LightningModule, base: type) -> Optional[DirectSteps]
                   or any(getattr(type(cb), hook) is not getattr(L.Callback, hook) for cb in trainer.callbacks)
                   for hook in HOOKS}
     return DirectSteps(trainer, overridden)
+
+
+ParameterGroups = dict[tuple[torch.device, torch.dtype], list[torch.nn.Parameter]]
+
+
+def by_device_and_dtype(params: list[torch.nn.Parameter]) -> ParameterGroups:
+    """Parameters grouped as one fused kernel takes them: by device and dtype."""
+    groups: ParameterGroups = {}
+    for p in params:
+        groups.setdefault((p.device, p.dtype), []).append(p)
+    return groups
+
+
+@dataclass(frozen=True)
+class FitParameters:
+    """Per optimizer (keyed by the ``id`` of the torch optimizer), the lists that each player step would otherwise
+    rebuild: the other optimizers' parameters, which toggling freezes, and the optimizer's own grouped by device and
+    dtype, which the non-finite check takes. Built once per fit, from the optimizers' parameter groups then."""
+
+    others: dict[int, list[torch.nn.Parameter]]
+    groups: dict[int, ParameterGroups]
+
+    @classmethod
+    def of(cls, optimizers: list[torch.optim.Optimizer]) -> "FitParameters":
+        own = {id(opt): [p for group in opt.param_groups for p in group["params"]] for opt in optimizers}
+        everything = list(dict.fromkeys(p for params in own.values() for p in params))
+        others = {}
+        for key, params in own.items():
+            mine = {id(p) for p in params}
+            others[key] = [p for p in everything if id(p) not in mine]
+        return cls(others, {key: by_device_and_dtype(params) for key, params in own.items()})
