@@ -105,7 +105,8 @@ def main() -> None:
         print(f"{name:24s} updated {rows[-1]['updated_bytes_per_iteration'] / 2**20:8.2f} MiB/it  "
               f"player_ddp x{rows[-1]['player_ddp_ratio']:.3f}  lightning ddp x{rows[-1]['lightning_ddp_ratio']:.3f}")
     models = "" if args.models == list(CASES) else f" --models {' '.join(args.models)}"
-    meta = {"command": f"python benchmarks/ddp_communication.py --iterations {args.iterations}{models}", "commit": commit(),
+    meta = {"command": f"python benchmarks/ddp_communication.py --iterations {args.iterations}{models}",
+            "commit": commit(),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} CPU threads, 2 ranks, gloo",
             "torch": torch.__version__, "lightning": L.__version__, "date": datetime.date.today().isoformat()}
     Path(args.out + ".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
@@ -114,7 +115,8 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['updated_bytes_per_iteration'] / 2**20:.2f} MiB | "
               f"{r['player_ddp_bytes_per_iteration'] / 2**20:.2f} MiB | {r['player_ddp_ratio']:.3f} | "
-              f"{r['lightning_ddp_bytes_per_iteration'] / 2**20:.2f} MiB | {r['lightning_ddp_ratio']:.3f} |" for r in rows]
+              f"{r['lightning_ddp_bytes_per_iteration'] / 2**20:.2f} MiB | {r['lightning_ddp_ratio']:.3f} |"
+              for r in rows]
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=4, help="rounds; each runs every variant once")
     parser.add_argument("--metric_sets", nargs="+", default=["fid,is", "fid,is,kid"])
-    parser.add_argument("--feature_extractor", default="fashion_classifier", choices=["fashion_classifier", "inception"])
+    parser.add_argument("--feature_extractor", default="fashion_classifier",
+                        choices=["fashion_classifier", "inception"])
     parser.add_argument("--inception_weights", default=None)
     parser.add_argument("--n_real", type=int, default=None, help="real images for the statistics (default: all)")
     parser.add_argument("--data_dir", default=str(REPO / "data"))

@@ -94,8 +94,8 @@ class Interleaved(L.Callback):
 
     def seconds(self) -> tuple[list[float], list[float]]:
         """The (plain, framework) time of one iteration, in each timed batch."""
-        return ([(b - a) / self.k for a, b in zip(self.starts, self.stamps)],
-                [(b - a) / self.k for a, b in zip(self.stamps, self.starts[1:])])
+        return ([(b - a) / self.k for a, b in zip(self.starts[:-1], self.stamps, strict=True)],
+                [(b - a) / self.k for a, b in zip(self.stamps, self.starts[1:], strict=True)])
 
 
 def plain_loop(name: str, args):
@@ -130,7 +130,7 @@ def paired_round(name: str, args) -> tuple[float, float, float]:
     plain, framework = timer.seconds()
     assert len(framework) == len(plain) == batches, (len(framework), len(plain))
     return (1000 * statistics.median(plain), 1000 * statistics.median(framework),
-            statistics.median(f / p for f, p in zip(framework, plain)))
+            statistics.median(f / p for f, p in zip(framework, plain, strict=True)))
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ within a 10,000-image test set's noise unless the test says otherwise.
 
     python benchmarks/probe_trajectory.py --epochs 20 --every 2                  # BiGAN on the CPU
     python benchmarks/probe_trajectory.py --epochs 400 --every 20 --accelerator gpu
-    python benchmarks/probe_trajectory.py --epochs 200 --every 20 --accelerator gpu --schedule 100 100 --run_dir runs/traj
+    python benchmarks/probe_trajectory.py --epochs 200 --every 20 --accelerator gpu --schedule 100 100 \\
+        --run_dir runs/traj
 
 With ``--run_dir`` the run is resumable: SIGTERM (or SLURM's warning) saves ``last.ckpt`` at an iteration boundary
 and the script writes the trajectory so far, marked incomplete; the same command again resumes from it.
@@ -71,7 +72,8 @@ def paired_line(paired: dict, label: str) -> str:
     for suffix, name in (("", "E(x)"), ("_penultimate", "penultimate")):
         if f"probe_1nn{suffix}_vs_pixels_p" in paired:
             parts.append(f"{name} {100 * paired[f'probe_1nn{suffix}']:.2f} % against pixels' "
-                         f"{100 * paired['probe_1nn_pixels']:.2f} %, {paired[f'probe_1nn{suffix}_vs_pixels_discordant']:.0f} "
+                         f"{100 * paired['probe_1nn_pixels']:.2f} %, "
+                         f"{paired[f'probe_1nn{suffix}_vs_pixels_discordant']:.0f} "
                          f"discordant test images, p = {paired[f'probe_1nn{suffix}_vs_pixels_p']:.3g}")
     return f"{label}, 1-NN paired with pixels on the same test images (McNemar's exact test): " + "; ".join(parts) + "."
 
@@ -152,7 +154,8 @@ def main() -> None:
                       for epoch, r in sorted(rows.items())]
         # The epoch-0 control: from an earlier part of this run if there is one; a stopped part skips it (a
         # preempted job has seconds left), and the part that completes the run computes it.
-        earlier = json.loads(out.with_suffix(".json").read_text()) if resumed and out.with_suffix(".json").exists() else {}
+        written = out.with_suffix(".json")
+        earlier = json.loads(written.read_text()) if resumed and written.exists() else {}
         if earlier.get("header", {}).get("run_dir") != str(run_dir):
             earlier = {}
         at_init = next((row for row in earlier.get("trajectory", []) if row["epoch"] == 0), None)
@@ -175,10 +178,12 @@ def main() -> None:
     lines = [f"Command: `{header['command']}`, commit {header['commit']}, {header['machine']}, {header['date']}. "
              f"Probes of {args.n_train:,} training images against the test split; epoch 0 is the model at "
              "initialisation (fresh weights, same seed)."
-             + (f" Schedule: {args.schedule[0]} constant + {args.schedule[1]} decaying epochs." if args.schedule else "")
+             + (f" Schedule: {args.schedule[0]} constant + {args.schedule[1]} decaying epochs."
+                if args.schedule else "")
              + f" Fit time {header['fit_seconds']:.0f} s."
              + ("" if header["complete"] else " INCOMPLETE: stopped by a signal; rerun the command to resume."), "",
-             "| epoch | 1-NN E(x) | 1-NN penultimate | 1-NN pixels | linear E(x) | linear penultimate | linear pixels |",
+             "| epoch | 1-NN E(x) | 1-NN penultimate | 1-NN pixels "
+             "| linear E(x) | linear penultimate | linear pixels |",
              "|---|---|---|---|---|---|---|"]
     pixels = {k: v for k, v in (trajectory[0] if trajectory else {}).items() if k.endswith("_pixels")}
     for row in trajectory:
@@ -187,7 +192,8 @@ def main() -> None:
     if at_init and "probe_1nn_vs_pixels_p" in at_init:
         lines += ["", paired_line(at_init, "Epoch 0 (initialisation)")]
     if final:
-        lines += ["", paired_line(final, f"Epoch {args.epochs} (the last checkpoint)")]  # final: only when all --epochs ran
+        # final: only when all --epochs ran
+        lines += ["", paired_line(final, f"Epoch {args.epochs} (the last checkpoint)")]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text())
 

@@ -32,7 +32,8 @@ from provenance import commit, machine  # noqa: E402
 # name -> (config, extra options, paper / what it is)
 MODELS = {
     "gan": ("configs/gan.yaml", [], "GAN, non-saturating (Goodfellow et al. 2014)"),
-    "dcgan_plain": ("benchmarks/plain_dcgan.py", [], "a plain PyTorch DCGAN loop (Radford et al.: N(0, 0.02) init, no EMA)"),
+    "dcgan_plain": ("benchmarks/plain_dcgan.py", [],
+                    "a plain PyTorch DCGAN loop (Radford et al.: N(0, 0.02) init, no EMA)"),
     "gan_su": ("configs/gan.yaml", ["--model.init_args.su_lambda", "5", "--model.init_args.generator_steps", "2"],
                "GAN + Su's regulariser (lambda 5, 2 G steps)"),
     "ali": ("configs/ali.yaml", [], "ALI (Dumoulin et al. 2017)"),
@@ -100,10 +101,10 @@ def one_model(name: str) -> dict:
     run_dir.mkdir(parents=True)
     log = run_dir / "commands.log"
     python = [sys.executable, "-m", "gan_lightning"]
-    fit = [*python, "fit", "--config", config, *extra, "--run_dir", str(run_dir), "--trainer.max_epochs", str(args.epochs),
-           "--trainer.limit_val_batches", "0", "--trainer.accelerator", args.accelerator, "--trainer.precision",
-           args.precision, "--trainer.enable_progress_bar", "false", "--data.init_args.data_dir", args.data_dir,
-           "--wandb.mode", "off"]
+    fit = [*python, "fit", "--config", config, *extra, "--run_dir", str(run_dir),
+           "--trainer.max_epochs", str(args.epochs), "--trainer.limit_val_batches", "0",
+           "--trainer.accelerator", args.accelerator, "--trainer.precision", args.precision,
+           "--trainer.enable_progress_bar", "false", "--data.init_args.data_dir", args.data_dir, "--wandb.mode", "off"]
     if args.seed is not None:  # one seed for the weights, the noise and the data order alike
         fit += ["--seed_everything", str(args.seed), "--model.init_args.seed", str(args.seed),
                 "--data.init_args.seed", str(args.seed)]
@@ -111,7 +112,8 @@ def one_model(name: str) -> dict:
         fit += ["--trainer.limit_train_batches", str(args.limit_train_batches)]
     if name == "dcgan_plain":  # the same networks and data outside the framework, scored the same way
         fit = [sys.executable, config, "--epochs", str(args.epochs), "--data_dir", args.data_dir,
-               "--seed", str(args.seed or 0), "--device", "cuda" if args.accelerator == "gpu" else "cpu", "--out", str(run_dir / "checkpoints" / "last.ckpt"),
+               "--seed", str(args.seed or 0), "--device", "cuda" if args.accelerator == "gpu" else "cpu",
+               "--out", str(run_dir / "checkpoints" / "last.ckpt"),
                *(["--limit_train_batches", str(args.limit_train_batches)] if args.limit_train_batches else [])]
     seconds = run(fit, log)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -140,26 +142,34 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+def probe(row: dict, key: str) -> str:
+    """A probe's accuracy and that of the same probe on pixels, in percent; "-" where the row has none."""
+    return f"{100 * row[key]:.1f} / {100 * row[key + '_pixels']:.1f} %" if key in row else "-"
+
+
 def table(rows: list[dict], header: dict) -> str:
     lines = [f"Fashion-MNIST, {header['epochs']} epoch(s) per model, {header['machine']}, commit {header['commit']}, "
              f"{header['date']}. Command: `{header['command']}`. Scores in the features of the project's Fashion-MNIST "
              f"classifier (`fashion_classifier`, not Inception): FD = Frechet distance, IS, KID x 1000, "
              f"protocol `{header['protocol']}` ({header.get('protocol_text', '')}); floor = FD between the reference "
-             "and the floor split. Probes on E(x) (and on the encoder's penultimate layer, the BiGAN paper's second feature set) with "
+             "and the floor split. Probes on E(x) (and on the encoder's penultimate layer, the BiGAN paper's second "
+             "feature set) with "
              f"{header['n_train']} training images, accuracy on the test split; pixels = the same probe on raw pixels.",
              "",
-             "| model | iterations | fit time | FD (floor) | IS (real) | KID x1e3 | 1-NN E(x) / pixels | 1-NN penultimate | linear E(x) / pixels | recon MSE | own test figure |",
+             "| model | iterations | fit time | FD (floor) | IS (real) | KID x1e3 | 1-NN E(x) / pixels "
+             "| 1-NN penultimate | linear E(x) / pixels | recon MSE | own test figure |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         own = {"flow": ("bits/dim", r.get("test/bits_per_dim")), "vae": ("-ELBO nats", r.get("test/loss")),
                "aae_semi_100": ("error", r.get("test/error"))}.get(r["model"])
-        probe = lambda k: (f"{100 * r[k]:.1f} / {100 * r[k + '_pixels']:.1f} %" if k in r else "-")  # noqa: E731
         penultimate = f"{100 * r['probe_1nn_penultimate']:.1f} %" if "probe_1nn_penultimate" in r else "-"
+        kid = 1000 * r["kid_fashion_classifier"] if "kid_fashion_classifier" in r else None
         lines.append(
             f"| {r['model']} | {r['iterations']} | {r['fit_seconds']:.0f} s | {fmt(r.get('fd_fashion_classifier'))} "
             f"({fmt(r.get('fd_fashion_classifier_floor'))}) | {fmt(r.get('is_fashion_classifier'))} "
-            f"({fmt(r.get('is_fashion_classifier_real'))}) | {fmt(1000 * r['kid_fashion_classifier'] if 'kid_fashion_classifier' in r else None)} "
-            f"| {probe('probe_1nn')} | {penultimate} | {probe('probe_linear')} | {fmt(r.get('reconstruction_mse'))} "
+            f"({fmt(r.get('is_fashion_classifier_real'))}) | {fmt(kid)} "
+            f"| {probe(r, 'probe_1nn')} | {penultimate} | {probe(r, 'probe_linear')} "
+            f"| {fmt(r.get('reconstruction_mse'))} "
             f"| {f'{own[0]} {fmt(own[1], 4)}' if own else '-'} |")
     semi = next((r for r in rows if r["model"] == "aae_semi_100"), None)
     if semi:
@@ -195,8 +205,8 @@ def main() -> None:
     samples_dir.mkdir(parents=True, exist_ok=True)
     header = {"command": " ".join(["python", "benchmarks/results_table.py", *sys.argv[1:]]), "commit": commit(),
               "machine": machine(args.accelerator), "date": datetime.date.today().isoformat(), "epochs": args.epochs,
-              "protocol": args.protocol, "n_samples": args.n_samples, "n_train": args.n_train, "accelerator": args.accelerator,
-              "precision": args.precision, "seed": args.seed}
+              "protocol": args.protocol, "n_samples": args.n_samples, "n_train": args.n_train,
+              "accelerator": args.accelerator, "precision": args.precision, "seed": args.seed}
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(one_model, args.models))
     used = rows[0].get("protocol", {}) if rows else {}  # as evaluate described it

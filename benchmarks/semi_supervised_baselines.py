@@ -82,7 +82,8 @@ def pixel_baselines(labelled, test) -> dict[str, float]:
 @torch.no_grad()
 def error(model, x: torch.Tensor, y: torch.Tensor) -> float:
     """Test error of q(y|x) (``classify`` runs the encoder in eval mode)."""
-    wrong = sum(int((model.classify(xb.float()).argmax(1) != yb).sum()) for xb, yb in zip(x.split(1000), y.split(1000)))
+    wrong = sum(int((model.classify(xb.float()).argmax(1) != yb).sum())
+                for xb, yb in zip(x.split(1000), y.split(1000), strict=True))
     return wrong / len(y)
 
 
@@ -137,14 +138,16 @@ def main() -> None:
 
     pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
     lines = [f"Command: `{header['command']}`, commit {header['commit']}, {header['machine']}, {header['date']}. "
-             f"Classifiers trained on the {len(y)} labelled images of `{args.config}` (data seed {header['data_seed']}) "
+             f"Classifiers trained on the {len(y)} labelled images of `{args.config}` "
+             f"(data seed {header['data_seed']}) "
              f"alone; test error on {len(ty):,} test images. Network: the config's q(y|x) encoder, Adam {lr:g}, "
              f"seeds {args.seeds} (mean +- standard deviation).", "",
              "| classifier | test error |", "|---|---|",
              f"| pixels, logistic regression | {pct(pixels['pixels_logistic_regression_error'])} |",
              f"| pixels, 1-NN | {pct(pixels['pixels_1nn_error'])} |"]
     for i, step in enumerate(networks[0]["steps"]):
-        lines.append(f"| q(y|x) network, {step['step']} updates | {mean_sd([n['steps'][i]['test_error'] for n in networks])} |")
+        errors = [n["steps"][i]["test_error"] for n in networks]
+        lines.append(f"| q(y|x) network, {step['step']} updates | {mean_sd(errors)} |")
     lines.append(f"| q(y|x) network, the update count best on validation | "
                  f"{mean_sd([n['best_on_validation']['test_error'] for n in networks])} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -26,6 +26,7 @@ import platform
 import statistics
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import lightning as L
@@ -78,7 +79,7 @@ def plain_loop(data: GANDataModule, device: str, warmup: int, iterations: int, h
 
 def images_per_second(stamps: list[float], batch_size: int = BATCH) -> float:
     """batch_size over the median interval between consecutive time stamps."""
-    return batch_size / statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+    return batch_size / statistics.median(b - a for a, b in pairwise(stamps))
 
 
 class Timer(L.Callback):
@@ -153,8 +154,8 @@ def main() -> None:
     medians = {v: statistics.median(s) for v, s in samples.items()}
     # Speed relative to the plain loop of the same repeat, whose runs were seconds apart: the median of
     # these paired ratios is steadier than a ratio of medians on a machine whose speed drifts.
-    ratios = {v: statistics.median(a / b for a, b in zip(s, samples["plain"])) for v, s in samples.items()} \
-        if "plain" in samples else {}
+    ratios = {v: statistics.median(a / b for a, b in zip(s, samples["plain"], strict=True))
+              for v, s in samples.items()} if "plain" in samples else {}
     machine = (torch.cuda.get_device_name() if args.device.startswith("cuda")
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     report = {"command": "python benchmarks/throughput.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
@@ -170,7 +171,8 @@ def main() -> None:
           "|---|---|---|")
     for v, m in medians.items():
         print(f"| {v} | {m:,.0f} | {f'{100 * (ratios[v] - 1):+.1f} %' if ratios else '-'} |")
-    print(f"\n{machine}; torch {torch.__version__}, lightning {L.__version__}; commit {report['commit']}; written to {args.out}")
+    print(f"\n{machine}; torch {torch.__version__}, lightning {L.__version__}; commit {report['commit']}; "
+          f"written to {args.out}")
 
 
 if __name__ == "__main__":

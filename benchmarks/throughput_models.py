@@ -28,8 +28,8 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import lightning as L
 import torch
@@ -37,9 +37,16 @@ from lightning.pytorch.loggers import CSVLogger
 
 from gan_lightning.callbacks import GANProgressBar
 from gan_lightning.data import to_model_range
-from gan_lightning.losses import bigan_encoder_generator_loss, discriminator_loss, gan_discriminator_loss, gan_generator_loss
-from gan_lightning.models.aae import fooling_loss, reconstruction_error
-from gan_lightning.models.vae import gaussian_kl, reconstruction_nll
+from gan_lightning.losses import (
+    bigan_encoder_generator_loss,
+    discriminator_loss,
+    fooling_loss,
+    gan_discriminator_loss,
+    gan_generator_loss,
+    gaussian_kl,
+    reconstruction_error,
+    reconstruction_nll,
+)
 from provenance import commit  # benchmarks/provenance.py
 from throughput import Timer, images_per_second  # benchmarks/throughput.py: the same timing as BiGAN's benchmark
 
@@ -254,7 +261,7 @@ def main() -> None:
                 images_per_s, batch_size = runs[variant](name, args, iterations)
                 samples[variant].append(images_per_s)
                 print(f"{name:6s} repeat {repeat}: {variant:10s} {images_per_s:9.1f} images/s", flush=True)
-        ratio = statistics.median(f / p for f, p in zip(samples["framework"], samples["plain"]))
+        ratio = statistics.median(f / p for f, p in zip(samples["framework"], samples["plain"], strict=True))
         results[name] = {"config": CONFIGS[name], "batch_size": batch_size, "iterations": iterations,
                          "samples": samples,
                          "median": {v: statistics.median(s) for v, s in samples.items()},
@@ -268,13 +275,16 @@ def main() -> None:
     report = {"command": command, "date": datetime.date.today().isoformat(), "commit": commit(), "machine": machine,
               "torch": torch.__version__, "lightning": L.__version__, "precision": args.precision, "models": results}
     lines = [f"Command: {command}",
-             f"Date {report['date']}, commit {report['commit']}, {machine}, torch {torch.__version__}, lightning {L.__version__}, "
+             f"Date {report['date']}, commit {report['commit']}, {machine}, torch {torch.__version__}, "
+             f"lightning {L.__version__}, "
              f"precision {args.precision}; the timed iterations below after {args.warmup} warm-up ones, "
              f"{args.repeats} repeats per variant.", "",
-             "| model (config) | batch | timed iterations | plain loop, images/s | framework, images/s | framework vs plain |",
+             "| model (config) | batch | timed iterations | plain loop, images/s | framework, images/s "
+             "| framework vs plain |",
              "|---|---|---|---|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} ({r['config']}) | {r['batch_size']} | {r['iterations']} | {r['median']['plain']:,.1f} | "
+        lines.append(f"| {name} ({r['config']}) | {r['batch_size']} | {r['iterations']} "
+                     f"| {r['median']['plain']:,.1f} | "
                      f"{r['median']['framework']:,.1f} | {100 * (r['framework_vs_plain'] - 1):+.1f} % |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

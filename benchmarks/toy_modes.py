@@ -80,21 +80,23 @@ def run(config: Path, seed: int, epochs: int, workdir: Path, extra: list[str] = 
             "high_quality": float(final["val/high_quality"]), "reverse_kl": float(final["val/reverse_kl"])}
 
 
+def stat(results: list[dict], key: str, scale: float = 1.0) -> str:
+    """Mean +- standard deviation of ``key`` over the seeds' results, times ``scale``."""
+    values = [r[key] * scale for r in results]
+    return f"{statistics.mean(values):.2f} +- {statistics.stdev(values) if len(values) > 1 else 0:.2f}"
+
+
 def summarise(results: list[dict]) -> str:
-    lines = ["| model | data | modes | high-quality % | reverse KL | published (modes / HQ %) |", "|---|---|---|---|---|---|"]
+    lines = ["| model | data | modes | high-quality % | reverse KL | published (modes / HQ %) |",
+             "|---|---|---|---|---|---|"]
     for config in sorted({r["config"] for r in results}, key=lambda c: (c.split("_")[1], c)):
         rs = [r for r in results if r["config"] == config]
         model, data = config.split("_")[0], config.split("_")[1].split("[")[0]
         variant = config.split("[")[1].rstrip("]") if "[" in config else ("su" if config.endswith("_su") else "plain")
         name = {"gan": "GAN", "ali": "ALI", "bigan": "BiGAN"}[model] + VARIANTS[variant][2]
-
-        def stat(key, scale=1.0):
-            values = [r[key] * scale for r in rs]
-            return f"{statistics.mean(values):.2f} +- {statistics.stdev(values) if len(values) > 1 else 0:.2f}"
-
         anchors = ", ".join(f"{k} {m} / {h}" for k, (m, h) in ANCHORS[data].items())
-        lines.append(f"| {name} | {data} | {stat('modes')} | {stat('high_quality', 100)} | {stat('reverse_kl')} | "
-                     f"{anchors} |")
+        lines.append(f"| {name} | {data} | {stat(rs, 'modes')} | {stat(rs, 'high_quality', 100)} "
+                     f"| {stat(rs, 'reverse_kl')} | {anchors} |")
     return "\n".join(lines)
 
 
@@ -129,7 +131,8 @@ def main() -> None:
 
     header = (f"Command: python benchmarks/toy_modes.py {' '.join(sys.argv[1:])}\nDate {datetime.date.today()}, "
               f"commit {revision}, {os.cpu_count()} CPU cores, one thread per run; {args.epochs} epochs of "
-              f"1,000 iterations (batch 100); seeds {args.seeds}; recipe {args.recipe}; 2,500 samples per measurement.\n")
+              f"1,000 iterations (batch 100); seeds {args.seeds}; recipe {args.recipe}; "
+              "2,500 samples per measurement.\n")
     table = summarise(results)
     Path(args.out + ".json").parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps({"args": vars(args), "commit": revision,

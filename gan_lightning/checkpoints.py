@@ -23,8 +23,9 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -56,7 +57,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", weights_only: b
         raise _unreadable(file, err) from None
 
 
-def model_class(class_path: object, file: str | Path, chosen: Optional[str] = None) -> type:
+def model_class(class_path: object, file: str | Path, chosen: str | None = None) -> type:
     """The model class a checkpoint's ``_class_path`` names, looked up by name among ``gan_lightning.models``'
     models (``allowed_models``), never imported: a module named by a file from elsewhere is not ours to run.
     ``chosen``: a class path the user named (``--model_class``, the config's ``model.class_path``); it is imported,
@@ -76,15 +77,19 @@ def model_class(class_path: object, file: str | Path, chosen: Optional[str] = No
                                   "gan_lightning.models.AdversarialModule: name a model class")
         return cls
     models = allowed_models()
+    # gan_lightning.models.Class, or gan_lightning.models.<module>.Class with any module: a class that has moved
+    # between the package's modules (SemiSupervisedAAE and ClusteringAAE left models.aae) still loads by its name.
+    ours = isinstance(class_path, str) and re.fullmatch(r"gan_lightning\.models(?:\.\w+)?\.(\w+)", class_path)
     for cls in models.values():
-        if class_path in (f"gan_lightning.models.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}"):
+        if ours and ours[1] == cls.__name__:
             return cls
     named = isinstance(class_path, str) and re.fullmatch(r"[\w.]{1,200}", class_path)
     raise CheckpointError(
         f"checkpoint {file} names the model class {_short(class_path, 200)}, which is not one of "
-        f"gan_lightning.models ({', '.join(models)}): it is neither imported nor called, since a checkpoint from elsewhere can name any "
-        f"code. If it is a model class of your own and you trust it, name it yourself: --model_class {class_path if named else 'pkg.module.Class'} "
-        "(evaluate, sample) or model.class_path in the config (fit)")
+        f"gan_lightning.models ({', '.join(models)}): it is neither imported nor called, since a checkpoint from "
+        "elsewhere can name any code. If it is a model class of your own and you trust it, name it yourself: "
+        f"--model_class {class_path if named else 'pkg.module.Class'} (evaluate, sample) or model.class_path in the "
+        "config (fit)")
 
 
 def allowed_models() -> dict[str, type]:
@@ -164,13 +169,13 @@ def write_atomically(checkpoint: dict, path: str | Path) -> None:
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO with atomic local writes and weights-only reads (see the module docstring)."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):  # remote file systems: Lightning's own transaction
             return super().save_checkpoint(checkpoint, path, storage_options)
         write_atomically(checkpoint, path)
 
-    def load_checkpoint(self, path, map_location: Optional[Callable] = lambda storage, loc: storage,
-                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+    def load_checkpoint(self, path, map_location: Callable | None = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
         if "://" in str(path):
             return super().load_checkpoint(path, map_location, weights_only)
         return read_checkpoint(path, map_location, weights_only=weights_only is not False)

@@ -4,9 +4,8 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
-from typing import Optional
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -20,10 +19,10 @@ import gan_lightning.models  # noqa: F401  (makes the models' short names known 
 from gan_lightning.callbacks.preemption import slurm_job_id
 from gan_lightning.checkpoints import CheckpointError, model_class, model_settings, read_checkpoint
 from gan_lightning.cli_errors import shorten
-from gan_lightning.early_signals import catch_signals_early
 from gan_lightning.data import DatasetCorruptError, DatasetNotFoundError, GANDataModule
 from gan_lightning.data.loader import DataLoaderWorkerDied
 from gan_lightning.distributed import RanksDivergedError
+from gan_lightning.early_signals import catch_signals_early
 from gan_lightning.errors import ConfigError, Preempted
 from gan_lightning.metrics.features import WeightsNotFoundError
 from gan_lightning.tracking import SaveAndLogConfig, WandbLogger, WandbSettings, quiet_wandb_init
@@ -44,11 +43,12 @@ class GANLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.data_shape", "model.init_args.data_shape", apply_on="instantiate")
-        parser.add_argument("--run_dir", type=Optional[str], default=None,
+        parser.add_argument("--run_dir", type=str | None, default=None,
                             help="Move this run's outputs: every path in the config under trainer.default_root_dir "
                                  "(checkpoints, logs, samples) is placed under RUN_DIR instead, e.g. one folder per "
                                  "seed of a SLURM array.")
-        parser.add_class_arguments(WandbSettings, "wandb", help="Weights & Biases (optional; CSV logs are always written)")
+        parser.add_class_arguments(WandbSettings, "wandb",
+                                   help="Weights & Biases (optional; CSV logs are always written)")
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path FILE``: read it with the weights-only loader (one line when it is truncated or unsafe),
@@ -142,7 +142,7 @@ def run_name(config: Namespace) -> str:
     return f"{name}/{os.path.basename(os.path.normpath(config.run_dir))}" if config.get("run_dir") else name
 
 
-def relocate(config: Namespace, old_root: Optional[str], new_root: str) -> None:
+def relocate(config: Namespace, old_root: str | None, new_root: str) -> None:
     """Replace the prefix ``old_root`` of every path-like string in ``config`` with ``new_root``, in place."""
     if not old_root:
         raise ConfigError("--run_dir needs trainer.default_root_dir in the config: the folder whose outputs it moves")
@@ -236,12 +236,14 @@ def _main(args: list[str] | None) -> None:
             parser_class=ShortErrorParser,
             parser_kwargs={"description": "gan_lightning: fit, validate, test and predict run Lightning's loops on a "
                            "config; `evaluate --ckpt_path CKPT` scores a checkpoint, `sample --ckpt_path CKPT` "
-                           "writes its samples, `submit --config CONFIG` sends a config to SLURM, `compare RUN_DIR ...` tables and plots runs (see "
+                           "writes its samples, `submit --config CONFIG` sends a config to SLURM, "
+                           "`compare RUN_DIR ...` tables and plots runs (see "
                            "`python -m gan_lightning submit --help`)."},
             args=args,
         )
     except (DatasetNotFoundError, DatasetCorruptError, WeightsNotFoundError, ConfigError, CheckpointError,
-            FloatingPointError, DataLoaderWorkerDied, RanksDivergedError, torch.OutOfMemoryError) as err:  # each says what to change: no traceback
+            FloatingPointError, DataLoaderWorkerDied, RanksDivergedError,
+            torch.OutOfMemoryError) as err:  # each says what to change: no traceback
         sys.exit(f"gan_lightning: error: {err}")
     except Preempted:  # saved, and requeued where asked; the callback has said so
         sys.exit(0)

@@ -16,7 +16,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from gan_lightning.checkpoints import CheckpointError, model_class, model_settin
 from gan_lightning.data import GANDataModule
 
 
-def load_model(path: str, device: str = "cpu", data_dir: Optional[str] = None, chosen_class: Optional[str] = None):
+def load_model(path: str, device: str = "cpu", data_dir: str | None = None, chosen_class: str | None = None):
     """(model in eval mode on ``device``, data module) rebuilt from a checkpoint's hyperparameters; ``data_dir``:
     where the dataset is, if not where training found it; ``chosen_class``: the user's own model class
     (``--model_class``) where the checkpoint names one outside ``gan_lightning.models``.
@@ -61,7 +60,7 @@ def data_settings(hparams: dict, path: str) -> dict:
     return settings
 
 
-def _device(name: Optional[str]) -> str:
+def _device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 

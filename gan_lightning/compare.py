@@ -12,7 +12,6 @@ import csv
 import math
 import re
 from pathlib import Path
-from typing import Optional
 
 # Metrics whose larger values are better; everything else (losses, errors, FD, KID, bits/dim) is minimised.
 HIGHER_IS_BETTER = re.compile(r"accuracy|probe|/is_|/modes|high_quality|_real$")
@@ -31,7 +30,8 @@ def read_run(run: Path) -> dict[str, list[tuple[float, float]]]:
     """{metric: [(iteration, value), ...]} from a run folder's metrics.csv files (in version order) or a CSV."""
     files = [run] if run.is_file() else sorted(run.rglob("metrics.csv"), key=_version)
     if not files:
-        raise FileNotFoundError(f"no metrics.csv under {run}: pass a run folder (trainer.default_root_dir) or a CSV file")
+        raise FileNotFoundError(f"no metrics.csv under {run}: pass a run folder (trainer.default_root_dir) "
+                                "or a CSV file")
     series: dict[str, list[tuple[float, float]]] = {}
     for file in files:
         with open(file, newline="") as handle:
@@ -72,7 +72,8 @@ def table(runs: dict[str, dict], metrics: list[str]) -> str:
                 lines.append(f"  {name:<{name_width}}  (not logged)")
                 continue
             s = summarise(series[metric], metric)
-            lines.append(f"  {name:<{name_width}}  best {s['best']:.4g} at iteration {s['at']:.0f}   last {s['last']:.4g}")
+            lines.append(f"  {name:<{name_width}}  best {s['best']:.4g} at iteration {s['at']:.0f}   "
+                         f"last {s['last']:.4g}")
     return "\n".join(lines)
 
 
@@ -85,10 +86,10 @@ def plot(runs: dict[str, dict], metrics: list[str], out: Path) -> None:
     columns = min(len(metrics), 3)
     rows = math.ceil(len(metrics) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
-    for ax, metric in zip(axes.flat, metrics):
+    for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
         for name, series in runs.items():
             if metric in series:
-                x, y = zip(*series[metric])
+                x, y = zip(*series[metric], strict=True)
                 ax.plot(x, y, label=name, marker="." if len(x) < 50 else None)
         ax.set_title(metric)
         ax.set_xlabel("iteration")
@@ -111,14 +112,16 @@ def run_names(paths: list[Path]) -> list[str]:
     return [str(p) for p in paths]
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gan_lightning compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (trainer.default_root_dir) or metrics CSV files")
-    parser.add_argument("--metrics", nargs="+", help="metrics to compare (default: the val/ and test/ ones all runs logged)")
+    parser.add_argument("runs", nargs="+", type=Path,
+                        help="run folders (trainer.default_root_dir) or metrics CSV files")
+    parser.add_argument("--metrics", nargs="+",
+                        help="metrics to compare (default: the val/ and test/ ones all runs logged)")
     parser.add_argument("--out", type=Path, default=Path("compare.png"), help="the PNG of the curves")
     args = parser.parse_args(argv)
-    runs = {name: read_run(path) for name, path in zip(run_names(args.runs), args.runs)}
+    runs = {name: read_run(path) for name, path in zip(run_names(args.runs), args.runs, strict=True)}
     metrics = args.metrics or default_metrics(runs)
     if not metrics:
         raise ValueError("these runs logged no metric in common; name some with --metrics")

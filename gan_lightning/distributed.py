@@ -22,16 +22,17 @@ checkpoint is written: ranks that drifted apart stop with ``RanksDivergedError``
 """
 import contextlib
 import inspect
-from typing import Any, Generator, Optional
+from collections.abc import Generator
+from typing import Any
 
 import torch
 from lightning.pytorch.overrides.distributed import _register_ddp_comm_hook, _sync_module_states
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch.nn.parallel import DistributedDataParallel
 
-
 # Buffers are synchronised once at the start, not at every forward (torch 2.14 renamed the argument).
-NO_BUFFER_SYNC = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+NO_BUFFER_SYNC = ("forward_sync_buffers"
+                  if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                   else "broadcast_buffers")
 
 
@@ -75,7 +76,7 @@ class PlayerDDPStrategy(DDPStrategy):
                                         ddp_comm_hook=self._ddp_comm_hook, ddp_comm_wrapper=self._ddp_comm_wrapper)
         module.distribute(wrappers)
 
-    def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Any | None = None) -> None:
         """Every rank checks that the ranks' parameters agree, then rank 0 writes.
 
         ``Trainer.save_checkpoint`` calls this on every rank (ModelCheckpoint, the Preemption callback), so the
@@ -122,7 +123,7 @@ class CommunicationCounter:
         self.bytes = 0
         self.calls = 0
 
-    def hook(self, state: Optional[object], bucket: torch.distributed.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    def hook(self, state: object | None, bucket: torch.distributed.GradBucket) -> torch.futures.Future[torch.Tensor]:
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
         buffer = bucket.buffer()

@@ -5,9 +5,8 @@ SIGUSR1's default action would kill the process. ``python -m gan_lightning`` ins
 before anything else, and the ``Preemption`` callback acts on what it recorded at the first iteration.
 """
 import signal
-from typing import Optional
 
-received: dict[str, Optional[int]] = {"signal": None}
+received: dict[str, int | None] = {"signal": None}
 
 
 def catch_signals_early(*names: str) -> None:
@@ -20,7 +19,7 @@ def _record(signum: int, frame) -> None:
     received["signal"] = signum
 
 
-def pop_early_signal() -> Optional[int]:
+def pop_early_signal() -> int | None:
     """The signal recorded so far, if any, forgetting it."""
     signum, received["signal"] = received["signal"], None
     return signum

@@ -1,10 +1,14 @@
-"""Adversarial losses and penalties as pure functions of discriminator logits (and networks for penalties).
+"""Losses and penalties as pure functions of tensors: the adversarial losses of discriminator logits (and
+networks for penalties), and the autoencoders' reconstruction and KL terms.
 
 Notation: ``sp`` is softplus, so ``-log sigmoid(t) = sp(-t)`` and ``-log(1 - sigmoid(t)) = sp(t)``.
-Every loss takes raw logits; nothing here calls ``log(sigmoid(.))``, which underflows. Each loss is
-a mean over the batch.
+Every adversarial loss takes raw logits; nothing here calls ``log(sigmoid(.))``, which underflows. Each
+adversarial loss is a mean over the batch; the reconstruction and KL terms are per example, (B, ...) -> (B,),
+for the model to weight and average.
 """
-from typing import Callable, Literal, Optional
+import math
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,11 +16,18 @@ import torch.nn.functional as F
 GANLoss = Literal["non_saturating", "minimax", "hinge", "wasserstein"]
 GeneratorLoss = Literal["non_saturating", "minimax"]
 JointLoss = Literal["non_saturating", "minimax", "su", "su_full"]
+Reconstruction = Literal["mse", "bernoulli"]
+Likelihood = Literal["bernoulli", "gaussian"]
 
 
 def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
     """D maximises log D(real) + log(1 - D(fake)); at chance (logits 0) the loss is 2 log 2."""
     return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()  # -log D(real) - log(1 - D(fake))
+
+
+def fooling_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """The non-saturating loss of the player that generates ``fake`` (an AAE's encoder against D_z)."""
+    return F.softplus(-d_fake).mean()  # -log D(fake)
 
 
 # --- GAN (Goodfellow et al. 2014) and the losses every GAN framework offers ---------------------
@@ -44,7 +55,7 @@ def gan_generator_loss(d_fake: torch.Tensor, kind: GANLoss) -> torch.Tensor:
 
 
 def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], x_real: torch.Tensor,
-                     x_fake: torch.Tensor, alpha: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     x_fake: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): E[(||grad D(x_hat)|| - 1)^2] on random interpolates x_hat.
 
     ``alpha`` (B,) ~ U[0, 1] are the interpolation weights (drawn from the global RNG when None).
@@ -95,3 +106,37 @@ def su_regulariser(x_fake: torch.Tensor, x_old: torch.Tensor) -> torch.Tensor:
     iteration and pulls G back towards its old output on later ones.
     """
     return F.mse_loss(x_fake, x_old.detach())
+
+
+# --- Autoencoders: reconstruction (AAE, VAE) and the VAE's KL term --------------------------------
+
+def reconstruction_nll(x_hat: torch.Tensor, x: torch.Tensor, likelihood: Likelihood, sigma: float) -> torch.Tensor:
+    """-log p(x|z) per example, in nats, for data and decoder outputs in [-1, 1]: (B, ...) -> (B,).
+
+    ``bernoulli``: pixel intensities (x + 1) / 2 as probabilities, the decoder's (x_hat + 1) / 2 as the
+    Bernoulli means (binary cross-entropy, Kingma & Welling's MNIST likelihood). ``gaussian``:
+    N(x; x_hat, sigma^2) per pixel, i.e. the squared error / (2 sigma^2) plus its normaliser.
+
+    The Bernoulli term is computed in float32 with autocast off: CUDA's autocast refuses
+    ``binary_cross_entropy`` under bf16/fp16 mixed precision, and a bf16 sum over 784 pixels would lose
+    the nats that the bound is read in.
+    """
+    if likelihood == "bernoulli":
+        with torch.autocast(x_hat.device.type, enabled=False):
+            p = ((x_hat.float() + 1) / 2).clamp(1e-6, 1 - 1e-6)
+            nll = F.binary_cross_entropy(p, (x.float() + 1) / 2, reduction="none")
+    else:
+        nll = (x - x_hat).square() / (2 * sigma**2) + math.log(sigma * math.sqrt(2 * math.pi))
+    return nll.flatten(1).sum(dim=1)
+
+
+def reconstruction_error(x_hat: torch.Tensor, x: torch.Tensor, kind: Reconstruction) -> torch.Tensor:
+    """The AAE's reconstruction phase, summed per example: (B, ...) -> (B,)."""
+    if kind == "bernoulli":
+        return reconstruction_nll(x_hat, x, "bernoulli", 1.0)  # -log p(x|z), cross-entropy on intensities
+    return (x - x_hat).square().flatten(1).sum(dim=1)  # ||x - x_hat||^2
+
+
+def gaussian_kl(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(log_var)) || N(0, I)) per example, in nats: (B, Z) -> (B,)."""
+    return 0.5 * (mu.square() + log_var.exp() - 1.0 - log_var).sum(dim=1)  # 1/2 sum_j mu^2 + s^2 - 1 - log s^2

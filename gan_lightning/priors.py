@@ -14,7 +14,7 @@ Shapes and scales follow the paper's figures as its public reimplementations dra
 0.5 along and 0.05 across the radius at distance 1.4; roll radius sqrt(u) * 3 over two turns).
 """
 import math
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -31,7 +31,7 @@ class LatentPrior:
     def transform(self, eps: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None, k: Optional[torch.Tensor] = None,
+    def sample(self, n: int, generator: torch.Generator | None = None, k: torch.Tensor | None = None,
                device=None) -> torch.Tensor:
         """n draws; from component ``k`` (n,) where given (-1: any component), else from the whole prior."""
         device = generator.device if generator is not None else device

@@ -81,7 +81,7 @@ def wandb_reachable(timeout: float = 3.0) -> bool:
     return False
 
 
-def repository_root(start: Optional[Path] = None) -> Optional[str]:
+def repository_root(start: Path | None = None) -> str | None:
     """The top folder of the git checkout this code runs from (the first folder up from ``start``, default this
     package's, that holds ``.git``), or None when it is not in one (installed from a wheel)."""
     start = (start or Path(__file__).parent).resolve()
@@ -111,9 +111,9 @@ def quiet_wandb_init(init: dict) -> dict:
 
 
 class WandbSettings:
-    def __init__(self, mode: Mode = "auto", project: str = "gan_lightning", entity: Optional[str] = None,
-                 group: Optional[str] = None, job_type: str = "train", tags: Optional[list[str]] = None,
-                 name: Optional[str] = None, id: Optional[str] = None):
+    def __init__(self, mode: Mode = "auto", project: str = "gan_lightning", entity: str | None = None,
+                 group: str | None = None, job_type: str = "train", tags: list[str] | None = None,
+                 name: str | None = None, id: str | None = None):
         """Where and how a run is logged to Weights & Biases.
 
         Args:
@@ -185,7 +185,7 @@ class WandbLogger(LightningWandbLogger):
         return run
 
     @rank_zero_only
-    def log_image(self, key: str, images: list, step: Optional[int] = None, **kwargs) -> None:
+    def log_image(self, key: str, images: list, step: int | None = None, **kwargs) -> None:
         import wandb
 
         images = [wandb.Image(str(image) if isinstance(image, Path) else image) for image in images]

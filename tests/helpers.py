@@ -95,7 +95,7 @@ def assert_same_training_state(model_a: dict, model_b: dict, optimizers_a: list,
 
     for key, value in model_a.items():
         assert same(value, model_b[key]), f"{key} differs"
-    for opt_a, opt_b in zip(optimizers_a, optimizers_b):
+    for opt_a, opt_b in zip(optimizers_a, optimizers_b, strict=True):
         for idx, entries in opt_a["state"].items():
             for name, value in entries.items():
                 assert same(value, opt_b["state"][idx][name]), f"optimizer state {idx}.{name} differs"

@@ -282,7 +282,7 @@ def test_signal_mid_epoch_and_resume_equals_the_uninterrupted_run_bit_for_bit(tm
 @pytest.mark.parametrize("sigma", [0.0, 0.5])
 def test_semi_supervised_input_noise_corrupts_every_encoder_input_but_not_the_reconstruction_target(
         tmp_path, monkeypatch, sigma):
-    import gan_lightning.models.aae as aae_module
+    import gan_lightning.models.semi_supervised_aae as aae_module
 
     model = tiny_semi(input_noise=sigma, seed=0)
     seen, targets = [], []

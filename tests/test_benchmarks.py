@@ -98,7 +98,8 @@ def test_probe_trajectory_probes_the_encoder_at_initialisation_and_at_each_valid
 def test_results_table_trains_scores_and_draws_each_model(tmp_path, data_dir):
     out = tmp_path / "fmnist"
     proc = subprocess.run([sys.executable, "benchmarks/results_table.py", "--models", "flow", "aae_semi_100",
-                           "dcgan_plain", "--epochs", "1", "--limit_train_batches", "2", "--n_samples", "200", "--n_train", "300",
+                           "dcgan_plain", "--epochs", "1", "--limit_train_batches", "2", "--n_samples", "200",
+                           "--n_train", "300",
                            "--data_dir", str(data_dir), "--out", str(out)], cwd=REPO, timeout=900,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -110,7 +111,8 @@ def test_results_table_trains_scores_and_draws_each_model(tmp_path, data_dir):
     assert 0 < semi["probe_1nn"] <= 1 and 0 < semi["probe_1nn_pixels"] <= 1 and semi["reconstruction_mse"] > 0
     assert 0 < semi["probe_1nn_penultimate"] <= 1 and "probe_1nn_penultimate" not in rows["flow"]
     assert "probe_1nn" not in rows["flow"] and rows["flow"]["test/bits_per_dim"] > 0
-    assert rows["dcgan_plain"]["class"] == "GAN" and "probe_1nn" not in rows["dcgan_plain"]  # the plain loop, scored alike
+    # the plain loop, scored alike
+    assert rows["dcgan_plain"]["class"] == "GAN" and "probe_1nn" not in rows["dcgan_plain"]
     assert 0 <= rows["aae_semi_100"]["test/error"] <= 1 and rows["aae_semi_100"]["labels"] == 100
     table = out.with_suffix(".md").read_text()
     assert "| aae_semi_100 | 2 |" in table and "bits/dim" in table and "logistic regression on the pixels" in table
@@ -160,9 +162,10 @@ def test_each_plain_loop_steps_every_player_of_its_model(name, data_dir, monkeyp
     iteration(x)
     for opt in optimizers:
         moved = [not torch.equal(before[id(p)], p) for g in opt.param_groups for p in g["params"]]
-        assert all(moved), f"{name}: {moved.count(False)} of {len(moved)} parameters of {type(opt).__name__} not updated"
+        assert all(moved), (f"{name}: {moved.count(False)} of {len(moved)} parameters of {type(opt).__name__} "
+                            "not updated")
     for n, averaged in model.ema.items():
-        assert any(not torch.equal(a, b) for a, b in zip(ema_before[n], averaged.parameters())), n
+        assert any(not torch.equal(a, b) for a, b in zip(ema_before[n], averaged.parameters(), strict=True)), n
 
 
 @pytest.mark.slow
@@ -203,7 +206,8 @@ def test_semi_supervised_baselines_train_on_the_configs_labelled_images_alone(tm
     """The network fits its 100 labelled images (no training error left) and is scored on the 10,000 test images;
     the pixel baselines use the same 100 images, so a wrong subset or split would change the counts."""
     out = tmp_path / "baselines"
-    proc = subprocess.run([sys.executable, "benchmarks/semi_supervised_baselines.py", "--seeds", "0", "--steps", "5", "150",
+    proc = subprocess.run([sys.executable, "benchmarks/semi_supervised_baselines.py", "--seeds", "0",
+                           "--steps", "5", "150",
                            "--data_dir", str(data_dir), "--out", str(out)], cwd=REPO, timeout=600,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

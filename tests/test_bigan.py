@@ -160,7 +160,8 @@ def test_an_optimizer_setting_torch_refuses_names_the_player_before_training(tmp
     from gan_lightning.errors import ConfigError
 
     model = tiny_bigan(optimizer_d=partial(torch.optim.Adam, lr=-1.0))
-    with pytest.raises(ConfigError, match="discriminator player's optimizer refuses its settings .*Invalid learning rate"):
+    with pytest.raises(ConfigError,
+                       match="discriminator player's optimizer refuses its settings .*Invalid learning rate"):
         tiny_trainer(tmp_path).fit(model, digits())
     assert model.iteration == 0
 
@@ -208,4 +209,5 @@ def test_gradient_clipping_bounds_each_players_gradient_norm(tmp_path, precision
             assert min(norms["discriminator"]) > 1e-2
         else:  # D alone, and G with E together, each have norm <= clip
             assert max(norms["discriminator"]) <= clip * 1.01
-            assert all((g**2 + e**2) ** 0.5 <= clip * 1.01 for g, e in zip(norms["generator"], norms["encoder"]))
+            assert all((g**2 + e**2) ** 0.5 <= clip * 1.01
+                       for g, e in zip(norms["generator"], norms["encoder"], strict=True))

@@ -86,7 +86,8 @@ def test_every_config_fits_end_to_end_on_cpu(config, tmp_path, data_dir, monkeyp
     for callback, key in expected.items():
         assert (callback in kept) == (key in logged), f"{callback} kept: {callback in kept}, {key} logged: {logged}"
     assert not any("_vs_pixels_" in k for k in logged)  # EncoderProbe scores pixels once: no paired test to log
-    for callback, picture in [("Interpolations", "interpolations"), ("LatentScatter", "latent"), ("StyleGrid", "styles")]:
+    for callback, picture in [("Interpolations", "interpolations"), ("LatentScatter", "latent"),
+                              ("StyleGrid", "styles")]:
         assert (callback in kept) == bool(list((root / "samples").glob(f"{picture}_it*.png"))), f"{callback}: {picture}"
     model = spec["model"]["class_path"].rsplit(".", 1)[-1]
     if model in ("SemiSupervisedAAE", "ClusteringAAE"):  # held-out classification error / cluster error
@@ -97,8 +98,9 @@ def test_every_config_fits_end_to_end_on_cpu(config, tmp_path, data_dir, monkeyp
 def test_an_inception_config_without_the_weights_stops_before_training_with_the_fix(tmp_path):
     images = fake_image_folder(tmp_path / "images", 32)
     env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), GAN_LIGHTNING_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "gan_lightning", "fit", "--config", str(REPO / "configs/ali_cifar10.yaml"),
-                           "--config", str(SMOKE), "--data.init_args.dataset", "image_folder",
+    proc = subprocess.run([sys.executable, "-m", "gan_lightning", "fit",
+                           "--config", str(REPO / "configs/ali_cifar10.yaml"), "--config", str(SMOKE),
+                           "--data.init_args.dataset", "image_folder",
                            "--data.init_args.data_dir", str(images), "--data.init_args.on_device", "false",
                            "--data.init_args.num_workers", "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)

@@ -95,9 +95,9 @@ def test_missing_dataset_names_the_folder_and_the_fix(tmp_path):
 def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):
     from gan_lightning.data import sources
 
+    source = sources.SOURCES["fashion_mnist"]
     monkeypatch.setitem(sources.SOURCES, "fashion_mnist",
-                        sources.SOURCES["fashion_mnist"].__class__((1, 28, 28), 10, sources.SOURCES["fashion_mnist"].help,
-                                                                 str(tmp_path / "no-debian")))
+                        source.__class__((1, 28, 28), 10, source.help, str(tmp_path / "no-debian")))
     with pytest.raises(DatasetNotFoundError, match="dataset-fashion-mnist"):
         GANDataModule("fashion_mnist", data_dir=str(tmp_path), download=False).prepare_data()
 
@@ -213,8 +213,9 @@ def test_bad_values_are_refused_with_the_key_name():
 
 
 def loaders_of_both_kinds(data, batch_size, world_size, rank=0, position=None):
-    from gan_lightning.data.loader import ResumableDataLoader
     from torch.utils.data import TensorDataset
+
+    from gan_lightning.data.loader import ResumableDataLoader
 
     order = dict(seed=3, rank=rank, world_size=world_size, position=position)
     return [DeviceTensorLoader([data], batch_size, **order),

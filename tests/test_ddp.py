@@ -13,8 +13,16 @@ from torch import nn
 from gan_lightning.callbacks import EncoderProbe, Preemption
 from gan_lightning.distributed import CommunicationCounter, PlayerDDPStrategy
 from gan_lightning.models import VAE
-from tests.helpers import (RecordWarnings, assert_same_training_state, digits, tiny_ali, tiny_bigan, tiny_gan,
-                           tiny_trainer, unactionable)
+from tests.helpers import (
+    RecordWarnings,
+    assert_same_training_state,
+    digits,
+    tiny_ali,
+    tiny_bigan,
+    tiny_gan,
+    tiny_trainer,
+    unactionable,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +52,8 @@ class RecordPerRank(L.Callback):
         buffers = {k: v.detach().clone() for k, v in pl_module.named_buffers()}
         optim = [opt.state_dict() for opt in trainer.optimizers]
         sent = (self.counter.bytes, self.counter.calls) if self.counter else (0, 0)
-        torch.save({**self.first, "params": params, "buffers": buffers, "optim": optim, "bytes": sent[0], "calls": sent[1],
-                    "iteration": pl_module.iteration}, self.out / f"rank{trainer.global_rank}.pt")
+        torch.save({**self.first, "params": params, "buffers": buffers, "optim": optim, "bytes": sent[0],
+                    "calls": sent[1], "iteration": pl_module.iteration}, self.out / f"rank{trainer.global_rank}.pt")
 
 
 class RecordStart(L.Callback):

@@ -102,7 +102,8 @@ def test_image_metrics_passes_its_weights_options_to_the_extractor_before_any_tr
     if what == "missing file":
         error, pattern = WeightsNotFoundError, re.escape(f"dinov2_vit_s_14 weights file {crafted} not found")
     else:
-        error, pattern = ConfigError, rf"{re.escape(str(crafted))} has SHA-256 [0-9a-f]{{64}}, not the pinned {NOT_PINNED}"
+        error = ConfigError
+        pattern = rf"{re.escape(str(crafted))} has SHA-256 [0-9a-f]{{64}}, not the pinned {NOT_PINNED}"
     with pytest.raises(error, match=pattern):
         tiny_trainer(tmp_path, callbacks=[metric]).fit(model, datamodule)
     assert model.iteration == 0 and not ran.exists()

@@ -10,8 +10,13 @@ from torch import nn
 
 from gan_lightning.errors import ConfigError
 from gan_lightning.metrics import dinov2_clip
-from gan_lightning.metrics.features import (CLIP_EXTRACTORS, DINOV2_EXTRACTORS, SCORE_NAMES, WeightsNotFoundError,
-                                            build_extractor)
+from gan_lightning.metrics.features import (
+    CLIP_EXTRACTORS,
+    DINOV2_EXTRACTORS,
+    SCORE_NAMES,
+    WeightsNotFoundError,
+    build_extractor,
+)
 from gan_lightning.metrics.image_scores import ImageScores
 
 

@@ -139,8 +139,8 @@ def test_skip_mode_stops_when_a_player_does_not_recover(tmp_path, monkeypatch):
     monkeypatch.setattr(BiGAN, "MAX_CONSECUTIVE_SKIPS", 3)
     model = tiny_bigan(on_nonfinite="skip")
     nan_gradients_of(model.generator)
-    with pytest.warns(UserWarning), pytest.raises(FloatingPointError, match="generator_encoder loss or gradients were NaN "
-                                                                             "or Inf in 3 iterations in a row"):
+    with pytest.warns(UserWarning), pytest.raises(
+            FloatingPointError, match="generator_encoder loss or gradients were NaN or Inf in 3 iterations in a row"):
         tiny_trainer(tmp_path, limit_train_batches=10).fit(model, digits())
 
 

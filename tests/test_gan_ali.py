@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-import gan_lightning.models.base as base_module
+import gan_lightning.models.players as players_module
 from gan_lightning.data import GANDataModule
 from gan_lightning.errors import ConfigError
 from tests.helpers import digits, tiny_ali, tiny_bigan, tiny_gan, tiny_trainer
@@ -32,8 +32,9 @@ def test_each_player_step_leaves_the_other_players_unchanged(tmp_path, make, oth
 def test_su_regulariser_is_zero_on_the_first_generator_step_and_pulls_back_on_the_second(tmp_path, monkeypatch,
                                                                                         make):
     values = []
-    original = base_module.su_regulariser
-    monkeypatch.setattr(base_module, "su_regulariser", lambda x, x_old: values.append(original(x, x_old)) or values[-1])
+    original = players_module.su_regulariser
+    monkeypatch.setattr(players_module, "su_regulariser",
+                        lambda x, x_old: values.append(original(x, x_old)) or values[-1])
     spy = Snapshots()
     model = make(su_lambda=5.0, generator_steps=2)
     tiny_trainer(tmp_path, callbacks=[spy], limit_train_batches=2).fit(model, digits())
@@ -46,7 +47,7 @@ def test_su_regulariser_is_zero_on_the_first_generator_step_and_pulls_back_on_th
 
 def test_gradient_penalties_remove_batch_norm_from_the_critic():
     """WGAN-GP and R1 penalise each example's gradient, which batch norm would mix with the others'."""
-    has_bn = lambda m: any(isinstance(l, torch.nn.BatchNorm1d) for l in m.discriminator.modules())  # noqa: E731
+    has_bn = lambda m: any(isinstance(layer, torch.nn.BatchNorm1d) for layer in m.discriminator.modules())  # noqa: E731
     assert has_bn(tiny_gan()) and not has_bn(tiny_gan(loss="wasserstein", gradient_penalty=10.0))
     assert not has_bn(tiny_gan(r1_penalty=1.0))
 
@@ -65,7 +66,8 @@ def test_wasserstein_without_a_gradient_penalty_is_refused_and_wgan_gp_defaults_
 def test_the_wgan_gp_config_runs_the_papers_algorithm():
     import yaml
 
-    model = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/wgan_gp.yaml").read_text())["model"]["init_args"]
+    config = Path(__file__).resolve().parents[1] / "configs/wgan_gp.yaml"
+    model = yaml.safe_load(config.read_text())["model"]["init_args"]
     assert (model["loss"], model["gradient_penalty"], model["n_critic"]) == ("wasserstein", 10.0, 5)
     for player in ("optimizer_d", "optimizer_g"):
         assert model[player]["init_args"]["lr"] == 1e-4 and model[player]["init_args"]["betas"] == [0.0, 0.9]

@@ -65,7 +65,8 @@ def test_an_iteration_seeds_only_the_generators_it_draws_from(tmp_path, monkeypa
     first = (torch.rand(5), torch.rand(5, generator=model.noise))
     torch.manual_seed(123)
     model.seed_iteration(3)
-    assert all(torch.equal(a, b) for a, b in zip(first, (torch.rand(5), torch.rand(5, generator=model.noise))))
+    second = (torch.rand(5), torch.rand(5, generator=model.noise))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 def test_player_steps_bypass_lightnings_wrappers_and_still_call_every_hook(tmp_path, monkeypatch):
@@ -79,7 +80,8 @@ def test_player_steps_bypass_lightnings_wrappers_and_still_call_every_hook(tmp_p
     assert spy.calls["Strategy.backward"] == 0 and spy.calls["Strategy.optimizer_step"] == 0
     steps = 2 * 3  # two players, three iterations
     assert trainer.global_step == steps
-    assert [spy.calls[h] for h in ("on_before_backward", "on_after_backward", "on_before_optimizer_step")] == [steps] * 3
+    hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+    assert [spy.calls[h] for h in hooks] == [steps] * 3
 
 
 def fit_bigan(tmp_path, **trainer_kwargs) -> tuple[AdversarialModule, L.Trainer]:

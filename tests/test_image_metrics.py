@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_lightning.data import GANDataModule
-from gan_lightning.data import to_uint8
+from gan_lightning.data import GANDataModule, to_uint8
 from gan_lightning.metrics.image_scores import Dist, ImageScores, RealStatistics, chunk
 from tests.helpers import RecordWarnings, measure_on_ranks, tiny_trainer, unactionable
 
@@ -269,7 +268,7 @@ def test_measuring_does_not_change_the_training_trajectory_and_stays_out_of_chec
     assert set(metric.last) >= {"fd_fashion_classifier", "is_fashion_classifier", "kid_fashion_classifier",
                                 "fd_fashion_classifier_floor", "is_fashion_classifier_real"}
     assert math.isfinite(trainer.callback_metrics["val/fd_fashion_classifier"].item())
-    for (name, p), q in zip(plain.state_dict().items(), measured.state_dict().values()):
+    for (name, p), q in zip(plain.state_dict().items(), measured.state_dict().values(), strict=True):
         assert torch.equal(p, q), f"{name} changed because the run was measured"
     assert measured.training  # training mode restored
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
@@ -287,7 +286,8 @@ def test_two_ranks_give_the_value_of_one_process_over_the_same_samples(tmp_path,
 
     class Record(L.Callback):
         def on_validation_epoch_end(self, trainer, pl_module):
-            torch.save({"scores": metric.last, "state": pl_module.state_dict()}, tmp_path / f"r{trainer.global_rank}.pt")
+            torch.save({"scores": metric.last, "state": pl_module.state_dict()},
+                       tmp_path / f"r{trainer.global_rank}.pt")
 
     metric = image_metrics(tmp_path, report_floor=False, n_samples=n_samples)
     strategy = PlayerDDPStrategy(start_method="fork", process_group_backend="gloo")
@@ -352,12 +352,12 @@ def test_ranks_without_a_batch_join_and_give_the_value_of_one_process(tmp_path, 
         single = [_scores_over(Dist(), *case) for case in IDLE_RANK_CASES]
     finally:
         torch.set_num_threads(threads)
-    for case, ours in zip(IDLE_RANK_CASES[:-1], single):
+    for case, ours in zip(IDLE_RANK_CASES[:-1], single[:-1], strict=True):
         assert all(math.isfinite(v) for k, v in ours.items() if not k.endswith("_std")), (case, ours)
         assert ours["nonfinite"] == 0
     assert all(math.isnan(v) for k, v in single[-1].items() if k != "nonfinite") and single[-1]["nonfinite"] == 20
     for rank, results in enumerate(per_rank):
-        for case, theirs, ours in zip(IDLE_RANK_CASES, results, single):
+        for case, theirs, ours in zip(IDLE_RANK_CASES, results, single, strict=True):
             assert theirs.keys() == ours.keys()
             for key in ours:
                 assert theirs[key] == pytest.approx(ours[key], rel=1e-6, abs=1e-9, nan_ok=True), (rank, case, key)

@@ -55,8 +55,13 @@ def test_unknown_loss_names_the_choices():
 
 # --- GAN losses, penalties and Su's additions (issue: GAN and ALI) ---------------------------------
 
-from gan_lightning.losses import (gan_discriminator_loss, gan_generator_loss, gradient_penalty, r1_penalty,  # noqa: E402
-                                  su_regulariser)
+from gan_lightning.losses import (  # noqa: E402
+    gan_discriminator_loss,
+    gan_generator_loss,
+    gradient_penalty,
+    r1_penalty,
+    su_regulariser,
+)
 
 D_REAL, D_FAKE = torch.tensor([2.0, -0.5]), torch.tensor([0.5, -3.0])
 

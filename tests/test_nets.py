@@ -24,8 +24,9 @@ def test_joint_discriminator_depends_on_both_x_and_z():
     assert not torch.allclose(base, D(torch.randn(4, 1, 8, 8), z))
 
 
-@pytest.mark.parametrize("architecture,shape", [("dcgan", (1, 28, 28)), ("dcgan", (3, 32, 32)), ("dcgan", (3, 64, 64)),
-                                                ("ali", (3, 32, 32)), ("ali", (3, 64, 64)), ("toy", (2,)), ("mlp", (1, 8, 8))])
+@pytest.mark.parametrize("architecture,shape", [("dcgan", (1, 28, 28)), ("dcgan", (3, 32, 32)),
+                                                ("dcgan", (3, 64, 64)), ("ali", (3, 32, 32)), ("ali", (3, 64, 64)),
+                                                ("toy", (2,)), ("mlp", (1, 8, 8))])
 def test_every_architecture_builds_the_four_networks(architecture, shape):
     from gan_lightning.nets import ARCHITECTURES
 
@@ -66,7 +67,10 @@ def test_ali_networks_follow_the_papers_tables(size, width, x_channels, g_channe
 
     G, E = ALIGenerator(256, (3, size, size), width), ALIEncoder(512, (3, size, size), width)
     D = ALIJointDiscriminator(256, (3, size, size), width)
-    out = lambda net, kind: [m.out_channels for m in net.modules() if type(m) is kind]
+
+    def out(net, kind):
+        return [m.out_channels for m in net.modules() if type(m) is kind]
+
     assert out(G, nn.ConvTranspose2d) + out(G, nn.Conv2d)[:-1] == g_channels
     assert out(E, nn.Conv2d) == x_channels and out(D.x_branch, nn.Conv2d) == x_channels
     assert [m.out_features for m in D.z_branch if isinstance(m, nn.Linear)] == [z_units, z_units]

@@ -127,10 +127,10 @@ PRC_CASES = [(120, 60, 20), (64, 40, 40), (30, 50, 20)]
 def test_two_ranks_gather_the_features_and_give_the_precision_recall_of_one_process(tmp_path):
     per_rank = measure_on_ranks(tmp_path, 2, _prc_over, PRC_CASES)
     single = [_prc_over(Dist(), *case) for case in PRC_CASES]
-    for case, ours in zip(PRC_CASES, single):
+    for case, ours in zip(PRC_CASES, single, strict=True):
         assert 0 < ours["recall_fashion_classifier"] < 1, (case, ours)  # neither trivially 0 nor 1
     for rank in range(2):
-        for case, theirs, ours in zip(PRC_CASES, per_rank[rank], single):
+        for case, theirs, ours in zip(PRC_CASES, per_rank[rank], single, strict=True):
             assert theirs.keys() == ours.keys()
             for key in ("precision_fashion_classifier", "recall_fashion_classifier"):
                 assert theirs[key] == ours[key], (rank, case, key)

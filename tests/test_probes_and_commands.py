@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from gan_lightning.metrics.probes import (linear_probe_accuracy, one_nn_accuracy, paired_comparison, penultimate_features,
-                                         probe_scores)
+from gan_lightning.metrics.probes import (
+    linear_probe_accuracy,
+    one_nn_accuracy,
+    paired_comparison,
+    penultimate_features,
+    probe_scores,
+)
 from tests.helpers import tiny_ali
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +61,8 @@ def test_paired_comparison_counts_the_discordant_images_and_gives_mcnemars_exact
     tail = 2 * sum(comb(70, k) for k in range(11)) / 2 ** 70
     assert result["p_value"] == pytest.approx(tail, rel=1e-9)
     # Concordant images carry no evidence: the same 50/50 split of discordant pairs among many ties is p = 1.
-    balanced = paired_comparison(torch.tensor([True, False] * 5 + [True] * 90), torch.tensor([False, True] * 5 + [True] * 90))
+    balanced = paired_comparison(torch.tensor([True, False] * 5 + [True] * 90),
+                                 torch.tensor([False, True] * 5 + [True] * 90))
     assert balanced["p_value"] == pytest.approx(1.0) and balanced["difference"] == 0.0
     assert paired_comparison(torch.ones(5, dtype=torch.bool), torch.ones(5, dtype=torch.bool))["p_value"] == 1.0
     with pytest.raises(ValueError, match="same test points"):
@@ -73,7 +79,8 @@ def test_probe_scores_pair_each_feature_sets_one_nn_with_the_pixels_on_the_same_
     def noisy_line(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
         labels = torch.randint(0, 3, (n,), generator=g)
-        return torch.cat([10.0 * labels[:, None] + torch.randn(n, 1, generator=g), 5 * torch.randn(n, 50, generator=g)], 1), labels
+        features = [10.0 * labels[:, None] + torch.randn(n, 1, generator=g), 5 * torch.randn(n, 50, generator=g)]
+        return torch.cat(features, 1), labels
 
     first = probe_scores(lambda v: v[:, :1], lambda v, labels: v, noisy_line(300, 0), noisy_line(400, 1),
                          torch.device("cpu"), linear=False)
@@ -107,8 +114,9 @@ def test_interpolations_start_and_end_at_the_real_images_and_pass_through_their_
 def fashion_checkpoint(tmp_path_factory, data_dir):
     """A BiGAN on Fashion-MNIST trained for a few iterations through the CLI; its last.ckpt."""
     root = tmp_path_factory.mktemp("run")
-    run = cli("fit", "--config", str(REPO / "configs/bigan.yaml"), "--config", str(REPO / "configs/overlays/smoke.yaml"),
-              "--model.init_args.width", "32", "--data.init_args.data_dir", str(data_dir), cwd=root)
+    run = cli("fit", "--config", str(REPO / "configs/bigan.yaml"),
+              "--config", str(REPO / "configs/overlays/smoke.yaml"), "--model.init_args.width", "32",
+              "--data.init_args.data_dir", str(data_dir), cwd=root)
     assert run.returncode == 0, run.stderr[-3000:]
     return root / "runs" / "bigan" / "checkpoints" / "last.ckpt"
 
@@ -245,6 +253,7 @@ def test_evaluate_scores_a_folder_of_images_and_real_images_beat_an_untrained_mo
     assert real.returncode == 0, real.stderr
     model = cli("evaluate", "--ckpt_path", str(fashion_checkpoint), "--n_samples", "300", *common,
                 "--out", str(tmp_path / "model.json"))
+    assert model.returncode == 0, model.stderr
     real_scores, model_scores = (json.loads((tmp_path / f).read_text()) for f in ("real.json", "model.json"))
     assert real_scores["n_samples"] == 300 and real_scores["images"].endswith("images")
     assert real_scores["fd_fashion_classifier"] < model_scores["fd_fashion_classifier"]

@@ -165,11 +165,12 @@ def test_training_writes_the_protocol_into_the_csv_logs_hparams_and_the_wandb_su
     digest = extractor_fingerprint("fashion_classifier", load_classifier())
     expected = {"name": "test10k[n_samples=60,n_real=120]", "n_samples": 60, "reference": "test",
                 "reference_size": 120, "floor_reference": None, "floor_size": None, "extractor": digest}
-    written = yaml.load((tmp_path / "logs" / "lightning_logs" / "version_0" / "hparams.yaml").read_text(), yaml.FullLoader)
+    logs = tmp_path / "logs" / "lightning_logs" / "version_0"
+    written = yaml.load((logs / "hparams.yaml").read_text(), yaml.FullLoader)
     assert expected.items() <= written["eval_protocol"].items(), written
     assert {"extractor_resize", "data_resize", "dataset", "reference_is"} <= set(written["eval_protocol"])
     assert {f"eval_protocol/{k}": v for k, v in expected.items()}.items() <= run.summary.items(), run.summary
-    assert "val/fd_fashion_classifier" in (tmp_path / "logs" / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "val/fd_fashion_classifier" in (logs / "metrics.csv").read_text()
 
 
 @pytest.mark.slow
@@ -280,7 +281,7 @@ def test_rgb_files_scored_for_grey_data_are_converted_as_pils_l_mode_not_cut_to_
         files.append(tmp_path / "x" / f"{i}.png")
         Image.fromarray(pixels).save(files[-1])
     images = folder_images(tmp_path, (1, 28, 28))
-    for (image, _), file in zip(images, files):
+    for (image, _), file in zip(images, files, strict=True):
         assert image.shape == (1, 28, 28) and image.dtype == torch.uint8
         assert np.array_equal(image[0].numpy(), np.asarray(Image.open(file).convert("L")))
     colour = folder_images(tmp_path, (3, 28, 28))[0][0]

@@ -79,7 +79,8 @@ def model():
 
 
 def fit(root, *callbacks, ckpt_path=None, on_device=True, every_n_train_steps=None, limit_val_batches=0):
-    checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=-1 if every_n_train_steps else 0,
+    checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True,
+                                 save_top_k=-1 if every_n_train_steps else 0,
                                  every_n_train_steps=every_n_train_steps, enable_version_counter=False)
     net = model()
     trainer = tiny_trainer(root, max_epochs=EPOCHS, limit_train_batches=BATCHES, enable_checkpointing=True,
@@ -111,7 +112,8 @@ def assert_identical(a, b):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    return {on_device: state(*fit(tmp_path_factory.mktemp("whole"), on_device=on_device)) for on_device in (True, False)}
+    return {on_device: state(*fit(tmp_path_factory.mktemp("whole"), on_device=on_device))
+            for on_device in (True, False)}
 
 
 @pytest.mark.parametrize("stop_at", [4, 6, 9])  # mid-epoch, on the epoch's last batch, in the second epoch
@@ -282,7 +284,8 @@ def test_sigkill_between_periodic_checkpoints_loses_only_the_iterations_since_th
                 "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "120", "--trainer.limit_val_batches", "0",
                 "--model.init_args.width", "64", "--run_dir", str(run_dir), "--ckpt_path", "last",
                 "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-                "--trainer.callbacks.dirpath", str(run_dir / "periodic"), "--trainer.callbacks.every_n_train_steps", "40",
+                "--trainer.callbacks.dirpath", str(run_dir / "periodic"),
+                "--trainer.callbacks.every_n_train_steps", "40",
                 "--trainer.callbacks.save_last", "true", "--trainer.callbacks.save_top_k", "0"]
 
     subprocess.run(command(tmp_path / "whole"), cwd=repo, check=True, capture_output=True, timeout=300)
@@ -298,7 +301,8 @@ def test_sigkill_between_periodic_checkpoints_loses_only_the_iterations_since_th
     assert 0 < saved < 120 and saved % 20 == 0
     output = subprocess.run(command(killed), cwd=repo, check=True, capture_output=True, text=True, timeout=300)
     assert f"resuming at iteration {saved}, epoch 0" in output.stdout + output.stderr, "the run did not resume"
-    whole, resumed = (torch.load(run / "periodic" / "last.ckpt", weights_only=True) for run in (tmp_path / "whole", killed))
+    whole, resumed = (torch.load(run / "periodic" / "last.ckpt", weights_only=True)
+                      for run in (tmp_path / "whole", killed))
     assert whole["gan_lightning"]["iteration"] == resumed["gan_lightning"]["iteration"] == 120
     assert_same_training_state(whole["state_dict"], resumed["state_dict"], whole["optimizer_states"],
                                resumed["optimizer_states"])
@@ -320,7 +324,10 @@ def test_a_signal_during_start_up_is_held_until_the_first_iteration(tmp_path):
     time.sleep(0.3)
     # The signal is for the start-up: wait (on a loaded machine) until the recorder's handler is in place, as it is
     # before SLURM could send anything to a job whose first line is `python -m gan_lightning`.
-    caught = lambda: int(next(line for line in open(f"/proc/{process.pid}/status") if line.startswith("SigCgt")).split()[1], 16)  # noqa: E731
+    def caught() -> int:
+        with open(f"/proc/{process.pid}/status") as status:
+            return int(next(line for line in status if line.startswith("SigCgt")).split()[1], 16)
+
     deadline = time.time() + 60
     while not caught() >> (signal.SIGUSR1 - 1) & 1 and time.time() < deadline:
         time.sleep(0.01)

@@ -38,7 +38,8 @@ def test_linear_decay_reaches_the_final_factor_and_resumes_from_its_state():
     assert rates(resumed, resumed.optimizer, 3) == pytest.approx([0.5, 0.25, 0.0])
 
 
-@pytest.mark.parametrize("kwargs, culprit", [({"decay_epochs": 0}, "decay_epochs"), ({"final_factor": 0.0}, "final_factor"),
+@pytest.mark.parametrize("kwargs, culprit", [({"decay_epochs": 0}, "decay_epochs"),
+                                             ({"final_factor": 0.0}, "final_factor"),
                                              ({"final_factor": 1.5}, "final_factor"), ({"decay": "cosine"}, "decay")])
 def test_bad_settings_are_refused_by_name(kwargs, culprit):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

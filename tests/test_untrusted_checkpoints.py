@@ -22,9 +22,9 @@ TOY_DATA = {"_class_path": "gan_lightning.data.GANDataModule", "dataset": "toy_r
             "on_device": True, "seed": 0}
 
 
-def forged(path: Path, class_path: str, data: dict = TOY_DATA, state_dict: dict = {}, **hparams) -> Path:
+def forged(path: Path, class_path: str, data: dict = TOY_DATA, state_dict: dict | None = None, **hparams) -> Path:
     """A checkpoint of plain values naming ``class_path``, which the weights-only loader reads without complaint."""
-    torch.save({"state_dict": state_dict, "hyper_parameters": {"_class_path": class_path, **hparams},
+    torch.save({"state_dict": state_dict or {}, "hyper_parameters": {"_class_path": class_path, **hparams},
                 "datamodule_hyper_parameters": dict(data), "gan_lightning": {"model": "BiGAN", "iteration": 1}}, path)
     torch.load(path, weights_only=True)
     return path
@@ -176,3 +176,28 @@ def test_a_model_class_of_the_users_own_loads_only_when_the_user_names_it(toy_ch
     assert "'subprocess.run'" in message and "not a subclass of" in message, message
     main(command("sample", ckpt, tmp_path, "--model_class", f"{module}.BiGAN"))
     assert marker.exists() and (tmp_path / "samples.npz").exists()  # the user's choice: imported, and it loads
+
+
+@pytest.mark.parametrize("name", ["AAE", "SemiSupervisedAAE", "ClusteringAAE"])
+def test_a_checkpoint_naming_its_models_former_module_still_loads_by_the_class_name(name, tmp_path):
+    """SemiSupervisedAAE and ClusteringAAE moved from ``models.aae`` to ``models.semi_supervised_aae``; a checkpoint
+    naming the old module (as older jsonargparse wrote ``_class_path``) loads by the class name, importing nothing,
+    and a name in gan_lightning.models that is not a model is still refused."""
+    import gan_lightning.models as models
+    from gan_lightning.checkpoints import CheckpointError, model_class
+    from gan_lightning.commands import load_model
+
+    cls = getattr(models, name)
+    settings = dict(data_shape=(1, 8, 8), latent_dim=2, width=16, discriminator_width=16)
+    model = cls(**settings)
+    ckpt = tmp_path / "old.ckpt"
+    torch.save({"state_dict": model.state_dict(),
+                "hyper_parameters": {"_class_path": f"gan_lightning.models.aae.{name}", **settings},
+                "gan_lightning": {"model": name, "iteration": 3}}, ckpt)
+    loaded, datamodule = load_model(str(ckpt))
+    assert type(loaded) is cls and loaded.iteration == 3 and datamodule is None
+    theirs = loaded.state_dict()
+    assert model.state_dict().keys() == theirs.keys()
+    assert all(torch.equal(value, theirs[key]) for key, value in model.state_dict().items())
+    with pytest.raises(CheckpointError, match="not one of gan_lightning.models"):
+        model_class("gan_lightning.models.aae.check_adversarial_options", ckpt)

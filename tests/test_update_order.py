@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from gan_lightning.errors import ConfigError
-from gan_lightning.losses import bigan_encoder_generator_loss, discriminator_loss, gan_discriminator_loss, gan_generator_loss
+from gan_lightning.losses import (
+    bigan_encoder_generator_loss,
+    discriminator_loss,
+    gan_discriminator_loss,
+    gan_generator_loss,
+)
 from tests.helpers import digits, tiny_ali, tiny_bigan, tiny_gan, tiny_trainer
 
 
@@ -67,7 +72,7 @@ def hand_written_simultaneous_step(model, state: dict, x: torch.Tensor) -> dict:
     g_grads = torch.autograd.grad(g_loss, g_params)
     for params, grads in ((d_params, d_grads), (g_params, g_grads)):
         optimizer = type(model).default_optimizer(params)
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = g
         optimizer.step()
     return model.state_dict()
@@ -87,7 +92,7 @@ def test_a_simultaneous_iteration_equals_the_hand_written_step_and_differs_from_
     record = one_iteration(tmp_path / "simultaneous", model)
     expected = hand_written_simultaneous_step(model, record.before, record.x)
     for key, value in expected.items():  # weights and batch-norm statistics
-        torch.testing.assert_close(record.after[key], value, rtol=0, atol=1e-6, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(record.after[key], value, rtol=0, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
 
     # The same first iteration in the alternating order: the same D step, but G/E stepped against the updated D.
     torch.manual_seed(0)
@@ -111,13 +116,14 @@ def test_both_players_gradients_come_from_the_discriminator_before_either_step(t
     def g_grads(state):
         model = MODELS[name](update="simultaneous")
         model.load_state_dict(state)
-        g_params = [p for n in model.player_networks() if n != "discriminator" for p in model.get_submodule(n).parameters()]
+        g_params = [p for n in model.player_networks() if n != "discriminator"
+                    for p in model.get_submodule(n).parameters()]
         return torch.autograd.grad(losses(model, record.x)[1], g_params)
 
     updated_d = {k: (record.after[k] if k.startswith("discriminator") else v) for k, v in record.before.items()}
     recorded = [at_g_step[k] for k in g_keys]
-    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(recorded, g_grads(record.before)))
-    assert not all(torch.allclose(a, b, atol=1e-7) for a, b in zip(recorded, g_grads(updated_d)))
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(recorded, g_grads(record.before), strict=True))
+    assert not all(torch.allclose(a, b, atol=1e-7) for a, b in zip(recorded, g_grads(updated_d), strict=True))
 
 
 def test_the_papers_configs_name_their_update_order():

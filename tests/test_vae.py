@@ -6,8 +6,8 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from gan_lightning.data import to_model_range
+from gan_lightning.losses import gaussian_kl, reconstruction_nll
 from gan_lightning.models import VAE
-from gan_lightning.models.vae import gaussian_kl, reconstruction_nll
 from tests.helpers import digits, tiny_trainer
 
 

@@ -1,6 +1,5 @@
 """FID / IS / KID during training, on every rank, under a named protocol, against real statistics cached on disk."""
 from pathlib import Path
-from typing import Optional
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -10,8 +9,15 @@ from gan_lightning.distributed import GLOBAL_VALUE
 from gan_lightning.errors import ConfigError
 from gan_lightning.metrics.features import ExtractorName, build_extractor
 from gan_lightning.metrics.image_scores import Dist, ImageScores, MetricName, check_cache_dir
-from gan_lightning.metrics.protocols import (ProtocolName, RealImages, describe, get_protocol, load_statistics,
-                                             one_line, protocol_images)
+from gan_lightning.metrics.protocols import (
+    ProtocolName,
+    RealImages,
+    describe,
+    get_protocol,
+    load_statistics,
+    one_line,
+    protocol_images,
+)
 from gan_lightning.tracking import WandbLogger
 
 
@@ -59,12 +65,13 @@ class ImageMetrics(L.Callback):
         seed: seed of the generated samples' noise (the same z at every evaluation).
     """
 
-    def __init__(self, feature_extractor: ExtractorName = "inception", metrics: list[MetricName] = ["fid", "is", "kid"],
-                 protocol: ProtocolName = "trainsplit10k", n_samples: Optional[int] = None,
-                 n_real: Optional[int] = None, report_floor: bool = True, every_n_epochs: int = 1,
-                 batch_size: int = 500, cache_dir: Optional[str] = None, inception_weights: Optional[str] = None,
-                 download_weights: bool = True, extractor_weights: Optional[str] = None,
-                 extractor_sha256: Optional[str] = None, kid_subsets: int = 100, kid_subset_size: int = 1000,
+    def __init__(self, feature_extractor: ExtractorName = "inception",
+                 metrics: list[MetricName] = ["fid", "is", "kid"],  # noqa: B006 -- copied, never mutated; --help shows it
+                 protocol: ProtocolName = "trainsplit10k", n_samples: int | None = None,
+                 n_real: int | None = None, report_floor: bool = True, every_n_epochs: int = 1,
+                 batch_size: int = 500, cache_dir: str | None = None, inception_weights: str | None = None,
+                 download_weights: bool = True, extractor_weights: str | None = None,
+                 extractor_sha256: str | None = None, kid_subsets: int = 100, kid_subset_size: int = 1000,
                  is_splits: int = 10, seed: int = 0):
         if every_n_epochs < 1 or batch_size < 1:
             raise ValueError(f"ImageMetrics needs every_n_epochs >= 1 and batch_size >= 1; got {every_n_epochs}, "
@@ -76,11 +83,11 @@ class ImageMetrics(L.Callback):
         self.extractor_weights, self.extractor_sha256 = extractor_weights, extractor_sha256
         self.kid = (kid_subsets, kid_subset_size)
         self.is_splits = is_splits
-        self.scores: Optional[ImageScores] = None
+        self.scores: ImageScores | None = None
         self.last: dict[str, float] = {}
-        self._floor: Optional[dict[str, float]] = None
-        self._reference: Optional[RealImages] = None
-        self._floor_images: Optional[RealImages] = None
+        self._floor: dict[str, float] | None = None
+        self._reference: RealImages | None = None
+        self._floor_images: RealImages | None = None
         self.protocol_info: dict = {}  # protocols.describe(): what every output says about the measurement
 
     # Runs in every stage's setup, before any training step: a missing weights file stops the run here.

@@ -1,6 +1,5 @@
 """Pictures at every validation: a fixed-z grid of samples, and real images beside G(E(x))."""
 from pathlib import Path
-from typing import Optional
 
 import lightning as L
 import torch
@@ -19,11 +18,11 @@ class SampleGrid(L.Callback):
         seed: seed of the fixed z.
     """
 
-    def __init__(self, n_samples: int = 64, n_reconstructions: int = 32, dirpath: Optional[str] = None, seed: int = 0):
+    def __init__(self, n_samples: int = 64, n_reconstructions: int = 32, dirpath: str | None = None, seed: int = 0):
         self.n_samples, self.n_reconstructions, self.seed = n_samples, n_reconstructions, seed
         self._dirpath = dirpath
-        self._x_val: Optional[torch.Tensor] = None
-        self._y_val: Optional[torch.Tensor] = None
+        self._x_val: torch.Tensor | None = None
+        self._y_val: torch.Tensor | None = None
 
     def dirpath(self, trainer: L.Trainer) -> Path:
         return Path(self._dirpath or Path(trainer.default_root_dir) / "samples")
@@ -44,7 +43,8 @@ class SampleGrid(L.Callback):
         samples = pl_module.sample(self.n_samples, generator=torch.Generator().manual_seed(self.seed))
         pictures = {"samples": (samples, int(self.n_samples**0.5))}
         if hasattr(pl_module, "reconstruct"):
-            pairs = torch.stack([x, pl_module.reconstruct(x, self._y_val)], dim=1).flatten(0, 1)  # x_1, G(E(x_1)), x_2, ...
+            # x_1, G(E(x_1)), x_2, ...
+            pairs = torch.stack([x, pl_module.reconstruct(x, self._y_val)], dim=1).flatten(0, 1)
             pictures["reconstructions"] = (pairs, 16)
         for name, (images, nrow) in pictures.items():
             path = out / f"{name}_it{step:07d}.png"
@@ -67,11 +67,11 @@ class Interpolations(L.Callback):
         seed: seed of the pairs (the same pairs at every validation).
     """
 
-    def __init__(self, n_pairs: int = 8, steps: int = 10, dirpath: Optional[str] = None, seed: int = 0):
+    def __init__(self, n_pairs: int = 8, steps: int = 10, dirpath: str | None = None, seed: int = 0):
         if n_pairs < 1 or steps < 2:
             raise ValueError(f"Interpolations needs n_pairs >= 1 and steps >= 2, got {n_pairs}, {steps}")
         self.n_pairs, self.steps, self.seed, self._dirpath = n_pairs, steps, seed, dirpath
-        self._x: Optional[torch.Tensor] = None
+        self._x: torch.Tensor | None = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx == 0 and self._x is None:
@@ -93,7 +93,7 @@ class Interpolations(L.Callback):
 
 
 @torch.no_grad()
-def interpolation_grid(model, x: Optional[torch.Tensor], n_pairs: int, steps: int, seed: int = 0) -> torch.Tensor:
+def interpolation_grid(model, x: torch.Tensor | None, n_pairs: int, steps: int, seed: int = 0) -> torch.Tensor:
     """(n_pairs * (steps [+ 2]), C, H, W): each row x_a, G(z_t)..., x_b, or prior walks without an encoder."""
     t = torch.linspace(0, 1, steps, device=model.device)[None, :, None]
     if hasattr(model, "encode") and x is not None and len(x) >= 2 * n_pairs:

@@ -6,7 +6,6 @@
   one column per class (Figure 6 for the supervised AAE, Figure 9 for the semi-supervised one).
 """
 from pathlib import Path
-from typing import Optional
 
 import lightning as L
 import torch
@@ -29,7 +28,7 @@ def _due(trainer: L.Trainer, every_n_epochs: int) -> bool:
     return not trainer.sanity_checking and trainer.is_global_zero and (trainer.current_epoch + 1) % every_n_epochs == 0
 
 
-def _output(trainer: L.Trainer, dirpath: Optional[str], name: str, step: int) -> Path:
+def _output(trainer: L.Trainer, dirpath: str | None, name: str, step: int) -> Path:
     out = Path(dirpath or Path(trainer.default_root_dir) / "samples")
     out.mkdir(parents=True, exist_ok=True)
     return out / f"{name}_it{step:07d}.png"
@@ -55,9 +54,10 @@ class LatentScatter(L.Callback):
         seed: seed of the prior samples.
     """
 
-    def __init__(self, n_points: int = 10_000, every_n_epochs: int = 1, dirpath: Optional[str] = None, seed: int = 0):
+    def __init__(self, n_points: int = 10_000, every_n_epochs: int = 1, dirpath: str | None = None, seed: int = 0):
         if n_points < 2 or every_n_epochs < 1:
-            raise ValueError(f"LatentScatter needs n_points >= 2 and every_n_epochs >= 1, got {n_points}, {every_n_epochs}")
+            raise ValueError(f"LatentScatter needs n_points >= 2 and every_n_epochs >= 1, got {n_points}, "
+                             f"{every_n_epochs}")
         self.n_points, self.every_n_epochs, self._dirpath, self.seed = n_points, every_n_epochs, dirpath, seed
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -105,7 +105,7 @@ class StyleGrid(L.Callback):
         dirpath: folder for the PNG files; default ``{trainer.default_root_dir}/samples``.
     """
 
-    def __init__(self, n_rows: int = 10, every_n_epochs: int = 1, dirpath: Optional[str] = None):
+    def __init__(self, n_rows: int = 10, every_n_epochs: int = 1, dirpath: str | None = None):
         self.n_rows, self.every_n_epochs, self._dirpath = n_rows, every_n_epochs, dirpath
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

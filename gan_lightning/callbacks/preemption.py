@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Union
 
 import lightning as L
 import torch
@@ -28,7 +27,7 @@ from gan_lightning.early_signals import pop_early_signal
 from gan_lightning.errors import ConfigError, Preempted
 
 
-def slurm_job_id() -> Optional[str]:
+def slurm_job_id() -> str | None:
     """The id that ``scontrol requeue`` takes: ``ARRAYJOB_TASK`` for array members, else the job id."""
     if "SLURM_ARRAY_JOB_ID" in os.environ and "SLURM_ARRAY_TASK_ID" in os.environ:
         return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
@@ -52,7 +51,7 @@ class Preemption(L.Callback):
     LOG_GRACE_SECONDS = 1.0  # between the last log line and ``scontrol requeue``, which ends the step
 
     def __init__(self, requeue_signal: str = "SIGUSR1", stop_signals: list[str] = ("SIGTERM", "SIGINT"),
-                 requeue: Union[bool, str] = "auto", check_every_n_iterations: int = 1):
+                 requeue: bool | str = "auto", check_every_n_iterations: int = 1):
         if check_every_n_iterations < 1:
             raise ValueError(f"Preemption.check_every_n_iterations must be >= 1, got {check_every_n_iterations}")
         if requeue not in (True, False, "auto"):
@@ -64,7 +63,7 @@ class Preemption(L.Callback):
         self.requeue_signal = getattr(signal, requeue_signal)
         self.stop_signals = [getattr(signal, name) for name in stop_signals]
         self.requeue, self.check_every = requeue, check_every_n_iterations
-        self.received: Optional[int] = None
+        self.received: int | None = None
         self._previous: dict[int, object] = {}
         self._checked = 0  # the iteration at the last check
 
@@ -120,7 +119,7 @@ class Preemption(L.Callback):
     # --- at the iteration boundary: agree, save, requeue, stop -------------------------------
 
     @staticmethod
-    def checkpoint_callback(trainer: L.Trainer) -> Optional[ModelCheckpoint]:
+    def checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
         """The first ModelCheckpoint with a fixed folder: where the signal's checkpoint goes."""
         return next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath),
                     None)

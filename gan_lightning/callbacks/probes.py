@@ -1,18 +1,18 @@
 """Encoder probes during training: 1-NN and linear-probe accuracy of E(x), next to raw pixels."""
-from typing import Literal, Optional
+from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from gan_lightning.callbacks.preemption import signal_pending
+from gan_lightning.data import to_model_range
 from gan_lightning.distributed import GLOBAL_VALUE
 from gan_lightning.errors import ConfigError
-from gan_lightning.data import to_model_range
 from gan_lightning.metrics.probes import penultimate_features, probe_scores
 
 
-def labelled_split(datamodule, split: str, n: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def labelled_split(datamodule, split: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """A split's first ``n`` (images in [-1, 1], labels) on the CPU."""
     if not datamodule.splits:
         datamodule.setup("fit")
@@ -22,12 +22,12 @@ def labelled_split(datamodule, split: str, n: Optional[int]) -> tuple[torch.Tens
 
         ds = datamodule.splits[split]
         ds = Subset(ds, range(min(n or len(ds), len(ds))))
-        tensors = [torch.cat(t) for t in zip(*DataLoader(ds, batch_size=500))]
+        tensors = [torch.cat(t) for t in zip(*DataLoader(ds, batch_size=500), strict=True)]
     images, labels = tensors[0][:n], tensors[1][:n]
     return to_model_range(images), labels
 
 
-def model_probe_scores(model, datamodule, n_train: Optional[int], n_test: Optional[int] = None, pixels: bool = True,
+def model_probe_scores(model, datamodule, n_train: int | None, n_test: int | None = None, pixels: bool = True,
                        linear: bool = True, penultimate: bool = True, paired: bool = True,
                        split: Literal["val", "test"] = "test") -> dict[str, float]:
     """``probe_scores`` of a model with an encoder on its data module's labelled splits: E(x) (``model.features``
@@ -62,13 +62,13 @@ class EncoderProbe(L.Callback):
             of the papers' protocol along training (``test/probe_1nn``, ...), never to choose checkpoints by.
     """
 
-    def __init__(self, n_train: Optional[int] = 10_000, n_test: Optional[int] = None, every_n_epochs: int = 1,
+    def __init__(self, n_train: int | None = 10_000, n_test: int | None = None, every_n_epochs: int = 1,
                  linear: bool = True, penultimate: bool = True, split: Literal["val", "test"] = "val"):
         if split not in ("val", "test"):
             raise ConfigError(f"EncoderProbe's split must be 'val' or 'test'; got {split!r}")
         self.n_train, self.n_test, self.every_n_epochs, self.linear = n_train, n_test, every_n_epochs, linear
         self.penultimate, self.split = penultimate, split
-        self._pixels: Optional[dict[str, float]] = None
+        self._pixels: dict[str, float] | None = None
         self.last: dict[str, float] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -76,7 +76,8 @@ class EncoderProbe(L.Callback):
             raise ConfigError(f"EncoderProbe needs a model with an encoder; {type(pl_module).__name__} has none: "
                              "remove the callback or use ALI, BiGAN, an AAE or the VAE")
         if trainer.datamodule is not None and trainer.datamodule.num_classes == 0:
-            raise ConfigError(f"EncoderProbe needs labels; data.dataset {trainer.datamodule.hparams.dataset!r} has none")
+            raise ConfigError(f"EncoderProbe needs labels; data.dataset {trainer.datamodule.hparams.dataset!r} "
+                              "has none")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
@@ -86,8 +87,8 @@ class EncoderProbe(L.Callback):
             return
         if not trainer.is_global_zero:
             return
-        scores = model_probe_scores(pl_module, trainer.datamodule, self.n_train, self.n_test, pixels=self._pixels is None,
-                                    linear=self.linear, penultimate=self.penultimate,
+        scores = model_probe_scores(pl_module, trainer.datamodule, self.n_train, self.n_test,
+                                    pixels=self._pixels is None, linear=self.linear, penultimate=self.penultimate,
                                     # the pixels are scored at the first probe alone, so no paired test: `evaluate`
                                     # and benchmarks/probe_trajectory.py give it for a checkpoint
                                     paired=False, split=self.split)

@@ -39,12 +39,14 @@ class RunSummary(L.Callback):
         nets = [f"{name} {sum(p.numel() for p in m.parameters()):,}" for name, m in pl_module.named_children()
                 if name != "ema" and any(True for _ in m.parameters())]
         data = trainer.datamodule
+        device = f"{trainer.world_size} x {trainer.strategy.root_device.type}"
         rank_zero_info("\n".join([
             f"gan_lightning: {type(pl_module).__name__} ({', '.join(nets)} parameters)",
             f"  data        : {data.hparams.dataset} {tuple(data.data_shape)}, {len(data.splits['train']):,} train / "
             f"{len(data.splits['val']):,} val examples, batch {data.hparams.batch_size} per device"
-            if data is not None and hasattr(data, "splits") and data.splits else "  data        : (not a GANDataModule)",
-            f"  devices     : {trainer.world_size} x {trainer.strategy.root_device.type}, precision {trainer.precision}",
+            if data is not None and hasattr(data, "splits") and data.splits
+            else "  data        : (not a GANDataModule)",
+            f"  devices     : {device}, precision {trainer.precision}",
             *([f"  resumed     : at iteration {pl_module.iteration} from {trainer.ckpt_path}"]
               if getattr(pl_module, "iteration", 0) and trainer.ckpt_path else []),
             *self._outputs(trainer),

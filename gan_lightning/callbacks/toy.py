@@ -1,13 +1,12 @@
 """Mode coverage of a toy 2-D mixture at every validation, and a scatter of samples over the modes."""
 from pathlib import Path
-from typing import Optional
 
 import lightning as L
 import torch
 
+from gan_lightning.data.toy import mixture_modes
 from gan_lightning.distributed import GLOBAL_VALUE
 from gan_lightning.errors import ConfigError
-from gan_lightning.data.toy import mixture_modes
 from gan_lightning.metrics import N_SAMPLES, mode_coverage
 
 
@@ -24,7 +23,7 @@ class ModeCoverage(L.Callback):
         plot: draw the scatter plot.
     """
 
-    def __init__(self, n_samples: int = N_SAMPLES, dirpath: Optional[str] = None, seed: int = 0, plot: bool = True):
+    def __init__(self, n_samples: int = N_SAMPLES, dirpath: str | None = None, seed: int = 0, plot: bool = True):
         self.n_samples, self._dirpath, self.seed, self.plot = n_samples, dirpath, seed, plot
         self.last: dict[str, float] = {}
 
@@ -55,7 +54,7 @@ class ModeCoverage(L.Callback):
         scatter_png(samples, self.modes, path, title)
 
 
-def scatter_png(samples: torch.Tensor, modes: Optional[torch.Tensor], path: Path, title: str = "") -> None:
+def scatter_png(samples: torch.Tensor, modes: torch.Tensor | None, path: Path, title: str = "") -> None:
     """A scatter plot of 2-D samples (and of the mixture's modes, when given) as a PNG file."""
     import matplotlib
 

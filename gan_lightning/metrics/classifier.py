@@ -14,7 +14,6 @@ import hashlib
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -57,7 +56,7 @@ class FashionClassifier(nn.Module):
         return features, self.head(features)
 
 
-def load_classifier(path: Optional[Path] = None, expected_sha256: Optional[str] = WEIGHTS_SHA256) -> FashionClassifier:
+def load_classifier(path: Path | None = None, expected_sha256: str | None = WEIGHTS_SHA256) -> FashionClassifier:
     """The shipped (or given) weights in eval mode, after checking the file's SHA-256."""
     path = Path(path) if path else Path(str(resources.files("gan_lightning.metrics") / "weights" / WEIGHTS))
     if not path.is_file():

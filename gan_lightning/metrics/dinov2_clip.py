@@ -24,7 +24,6 @@ import io
 import os
 import pickle
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -56,7 +55,7 @@ def read_checked(file: Path, sha256: str, what: str) -> bytes:
     return data
 
 
-def weights_file(name: str, default: Path, url: str, path: Optional[str]) -> Path:
+def weights_file(name: str, default: Path, url: str, path: str | None) -> Path:
     """``path`` if given, else ``default`` (in torch.hub's cache); ``WeightsNotFoundError`` naming both and the URL."""
     file = Path(path).expanduser() if path is not None else default
     if not file.is_file():
@@ -96,7 +95,7 @@ class CheckedDinoV2(FeatureExtractorDinoV2):
         self.model = model.float().eval()
 
 
-def build_dinov2(name: str, weights: Optional[str] = None, sha256: Optional[str] = None) -> TorchFidelityFeatures:
+def build_dinov2(name: str, weights: str | None = None, sha256: str | None = None) -> TorchFidelityFeatures:
     """DINOv2 ``name`` (e.g. ``dinov2_vit_l_14``) from the weights file whose SHA-256 the user pinned."""
     hub = DINOV2_HUB_NAMES[name.replace("_", "-")]  # dinov2_vitl14
     url, code = DINOV2_URL.format(hub=hub), Path(torch.hub.get_dir()) / "facebookresearch_dinov2_main"
@@ -133,7 +132,7 @@ def dinov2_architecture(code: Path, hub: str) -> nn.Module:
             os.environ["XFORMERS_DISABLED"] = xformers
 
 
-def build_clip(name: str, weights: Optional[str] = None) -> TorchFidelityFeatures:
+def build_clip(name: str, weights: str | None = None) -> TorchFidelityFeatures:
     """CLIP ``name`` (e.g. ``clip_vit_b_32``) from OpenAI's file, checked against the digest in its URL."""
     key = name.replace("_", "-")  # clip-vit-b-32
     sha256 = CLIP_METADATA[key]["hash"]

@@ -14,7 +14,7 @@ import io
 import os
 import socket
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from torch import nn
@@ -65,7 +65,7 @@ def inception_fix() -> str:
             f"feature_extractor: fashion_classifier (offline, 28x28 grey data)")
 
 
-def resolve_inception_weights(path: Optional[str] = None, download: bool = True) -> Path:
+def resolve_inception_weights(path: str | None = None, download: bool = True) -> Path:
     """The Inception weights file to load: ``path`` if given, else torch.hub's cache, else downloaded there.
 
     Raises ``WeightsNotFoundError`` naming the fix when none of those works. The file is checked when it is
@@ -94,7 +94,7 @@ def resolve_inception_weights(path: Optional[str] = None, download: bool = True)
     return file
 
 
-def load_inception_weights(file: Path, sha256: Optional[str] = None) -> dict[str, torch.Tensor]:
+def load_inception_weights(file: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
     """The state dict in ``file``, or ``ConfigError`` naming the file and the fix; nothing in it can run code.
 
     The file is read once, and those bytes are checked twice: their SHA-256 must start with the published
@@ -134,7 +134,7 @@ class InceptionExtractor(nn.Module):
     num_features = 2048
     num_logits = 1008
 
-    def __init__(self, weights: Path, sha256: Optional[str] = None):
+    def __init__(self, weights: Path, sha256: str | None = None):
         super().__init__()
         from torchmetrics.image.fid import NoTrainInceptionV3
 
@@ -159,8 +159,8 @@ class InceptionExtractor(nn.Module):
         return features.reshape(len(images), -1), logits.reshape(len(images), -1)
 
 
-def build_extractor(name: ExtractorName, inception_weights: Optional[str] = None, download: bool = True,
-                    weights: Optional[str] = None, sha256: Optional[str] = None) -> nn.Module:
+def build_extractor(name: ExtractorName, inception_weights: str | None = None, download: bool = True,
+                    weights: str | None = None, sha256: str | None = None) -> nn.Module:
     """The extractor in eval mode with frozen weights; raises before any training when weights are missing.
 
     ``weights``: the extractor's weights file instead of the one in torch.hub's cache (for Inception the same as
@@ -174,8 +174,8 @@ def build_extractor(name: ExtractorName, inception_weights: Optional[str] = None
         return _build_extractor(name, inception_weights, download, weights, sha256)
 
 
-def _build_extractor(name: ExtractorName, inception_weights: Optional[str], download: bool, weights: Optional[str],
-                     sha256: Optional[str]) -> nn.Module:
+def _build_extractor(name: ExtractorName, inception_weights: str | None, download: bool, weights: str | None,
+                     sha256: str | None) -> nn.Module:
     _check_weights_options(name, inception_weights, weights, sha256)
     if name == "inception":
         net = InceptionExtractor(resolve_inception_weights(inception_weights or weights, download), sha256)
@@ -194,8 +194,8 @@ def _build_extractor(name: ExtractorName, inception_weights: Optional[str], down
     return net.eval().requires_grad_(False)
 
 
-def _check_weights_options(name: str, inception_weights: Optional[str], weights: Optional[str],
-                           sha256: Optional[str]) -> None:
+def _check_weights_options(name: str, inception_weights: str | None, weights: str | None,
+                           sha256: str | None) -> None:
     """Refuse, in one line, weights options that this extractor would otherwise silently ignore."""
     if sha256 is not None and not (len(sha256) == 64 and all(c in "0123456789abcdefABCDEF" for c in sha256)):
         raise ConfigError(f"extractor_sha256 must be a file's full SHA-256, 64 hex digits (sha256sum FILE); got "

@@ -19,9 +19,10 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Optional, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -225,7 +226,7 @@ class ImageScores:
 
     def __init__(self, extractor: nn.Module, extractor_name: ExtractorName,
                  metrics: Sequence[MetricName] = ("fid", "is", "kid"), kid_subsets: int = 100,
-                 kid_subset_size: int = 1000, is_splits: int = 10, dist: Optional[Dist] = None):
+                 kid_subset_size: int = 1000, is_splits: int = 10, dist: Dist | None = None):
         unknown = set(metrics) - {"fid", "is", "kid", "prc"}
         if unknown or not metrics:
             raise ValueError(f"metrics must be a non-empty subset of fid, is, kid, prc; got {list(metrics)}")
@@ -241,13 +242,13 @@ class ImageScores:
                              "that draws no batch needs it to join the ranks' sync with an empty state of the right "
                              "shape")
         self.names = SCORE_NAMES[extractor_name]
-        self.real: Optional[RealStatistics] = None
-        self.cache_hit: Optional[bool] = None
+        self.real: RealStatistics | None = None
+        self.cache_hit: bool | None = None
         self._metrics: dict[str, Any] = {}
-        self._fingerprint: Optional[str] = None
-        self._n_fake: Optional[int] = None  # over all ranks, when add_generator knows it
+        self._fingerprint: str | None = None
+        self._n_fake: int | None = None  # over all ranks, when add_generator knows it
         self._n_added = 0                   # added on this rank
-        self._nonfinite: Optional[SumMetric] = None  # generated samples holding NaN or Inf, summed over ranks
+        self._nonfinite: SumMetric | None = None  # generated samples holding NaN or Inf, summed over ranks
         self.nonfinite = 0  # such samples in the last compute(), over all ranks; its scores are then NaN
 
     @property
@@ -291,14 +292,14 @@ class ImageScores:
                               int(fid.real_features_num_samples), features.cpu(), (float(is_mean), float(is_std)))
 
     def load_real(self, shard_fn: Callable[[], Iterable[torch.Tensor]], key_parts: dict,
-                  cache_dir: Optional[Path]) -> RealStatistics:
+                  cache_dir: Path | None) -> RealStatistics:
         """``real_statistics(...)``, then held as the real half of the metrics (``set_real``)."""
         stats = self.real_statistics(shard_fn, key_parts, cache_dir)
         self.set_real(stats)
         return stats
 
     def real_statistics(self, shard_fn: Callable[[], Iterable[torch.Tensor]], key_parts: dict,
-                        cache_dir: Optional[Path]) -> RealStatistics:
+                        cache_dir: Path | None) -> RealStatistics:
         """Real statistics from ``cache_dir`` when a file for ``key_parts`` is there, else computed and cached.
 
         ``shard_fn()`` yields this rank's share of the real uint8 images (only called on a cache miss).
@@ -333,7 +334,7 @@ class ImageScores:
         return {**key_parts, "extractor": self.extractor_digest,
                 "extractor_resize": getattr(self.extractor, "resize", None), **library_versions()}
 
-    def cache_path(self, key_parts: dict, cache_dir: Optional[Path]) -> Optional[Path]:
+    def cache_path(self, key_parts: dict, cache_dir: Path | None) -> Path | None:
         """The file that holds (or will hold) the real statistics for ``key_parts`` in ``cache_dir``."""
         if cache_dir is None:
             return None
@@ -464,7 +465,7 @@ class ImageScores:
         return floor
 
 
-def _num_logits(extractor: nn.Module) -> Optional[int]:
+def _num_logits(extractor: nn.Module) -> int | None:
     """The extractor's logits per image: its ``num_logits``, else its Linear ``head``'s width, else None."""
     if getattr(extractor, "num_logits", None) is not None:
         return int(extractor.num_logits)

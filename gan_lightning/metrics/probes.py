@@ -12,7 +12,7 @@
   images are not told apart by their difference alone; the test says whether they are.
 """
 import warnings
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -62,11 +62,10 @@ def paired_comparison(correct_a: torch.Tensor, correct_b: torch.Tensor) -> dict[
 
 def linear_probe_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
                           test_labels: torch.Tensor, max_iter: int = 200) -> float:
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from sklearn.exceptions import ConvergenceWarning
 
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
     with warnings.catch_warnings():  # a fixed budget of L-BFGS steps is the protocol, not a fault to report
@@ -77,13 +76,14 @@ def linear_probe_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test:
 
 @torch.no_grad()
 def batched(fn: Callable[..., torch.Tensor], x: torch.Tensor, device: torch.device,
-            batch_size: int = 500, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+            batch_size: int = 500, labels: torch.Tensor | None = None) -> torch.Tensor:
     """fn over x (and its labels, when given) in batches on ``device``, results gathered on the CPU."""
     extra = lambda i: () if labels is None else (labels[i:i + batch_size].to(device),)  # noqa: E731
-    return torch.cat([fn(x[i:i + batch_size].to(device), *extra(i)).float().cpu() for i in range(0, len(x), batch_size)])
+    return torch.cat([fn(x[i:i + batch_size].to(device), *extra(i)).float().cpu()
+                      for i in range(0, len(x), batch_size)])
 
 
-def penultimate_features(encoder: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+def penultimate_features(encoder: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """x -> the input of ``encoder``'s last linear layer, flattened (in eval mode, no gradients); None when
     the encoder has no linear layer."""
     from gan_lightning.models.base import eval_mode
@@ -107,7 +107,7 @@ def penultimate_features(encoder: nn.Module) -> Optional[Callable[[torch.Tensor]
 
 def probe_scores(encode: Callable, reconstruct: Callable, train: tuple[torch.Tensor, torch.Tensor],
                  test: tuple[torch.Tensor, torch.Tensor], device: torch.device, pixels: bool = True,
-                 linear: bool = True, penultimate: Optional[Callable] = None, paired: bool = True) -> dict[str, float]:
+                 linear: bool = True, penultimate: Callable | None = None, paired: bool = True) -> dict[str, float]:
     """Probe accuracies of ``encode`` (images in [-1, 1] -> features), of ``penultimate`` (the encoder's
     penultimate layer, when given: ``*_penultimate``) and of raw pixels, and the test MSE of
     ``reconstruct(images, labels)``.

@@ -16,9 +16,10 @@ val and test images out of the files.
 """
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Union
+from typing import Literal
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
@@ -38,7 +39,7 @@ class Protocol:
     n_samples: int            # generated images, over all ranks
     reference: Reference      # the real set the scores compare against
     floor: Reference          # the second real set of the real-vs-real floor
-    n_real: Optional[int] = None  # only the reference's first n_real images (None: all)
+    n_real: int | None = None  # only the reference's first n_real images (None: all)
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
@@ -49,7 +50,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
 ]}
 
 
-def get_protocol(name: str, n_samples: Optional[int] = None, n_real: Optional[int] = None) -> Protocol:
+def get_protocol(name: str, n_samples: int | None = None, n_real: int | None = None) -> Protocol:
     """The named protocol; with another ``n_samples`` or ``n_real`` it is renamed to say so, e.g.
     ``train50k[n_samples=200]``: a changed protocol is never reported under the published name."""
     if name not in PROTOCOLS:
@@ -81,7 +82,7 @@ class RealImages:
     reference: Reference
     size: int
     key: dict
-    source: Union[torch.Tensor, Dataset]  # uint8 (N, C, H, W) in memory, or a lazily read dataset of (image, label)
+    source: torch.Tensor | Dataset  # uint8 (N, C, H, W) in memory, or a lazily read dataset of (image, label)
 
     def shard(self, rank: int, world_size: int, batch_size: int) -> Iterator[torch.Tensor]:
         """Rank ``rank``'s contiguous run of the batches of the first ``size`` images.
@@ -96,7 +97,7 @@ class RealImages:
             yield torch.stack([self.source[i][0] for i in indices])
 
 
-def real_images(datamodule, reference: Reference, n_real: Optional[int] = None) -> RealImages:
+def real_images(datamodule, reference: Reference, n_real: int | None = None) -> RealImages:
     """The real images of ``reference`` (their first ``n_real``) and what their statistics depend on (the extractor
     and library versions are added by ImageScores): the data settings the set depends on, the transform that
     resizes files (its repr: size, interpolation, antialias, crop) and, for a folder of files, their names, sizes
@@ -118,7 +119,7 @@ def real_images(datamodule, reference: Reference, n_real: Optional[int] = None) 
     return RealImages(reference, min(len(source), n_real or len(source)), key, source)
 
 
-def protocol_images(datamodule, protocol: Protocol, floor: bool = True) -> tuple[RealImages, Optional[RealImages]]:
+def protocol_images(datamodule, protocol: Protocol, floor: bool = True) -> tuple[RealImages, RealImages | None]:
     """The protocol's reference images and its floor's (None when ``floor`` is off, or when the data have no
     set apart from the reference: a folder's files are all in ``train_full``). Raises ``ConfigError`` naming the
     protocol and the fix when the data lack the reference."""
@@ -137,7 +138,7 @@ def protocol_images(datamodule, protocol: Protocol, floor: bool = True) -> tuple
     return reference, other if other is not None and other.size >= 2 else None
 
 
-def load_statistics(scores: ImageScores, images: RealImages, cache_dir: Optional[Path], batch_size: int,
+def load_statistics(scores: ImageScores, images: RealImages, cache_dir: Path | None, batch_size: int,
                     hold: bool = True) -> RealStatistics:
     """``images``' real statistics, from the cache or computed on every rank; held as the metrics' real half
     unless ``hold`` is off. A cache file that counts other than ``images.size`` images is refused."""
@@ -151,7 +152,7 @@ def load_statistics(scores: ImageScores, images: RealImages, cache_dir: Optional
     return stats
 
 
-def describe(protocol: Protocol, reference: RealImages, floor: Optional[RealImages], scores: ImageScores) -> dict:
+def describe(protocol: Protocol, reference: RealImages, floor: RealImages | None, scores: ImageScores) -> dict:
     """What every output writes about how its scores were measured: flat, so a W&B summary and a table take it."""
     dataset = reference.key["dataset"]
     return {"name": protocol.name, "n_samples": protocol.n_samples, "dataset": dataset,
@@ -193,20 +194,20 @@ def _dataset_of(dataset):
     return dataset
 
 
-def _tensors_of(dataset) -> Optional[torch.Tensor]:
+def _tensors_of(dataset) -> torch.Tensor | None:
     """The images of a dataset held in memory (a TensorDataset or a Subset of one), else None."""
     if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
         return dataset.dataset.tensors[0][dataset.indices]
     return dataset.tensors[0] if isinstance(dataset, TensorDataset) else None
 
 
-def _transform_of(dataset) -> Optional[str]:
+def _transform_of(dataset) -> str | None:
     """The transform a lazily read dataset applies to its files, as text; None for tensors held in memory."""
     transform = getattr(_dataset_of(dataset), "transform", None)
     return repr(transform) if transform is not None else None
 
 
-def _files_of(dataset) -> Optional[list[str]]:
+def _files_of(dataset) -> list[str] | None:
     """The files of a folder dataset (torchvision ImageFolder's ``samples``): all of them, since the split
     that is carved out of the folder depends on every file."""
     samples = getattr(_dataset_of(dataset), "samples", None)
@@ -244,12 +245,12 @@ def folder_images(folder: Path, data_shape: tuple[int, ...]) -> Dataset:
     return images
 
 
-def real_key(datamodule, split: Reference, n_real: Optional[int]) -> dict:
+def real_key(datamodule, split: Reference, n_real: int | None) -> dict:
     """``real_images(...).key``: the cache key of a reference set."""
     return real_images(datamodule, split, n_real).key
 
 
 def real_shard(datamodule, split: Reference, rank: int, world_size: int, batch_size: int,
-               n_real: Optional[int] = None) -> Iterator[torch.Tensor]:
+               n_real: int | None = None) -> Iterator[torch.Tensor]:
     """``real_images(...).shard(...)``: a rank's batches of a reference set."""
     return real_images(datamodule, split, n_real).shard(rank, world_size, batch_size)

@@ -9,7 +9,8 @@ At the optimum the two joint distributions match and E inverts G. ALI's encoder 
 q(z|x) = N(mu(x), sigma(x)^2), sampled with the reparameterisation trick; BiGAN's is deterministic.
 """
 import functools
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +40,10 @@ class ALI(AdversarialModule):
         dropout: float = 0.2,
         squash_encoder: bool = False,
         update: Update = "simultaneous",
-        optimizer_d: Optional[OptimizerCallable] = None,
-        optimizer_ge: Optional[OptimizerCallable] = None,
-        scheduler_d: Optional[LRSchedulerCallable] = None,
-        scheduler_ge: Optional[LRSchedulerCallable] = None,
+        optimizer_d: OptimizerCallable | None = None,
+        optimizer_ge: OptimizerCallable | None = None,
+        scheduler_d: LRSchedulerCallable | None = None,
+        scheduler_ge: LRSchedulerCallable | None = None,
         **kwargs,
     ):
         """ALI / BiGAN: an encoder and a generator against a joint discriminator D(x, z).
@@ -91,7 +92,7 @@ class ALI(AdversarialModule):
                         scheduler_ge)
         self.add_ema("generator", "encoder")
 
-    def infer(self, x: torch.Tensor, encoder: Optional[torch.nn.Module] = None) -> torch.Tensor:
+    def infer(self, x: torch.Tensor, encoder: torch.nn.Module | None = None) -> torch.Tensor:
         """z ~ q(z|x): mu + sigma * eps for the Gaussian encoder (eps from the training noise), else E(x)."""
         h = (encoder or self.encoder)(x)  # (B, Z) or (B, 2Z)
         if not self.gaussian_encoder:
@@ -134,7 +135,7 @@ class ALI(AdversarialModule):
         return logs
 
     def encoder_generator_loss(self, x: torch.Tensor, z: torch.Tensor, x_fake: torch.Tensor, z_enc: torch.Tensor,
-                               scores: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+                               scores: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The G/E loss of ``self.loss`` on data pairs (x, E(x)) and generated pairs (G(z), z); for ``su_full``
         also the encoder's term of Su's eq. 40 (``latent_nll``). ``scores``: D's logits of the two kinds of pairs
         when already computed (simultaneous updates), else D scores them now."""
@@ -163,7 +164,7 @@ class ALI(AdversarialModule):
         return (0.5 * ((z - mu) / log_sigma.exp()).pow(2) + log_sigma).sum(1).mean()
 
     def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
-                 y: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                 y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Reconstruction error of G(E(x)) and D's loss on held-out pairs, with the same z at every call."""
         z = self.draw_prior(len(x), generator=torch.Generator().manual_seed(batch_idx))
         with eval_mode(self.discriminator):
@@ -190,7 +191,7 @@ class ALI(AdversarialModule):
         """E(x), the posterior mean for the Gaussian encoder: (n, *data_shape) -> (n, Z)."""
         return self.squash(self.features(x))
 
-    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """G(E(x)), the inversion the game learns; ``labels`` are not used."""
         return self.sample(z=self.encode(x))
 

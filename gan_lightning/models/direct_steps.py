@@ -10,7 +10,7 @@ hook dispatch, in Lightning's order (callbacks, then the module). Any other stra
 loss scaler, FSDP, DeepSpeed, XLA) and a module with its own ``backward`` keep Lightning's path.
 """
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch
@@ -36,7 +36,7 @@ class DirectSteps:
         call._call_lightning_module_hook(self.trainer, hook, *args)
 
 
-def direct_steps(module: L.LightningModule, base: type) -> Optional[DirectSteps]:
+def direct_steps(module: L.LightningModule, base: type) -> DirectSteps | None:
     """The ``DirectSteps`` of ``module``'s trainer, or None where Lightning's wrappers do more than pass the calls
     on. ``base``: the class whose hooks the module may call itself (an override in a subclass of it counts)."""
     trainer = module.trainer

@@ -17,7 +17,7 @@ callbacks work as for the other models.
 """
 import functools
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -48,8 +48,8 @@ class RealNVP(AdversarialModule):
         hidden: int = 64,
         logit_alpha: float = 0.05,
         temperature: float = 1.0,
-        optimizer: Optional[OptimizerCallable] = None,
-        scheduler: Optional[LRSchedulerCallable] = None,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
         **kwargs,
     ):
         """A normalising flow trained by maximum likelihood on dequantised pixels; reports bits/dim.
@@ -92,13 +92,13 @@ class RealNVP(AdversarialModule):
         """The inverse of ``logit``, u = (sigmoid(y) - alpha) / (1 - 2 alpha)."""
         return (torch.sigmoid(y) - self.alpha) / (1 - 2 * self.alpha)
 
-    def log_likelihood(self, u: torch.Tensor, flow: Optional[nn.Module] = None) -> torch.Tensor:
+    def log_likelihood(self, u: torch.Tensor, flow: nn.Module | None = None) -> torch.Tensor:
         """log p(u) in nats per example, for u in (0, 1)^D: (B, *data_shape) -> (B,)."""
         y, logdet_logit = self.logit(u)
         z, logdet_flow = (flow or self.flow)(y)
         return standard_normal_log_prob(z) + logdet_flow + logdet_logit
 
-    def bits_per_dim(self, x: torch.Tensor, noise: torch.Tensor, flow: Optional[nn.Module] = None) -> torch.Tensor:
+    def bits_per_dim(self, x: torch.Tensor, noise: torch.Tensor, flow: nn.Module | None = None) -> torch.Tensor:
         """-log2 of the density of the dequantised pixels p + noise, per dimension: (B, ...) -> (B,).
 
         x in [-1, 1] (from uint8 pixels), noise in [0, 1) of x's shape; see the module docstring.
@@ -121,7 +121,7 @@ class RealNVP(AdversarialModule):
         return {"train/bits_per_dim": loss.detach()}
 
     def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
-                 y: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                 y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Bits/dim with fixed dequantisation noise (seeded by the batch index)."""
         noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(batch_idx)).to(self.device)
         flow = self.net("flow")
@@ -130,8 +130,8 @@ class RealNVP(AdversarialModule):
 
     # --- the public API that callbacks and users call --------------------------------------
 
-    def sample(self, n: Optional[int] = None, z: Optional[torch.Tensor] = None,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(self, n: int | None = None, z: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """f^-1(z) mapped back to pixels, for z given or n draws from N(0, temperature^2 I):
         (n, D) -> (n, *data_shape) in [-1, 1]."""
         if z is None:
@@ -148,6 +148,6 @@ class RealNVP(AdversarialModule):
             y, _ = self.logit((to_pixels(x.to(self.device)) + 0.5) / 256)
             return flow(y)[0].flatten(1)
 
-    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """f^-1(f(x)): x's pixel values, up to float precision (the flow is a bijection); ``labels`` are not used."""
         return self.sample(z=self.encode(x))

@@ -8,7 +8,7 @@ regularises D on real data (Mescheder et al. 2018). ``su_lambda`` with ``generat
 generator regulariser (Su 2018).
 """
 import functools
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -37,10 +37,10 @@ class GAN(AdversarialModule):
         r1_penalty: float = 0.0,
         dropout: float = 0.0,
         update: Update = "alternating",
-        optimizer_d: Optional[OptimizerCallable] = None,
-        optimizer_g: Optional[OptimizerCallable] = None,
-        scheduler_d: Optional[LRSchedulerCallable] = None,
-        scheduler_g: Optional[LRSchedulerCallable] = None,
+        optimizer_d: OptimizerCallable | None = None,
+        optimizer_g: OptimizerCallable | None = None,
+        scheduler_d: LRSchedulerCallable | None = None,
+        scheduler_g: LRSchedulerCallable | None = None,
         **kwargs,
     ):
         """A generator against a discriminator D(x).
@@ -72,9 +72,9 @@ class GAN(AdversarialModule):
             raise ValueError(f"model.width must be >= 1 and the penalty weights >= 0; got {width}, "
                              f"gradient_penalty={gradient_penalty}, r1_penalty={r1_penalty}")
         if loss == "wasserstein" and gradient_penalty == 0:
-            raise ConfigError("model.loss wasserstein needs a constraint on the critic, and model.gradient_penalty is 0: "
-                              "set model.gradient_penalty 10 (WGAN-GP, Gulrajani et al.; configs/wgan_gp.yaml), or "
-                              "another loss")
+            raise ConfigError("model.loss wasserstein needs a constraint on the critic, and model.gradient_penalty "
+                              "is 0: set model.gradient_penalty 10 (WGAN-GP, Gulrajani et al.; configs/wgan_gp.yaml), "
+                              "or another loss")
         nets = ARCHITECTURES[architecture]
         if nets.discriminator is None:
             raise ValueError(f"model.architecture {architecture!r} has no D(x) for a GAN; use mlp, dcgan or toy")
@@ -133,7 +133,7 @@ class GAN(AdversarialModule):
         return d_loss, d_fake
 
     def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
-                 y: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                 y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """D's loss on held-out data against samples from a fixed z."""
         x_fake = self.sample(len(x), generator=torch.Generator().manual_seed(batch_idx))
         with eval_mode(self.discriminator):

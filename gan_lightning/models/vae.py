@@ -11,42 +11,15 @@ it). The decoder is the framework's generator G, so ``sample``, ``encode`` and `
 callback work as for ALI and BiGAN.
 """
 import functools
-import math
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from gan_lightning.losses import Likelihood, gaussian_kl, reconstruction_nll
 from gan_lightning.models.base import AdversarialModule, eval_mode
 from gan_lightning.nets import ARCHITECTURES, ArchitectureName
-
-Likelihood = Literal["bernoulli", "gaussian"]
-
-
-def gaussian_kl(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag exp(log_var)) || N(0, I)) per example, in nats: (B, Z) -> (B,)."""
-    return 0.5 * (mu.square() + log_var.exp() - 1.0 - log_var).sum(dim=1)
-
-
-def reconstruction_nll(x_hat: torch.Tensor, x: torch.Tensor, likelihood: Likelihood, sigma: float) -> torch.Tensor:
-    """-log p(x|z) per example, in nats, for data and decoder outputs in [-1, 1]: (B, ...) -> (B,).
-
-    ``bernoulli``: pixel intensities (x + 1) / 2 as probabilities, the decoder's (x_hat + 1) / 2 as the
-    Bernoulli means (binary cross-entropy, Kingma & Welling's MNIST likelihood). ``gaussian``:
-    N(x; x_hat, sigma^2) per pixel, i.e. the squared error / (2 sigma^2) plus its normaliser.
-
-    The Bernoulli term is computed in float32 with autocast off: CUDA's autocast refuses
-    ``binary_cross_entropy`` under bf16/fp16 mixed precision, and a bf16 sum over 784 pixels would lose
-    the nats that the bound is read in.
-    """
-    if likelihood == "bernoulli":
-        with torch.autocast(x_hat.device.type, enabled=False):
-            p = ((x_hat.float() + 1) / 2).clamp(1e-6, 1 - 1e-6)
-            nll = F.binary_cross_entropy(p, (x.float() + 1) / 2, reduction="none")
-    else:
-        nll = (x - x_hat).square() / (2 * sigma**2) + math.log(sigma * math.sqrt(2 * math.pi))
-    return nll.flatten(1).sum(dim=1)
 
 
 class VAE(AdversarialModule):
@@ -62,8 +35,8 @@ class VAE(AdversarialModule):
         likelihood: Likelihood = "bernoulli",
         sigma: float = 0.1,
         kl_weight: float = 1.0,
-        optimizer: Optional[OptimizerCallable] = None,
-        scheduler: Optional[LRSchedulerCallable] = None,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
         **kwargs,
     ):
         """A Gaussian encoder and a decoder trained on the ELBO; defaults: the paper's MNIST setting
@@ -97,7 +70,7 @@ class VAE(AdversarialModule):
         self.add_player("encoder_decoder", ["encoder", "generator"], optimizer or self.default_optimizer, scheduler)
         self.add_ema("encoder", "generator")
 
-    def posterior(self, x: torch.Tensor, encoder: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(self, x: torch.Tensor, encoder: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x)'s mean and log variance: (B, ...) -> (B, Z), (B, Z)."""
         mu, log_var = (encoder or self.encoder)(x).chunk(2, dim=1)
         return mu, log_var
@@ -121,7 +94,7 @@ class VAE(AdversarialModule):
                 "train/kl": parts["kl"].mean().detach()}
 
     def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
-                 y: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                 y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The negative ELBO (with beta = kl_weight), its parts and G(mu(x))'s squared error, fixed noise."""
         eps = torch.randn(len(x), self.latent_dim, generator=torch.Generator().manual_seed(batch_idx)).to(self.device)
         with torch.no_grad():
@@ -137,6 +110,6 @@ class VAE(AdversarialModule):
         with eval_mode(encoder):
             return self.posterior(x.to(self.device), encoder)[0]
 
-    def reconstruct(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's output at the posterior mean, G(mu(x)); ``labels`` are not used."""
         return self.sample(z=self.encode(x))

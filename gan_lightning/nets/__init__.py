@@ -5,14 +5,15 @@ An *architecture* is a family of the four networks the models need, built from o
 ``discriminator(data_shape, width, dropout, batch_norm)`` and
 ``joint_discriminator(latent_dim, data_shape, width, dropout)``.
 """
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 from torch import nn
 
 from gan_lightning.nets.ali import ALIEncoder, ALIGenerator, ALIJointDiscriminator
+from gan_lightning.nets.conv import DCGANDiscriminator, DCGANEncoder, DCGANGenerator, DCGANJointDiscriminator
 from gan_lightning.nets.latent import LatentDiscriminator
-from gan_lightning.nets.conv import (DCGANDiscriminator, DCGANEncoder, DCGANGenerator, DCGANJointDiscriminator)
 from gan_lightning.nets.mlp import JointDiscriminator, MLPDiscriminator, MLPEncoder, MLPGenerator
 from gan_lightning.nets.toy import MaxoutDiscriminator, ToyEncoder, ToyGenerator
 
@@ -23,7 +24,7 @@ ArchitectureName = Literal["mlp", "dcgan", "ali", "toy"]
 class Architecture:
     generator: Callable[..., nn.Module]
     encoder: Callable[..., nn.Module]
-    discriminator: Optional[Callable[..., nn.Module]]
+    discriminator: Callable[..., nn.Module] | None
     joint_discriminator: Callable[..., nn.Module]
 
 

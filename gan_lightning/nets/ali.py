@@ -17,8 +17,8 @@ and one logit; batch norm in G, E and D's x-branch (not its first layer, never o
 0.2 on its first layers, ``dropout`` (0.5 in the paper) after. A 1x1 convolution on a 1x1 map is a
 linear layer, and is written as one.
 """
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn

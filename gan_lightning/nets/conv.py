@@ -5,7 +5,8 @@ Every resolution starts from a small grid (7x7 for 28, 4x4 for 32 and 64) and do
 count at the finest resolution.
 """
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ class DCGANGenerator(nn.Module):
         self.project = nn.Sequential(nn.ConvTranspose2d(latent_dim, channels[0], start, bias=False),
                                      nn.BatchNorm2d(channels[0]), nn.ReLU())  # (B, Z, 1, 1) -> (B, c0, s0, s0)
         ups = []
-        for c_in, c_out in zip(channels, channels[1:]):
+        for c_in, c_out in pairwise(channels):
             ups += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
         self.upsample = nn.Sequential(*ups, nn.ConvTranspose2d(channels[-1], data_shape[0], 4, 2, 1), nn.Tanh())
 

@@ -6,7 +6,7 @@ has ``forward(x) -> (y, logdet)``, logdet = log|det df/dx| per example (shape (B
 ``inverse(y) -> x``; composing layers adds their log-determinants (the chain rule).
 """
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist

@@ -4,7 +4,7 @@ Official setting: G 1024-1024-out with BN+ReLU; E and D 1024-1024 with LeakyReLU
 on the second layer. Data live in [-1, 1], so G ends in tanh.
 """
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -50,7 +50,8 @@ class MLPEncoder(nn.Module):
 class MLPDiscriminator(nn.Module):
     """D(x): the joint discriminator's x-branch and a linear head.  (B, *data_shape) -> (B,) logits."""
 
-    def __init__(self, data_shape: Sequence[int], hidden_dim: int = 1024, dropout: float = 0.0, batch_norm: bool = True):
+    def __init__(self, data_shape: Sequence[int], hidden_dim: int = 1024, dropout: float = 0.0,
+                 batch_norm: bool = True):
         super().__init__()
         act = nn.LeakyReLU(0.2)
         self.net = nn.Sequential(

@@ -3,7 +3,7 @@
 G: 4 hidden layers of 400 units with BN+ReLU, linear output (the mixtures are not bounded to [-1, 1]).
 E: 2 hidden layers of 400 units. D: 3 maxout layers of 200 units x 5 pieces (Goodfellow et al. 2013).
 """
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

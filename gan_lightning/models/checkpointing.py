@@ -1,0 +1,49 @@
+"""What a model adds to its checkpoints, and what it refuses to load.
+
+A checkpoint holds the counters that match its weights (iteration, images seen, skipped updates, scheduler epoch
+ends), so that resuming from it goes on bit for bit; it is never written with NaN or Inf state (``nonfinite.py``),
+and a checkpoint of another model, or of this model with other sizes, is refused in one line.
+"""
+from gan_lightning.checkpoints import CheckpointError
+
+
+class CheckpointState:
+    """The checkpoint hooks of an ``AdversarialModule`` (a mixin of it)."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.on_nonfinite != "ignore":  # no checkpoint holds NaN or Inf weights or optimizer state
+            self.read_nonfinite_flags(f"before the checkpoint at iteration {self.iteration}, which was not written")
+            self._refuse_nonfinite_state(checkpoint)
+        checkpoint["gan_lightning"] = {"model": type(self).__name__, "iteration": self.iteration,
+                                       "images_seen": self.images_seen, "skipped": dict(self.skipped),
+                                       "scheduler_epochs": self.scheduler_epochs}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("gan_lightning", {})
+        if saved.get("model", type(self).__name__) != type(self).__name__:
+            raise CheckpointError(f"this checkpoint holds a {saved['model']} model, but the config builds a "
+                             f"{type(self).__name__}: pass the checkpoint of a {type(self).__name__} run, "
+                             f"or set model.class_path to {saved['model']}.")
+        self._refuse_other_shapes(checkpoint)
+        self.iteration = saved.get("iteration", 0)
+        self.images_seen = saved.get("images_seen", 0)
+        self.skipped = dict(saved.get("skipped", {}))
+        self.scheduler_epochs = saved.get("scheduler_epochs", -1)  # -1: an older checkpoint, which did not count
+        self.__dict__.pop("_ema_counts", None)  # the loaded counts are read again (on_train_start, update_ema)
+
+    def _refuse_other_shapes(self, checkpoint: dict) -> None:
+        """A checkpoint of this model built with other sizes (latent_dim, width, data shape): one line naming
+        the settings that differ and the first weights that do not fit, instead of a page of size mismatches."""
+        theirs, ours = checkpoint.get("state_dict", {}), self.state_dict()
+        misfits = [f"{key} is {tuple(theirs[key].shape)} there, {tuple(value.shape)} here"
+                   for key, value in ours.items() if key in theirs and theirs[key].shape != value.shape]
+        if not misfits:
+            return
+        saved_hp, hp = checkpoint.get("hyper_parameters", {}), dict(self.hparams)
+        differ = [f"model.{key}: {saved_hp[key]!r} in the checkpoint, {hp[key]!r} in the config"
+                  for key in hp if key in saved_hp and saved_hp[key] != hp[key] and not key.startswith("_")]
+        more = f" and {len(misfits) - 1} more" if len(misfits) > 1 else ""
+        raise CheckpointError(
+            f"this checkpoint's {type(self).__name__} has other shapes than the config builds "
+            f"({'; '.join(differ) or 'same settings'}; {misfits[0]}{more}): "
+            f"set those values as the checkpoint has them to resume it, or start without --ckpt_path")
