@@ -16,22 +16,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from gan_lightning.data import GANDataModule
 from gan_lightning.data.datamodule import to_model_range
 from gan_lightning.models import GAN
-
-
-def radford_init(module: nn.Module) -> None:
-    """DCGAN's initialisation: conv and linear weights N(0, 0.02), batch-norm scales N(1, 0.02), biases 0."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
+from gan_lightning.nets.init import radford_init
 
 
 def main() -> None:

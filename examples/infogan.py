@@ -28,6 +28,7 @@ from gan_lightning.errors import ConfigError
 from gan_lightning.losses import discriminator_loss, gan_generator_loss
 from gan_lightning.metrics.clustering import LabelContingency
 from gan_lightning.models.base import AdversarialModule, Prior, eval_mode
+from gan_lightning.nets.init import radford_init
 
 
 def information_losses(q: torch.Tensor, category: torch.Tensor,
@@ -42,17 +43,6 @@ def information_losses(q: torch.Tensor, category: torch.Tensor,
 
 
 # --- the paper's MNIST networks: plain nn.Modules that return logits --------------------------------------------
-
-def released_code_init(module: nn.Module) -> None:
-    """The released code's initialisation: weights ~ N(0, 0.02), batch-norm scales ~ N(1, 0.02), biases 0."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
-
 
 def quarter_side(data_shape: Sequence[int]) -> int:
     if len(data_shape) != 3 or data_shape[-1] != data_shape[-2] or data_shape[-1] % 4:
@@ -74,7 +64,7 @@ class InfoGANGenerator(nn.Module):
             nn.Unflatten(1, (2 * width, side, side)),                                          # (B, 2w, S/4, S/4)
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),  # S/2
             nn.ConvTranspose2d(width, data_shape[0], 4, 2, 1), nn.Tanh())                      # (B, ch, S, S)
-        self.apply(released_code_init)
+        self.apply(radford_init)  # the released code's initialisation
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -95,7 +85,7 @@ class InfoGANDiscriminator(nn.Module):
         self.d_head = nn.Linear(16 * width, 1)
         self.q_head = nn.Sequential(nn.Linear(16 * width, 2 * width, bias=False), nn.BatchNorm1d(2 * width), act,
                                     nn.Linear(2 * width, code_dim))
-        self.apply(released_code_init)
+        self.apply(radford_init)  # the released code's initialisation
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(x)                                                                      # (B, 16w)
