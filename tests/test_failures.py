@@ -46,10 +46,17 @@ def nan_gradients_of(network: torch.nn.Module, when=lambda: True) -> None:
 
 def test_nan_gradients_under_a_finite_loss_stop_naming_the_player_and_iteration_before_the_step(tmp_path):
     model = tiny_bigan()
-    nan_gradients_of(model.discriminator, when=lambda: model.iteration == 1)
+    poisoned = [True]
+    nan_gradients_of(model.discriminator, when=lambda: poisoned[0] and model.iteration == 1)
     with pytest.raises(FloatingPointError, match="discriminator gradient norm is nan at iteration 1"):
         tiny_trainer(tmp_path).fit(model, digits())
     assert all(torch.isfinite(p).all() for p in model.parameters()), "the NaN step was taken"
+
+    # The cause removed, the same model fits again: the stopped fit's flag does not stop the next one.
+    poisoned[0] = False
+    trainer = tiny_trainer(tmp_path / "again", limit_train_batches=3)
+    trainer.fit(model, digits())
+    assert model.iteration == 4 and trainer.global_step == 6
 
 
 @pytest.fixture

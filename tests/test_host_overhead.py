@@ -197,3 +197,23 @@ def test_cached_toggling_keeps_what_the_user_froze_frozen_through_every_player_s
     assert all(p.requires_grad for p in model.parameters() if p is not frozen)
     moved = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
     assert len(moved) == len(before) - 1
+
+
+@pytest.mark.skipif(not torch.cuda._is_compiled() or torch.cuda.is_initialized(),
+                    reason="torch counts CUDA devices per step only when built for CUDA and not yet initialised")
+def test_optimizer_steps_do_not_count_the_cuda_devices_again(tmp_path, monkeypatch):
+    """``import lightning`` makes torch count CUDA devices through NVML, uncached until CUDA is initialised, and
+    Adam asks at every step: about 150 µs a step on a CPU run. A fit counts them once (device_count.py); after
+    it, torch counts as before."""
+    spy = Counting()
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "_cached_device_count", None)
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", spy.wrap("nvml", torch.cuda._device_count_nvml))
+    trainer = tiny_trainer(tmp_path, callbacks=[spy], limit_train_batches=3)
+    trainer.fit(tiny_bigan(update="alternating"), digits())
+    assert trainer.global_step == 6 and spy.calls["batches"] == 3  # two Adam steps an iteration
+    assert spy.calls["nvml"] == 0
+    assert torch.cuda._cached_device_count is None  # released: outside a fit, torch counts again
+    spy.inside = True
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)]).step()
+    assert spy.calls["nvml"] == 1

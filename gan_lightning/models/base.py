@@ -30,6 +30,7 @@ from gan_lightning.data.loader import Batches
 from gan_lightning.distributed import GLOBAL_VALUE, PlayerDDPStrategy
 from gan_lightning.errors import ConfigError
 from gan_lightning.models.checkpointing import CheckpointState
+from gan_lightning.models.device_count import hold_cuda_device_count
 from gan_lightning.models.direct_steps import DirectSteps, direct_steps
 from gan_lightning.models.ema import MovingAverages, ema_with_warmup
 from gan_lightning.models.noise import IterationNoise, seed_training_rng
@@ -198,12 +199,16 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
         # The moving averages' update counts on the host (update_ema), read here rather than in a training step.
         self.__dict__["_ema_counts"] = {name: int(averaged.n_averaged) for name, averaged in self.ema.items()}
         self.__dict__["_fit_place"] = (self.trainer.world_size, self.global_rank, self.device)
+        self.__dict__["_nonfinite_flags"] = {}  # each player's flag of NaN or Inf (see NonFiniteGuard._nonfinite)
+        # Adam asks torch.cuda.is_available() at every step: counted once per fit (see device_count.py).
+        self.__dict__["_release_device_count"] = hold_cuda_device_count()
         self._resume_schedulers()
 
     def on_train_end(self) -> None:
         self._direct = None
         self.__dict__["_fit_place"] = None
         self.__dict__["_player_optimizers"] = None
+        self.__dict__.pop("_release_device_count", lambda: None)()
         if self.on_nonfinite != "ignore":  # a NaN in the run's last log_every_n_steps iterations still stops it
             self.read_nonfinite_flags("at the end of training")
 

@@ -53,25 +53,27 @@ def direct_steps(module: L.LightningModule, base: type) -> DirectSteps | None:
     return DirectSteps(trainer, overridden)
 
 
-ParameterGroups = dict[tuple[torch.device, torch.dtype], list[torch.nn.Parameter]]
+ParametersByDevice = dict[torch.device, list[torch.nn.Parameter]]
 
 
-def by_device_and_dtype(params: list[torch.nn.Parameter]) -> ParameterGroups:
-    """Parameters grouped as one fused kernel takes them: by device and dtype."""
-    groups: ParameterGroups = {}
+def by_device(params: list[torch.nn.Parameter]) -> ParametersByDevice:
+    """Parameters grouped as one call of torch's non-finite check takes them: by device (it takes mixed dtypes)."""
+    groups: ParametersByDevice = {}
     for p in params:
-        groups.setdefault((p.device, p.dtype), []).append(p)
+        groups.setdefault(p.device, []).append(p)
     return groups
 
 
 @dataclass(frozen=True)
 class FitParameters:
     """Per optimizer (keyed by the ``id`` of the torch optimizer), the lists that each player step would otherwise
-    rebuild: the other optimizers' parameters, which toggling freezes, and the optimizer's own grouped by device and
-    dtype, which the non-finite check takes. Built once per fit, from the optimizers' parameter groups then."""
+    rebuild: the optimizer's own parameters (simultaneous steps differentiate with respect to them), the other
+    optimizers' parameters, which toggling freezes, and its own grouped by device, which the non-finite check
+    takes. Built once per fit, from the optimizers' parameter groups then."""
 
+    own: dict[int, list[torch.nn.Parameter]]
     others: dict[int, list[torch.nn.Parameter]]
-    groups: dict[int, ParameterGroups]
+    devices: dict[int, ParametersByDevice]
 
     @classmethod
     def of(cls, optimizers: list[torch.optim.Optimizer]) -> "FitParameters":
@@ -81,4 +83,4 @@ class FitParameters:
         for key, params in own.items():
             mine = {id(p) for p in params}
             others[key] = [p for p in everything if id(p) not in mine]
-        return cls(others, {key: by_device_and_dtype(params) for key, params in own.items()})
+        return cls(own, others, {key: by_device(params) for key, params in own.items()})

@@ -43,6 +43,8 @@ class MovingAverages:
         What ``AveragedModel.update_parameters`` (``use_buffers=False``) does, without its two reads of the update
         count on the host (``bool(n_averaged == 0)``, ``n_averaged > 0``), which wait for the device at every
         update on an accelerator: the count is mirrored on the host, read once per fit."""
+        if self.ema_decay is None:  # no moving averages (and no lookup of the empty ``self.ema`` per iteration)
+            return
         counts = self.__dict__.setdefault("_ema_counts", {})
         for name, averaged in self.ema.items():
             live = self.get_submodule(name)

@@ -9,7 +9,7 @@ ranks) and counts it; ``ignore`` does nothing. See docs/failures.md.
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from gan_lightning.models.direct_steps import by_device_and_dtype
+from gan_lightning.models.direct_steps import by_device
 
 
 class NonFiniteGuard:
@@ -22,10 +22,12 @@ class NonFiniteGuard:
 
     def _step_if_finite(self, optimizer, loss: torch.Tensor, player: str) -> None:
         """Step a player whose gradients are in place, unless they (or its loss) are not finite (``on_nonfinite``)."""
-        if self.on_nonfinite == "ignore" or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+        # Under fp16's loss scaler the scaler skips overflowing steps itself (direct_steps is None under it).
+        if self.on_nonfinite == "ignore" or (self.__dict__.get("_direct") is None and
+                                             getattr(self.trainer.precision_plugin, "scaler", None) is not None):
             self._optimizer_step(optimizer)
             return
-        found = self._nonfinite(optimizer, loss)
+        found = self._nonfinite(optimizer, loss, player)
         if self.on_nonfinite == "stop":
             defer = self.defer_nonfinite_checks
             if defer is None:
@@ -40,32 +42,39 @@ class NonFiniteGuard:
             self._skipped_in_a_row[player] = 0
             self._optimizer_step(optimizer)
         else:
+            found.zero_()
             self._skip(optimizer, player, loss)
 
-    def _nonfinite(self, optimizer, loss: torch.Tensor) -> torch.Tensor:
-        """A (1,) tensor on the loss's device, > 0 when the loss or any of the player's gradients holds NaN or Inf.
+    def _nonfinite(self, optimizer, loss: torch.Tensor, player: str) -> torch.Tensor:
+        """The player's flag, a (1,) tensor on the loss's device: > 0 once its loss or any of its gradients has held
+        NaN or Inf. The flag is kept from step to step (per fit): the check only ever raises it, so a finite step
+        allocates nothing, and ``on_nonfinite: skip`` lowers it again after a skipped update.
 
-        One fused kernel per device and dtype of the gradients: the check of torch's AMP grad scaler at scale 1,
-        which leaves the values as they are (x * 1 is x, NaN and Inf included); the loss joins the check as a
-        view. A norm per tensor and their total norm, the usual check, costs 8 times more host time on small
-        networks (113 against 13 µs a player step, in isolation)."""
-        tensors = [loss.detach().view(1)]
-        found = torch.zeros(1, device=loss.device)
+        One fused kernel per device of the gradients (one in all, usually): the check of torch's AMP grad scaler at
+        scale 1, which leaves the values as they are (x * 1 is x, NaN and Inf included); the loss joins the check.
+        A norm per tensor and their total norm, the usual check, costs 8 times more host time on small networks
+        (113 against 13 µs a player step, in isolation)."""
+        flags = self.__dict__.setdefault("_nonfinite_flags", {})
+        found = flags.get(player)
+        if found is None or found.device != loss.device:
+            found = flags[player] = torch.zeros(1, device=loss.device)
         lists = self._fit_parameters()
         torch_optimizer = getattr(optimizer, "optimizer", optimizer)
-        groups = (lists.groups[id(torch_optimizer)] if lists is not None else
-                  by_device_and_dtype([p for group in torch_optimizer.param_groups for p in group["params"]]))
-        for (device, dtype), params in groups.items():
+        devices = (lists.devices[id(torch_optimizer)] if lists is not None else
+                   by_device([p for group in torch_optimizer.param_groups for p in group["params"]]))
+        loss = loss.detach()
+        for device, params in devices.items():
             grads = [p.grad for p in params if p.grad is not None]
-            if device == loss.device and dtype == loss.dtype:
-                grads.append(tensors.pop())
+            if loss is not None and device == found.device:
+                grads.append(loss)
+                loss = None
             if grads:
-                found_here = found if device == loss.device else torch.zeros(1, device=device)
+                found_here = found if device == found.device else torch.zeros(1, device=device)
                 torch._amp_foreach_non_finite_check_and_unscale_(grads, found_here, self._unit_scale(device))
                 if found_here is not found:
-                    found += found_here.to(loss.device)
-        if tensors:  # no gradient shares the loss's device and dtype
-            torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, self._unit_scale(loss.device))
+                    found += found_here.to(found.device)
+        if loss is not None:  # no gradient on the loss's device
+            torch._amp_foreach_non_finite_check_and_unscale_([loss], found, self._unit_scale(found.device))
         return found
 
     def _unit_scale(self, device: torch.device) -> torch.Tensor:

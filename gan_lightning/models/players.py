@@ -70,8 +70,12 @@ class Players:
         takes the gradients of its loss with respect to its own parameters only, all from the same graph and so
         from the same forward pass through every network (e.g. D as it was before either step), and only then
         does any player step. Under ``player_ddp`` each network is still all-reduced once, by its own backward."""
+        lists = self._fit_parameters()
         for k, (optimizer, loss, _) in enumerate(updates):
-            own = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+            torch_optimizer = getattr(optimizer, "optimizer", optimizer)
+            own = (lists.own[id(torch_optimizer)] if lists is not None else
+                   [p for group in torch_optimizer.param_groups for p in group["params"]])
+            own = [p for p in own if p.requires_grad]
             self._backward(optimizer, loss, inputs=own, retain_graph=k + 1 < len(updates))
         for optimizer, loss, player in updates:
             self._step_if_finite(optimizer, loss, player)
@@ -101,8 +105,8 @@ class Players:
     def _backward(self, optimizer, loss: torch.Tensor, **backward_kwargs) -> None:
         """``optimizer.zero_grad`` and ``self.manual_backward(loss)``: directly, with the same hooks, when
         ``direct_steps`` found Lightning's wrappers would only pass the call on."""
-        optimizer.zero_grad(set_to_none=True)
-        direct = self.__dict__.get("_direct")
+        getattr(optimizer, "optimizer", optimizer).zero_grad(set_to_none=True)  # not through LightningOptimizer's
+        direct = self.__dict__.get("_direct")                                      # __getattr__
         if direct is None:
             self.manual_backward(loss, **backward_kwargs)
             return

@@ -38,6 +38,9 @@ class PlayerRouting:
         if wrappers and name in wrappers and torch.is_grad_enabled():
             if any(p.requires_grad for p in self.__dict__["_distributed_parameters"][name]):
                 return wrappers[name]
+        modules = self.__dict__.get("_modules")  # a network, looked up first: the common case, at every access
+        if modules is not None and name in modules:
+            return modules[name]
         return super().__getattr__(name)
 
     def check_ranks_agree(self, when: str) -> None:
