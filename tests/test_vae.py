@@ -82,3 +82,20 @@ def test_training_raises_the_bound_on_held_out_data(tmp_path):
 def test_adversarial_options_are_refused():
     with pytest.raises(ValueError, match="no critic"):
         tiny_vae(n_critic=2)
+
+
+def test_the_logged_parts_of_the_loss_are_batch_means_taken_when_written(tmp_path):
+    """The per-example nll and kl are averaged only in the iterations whose logs are written (every
+    log_every_n_steps): each logged row still holds loss = nll + kl_weight * kl, as batch means."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    model = tiny_vae(kl_weight=0.5)
+    trainer = tiny_trainer(tmp_path, limit_train_batches=4, log_every_n_steps=2,
+                           logger=CSVLogger(tmp_path, name="", version=""))
+    trainer.fit(model, digits())
+    rows = [r for r in csv.DictReader(open(tmp_path / "metrics.csv")) if r.get("train/nll")]
+    assert [int(float(r["iteration"])) for r in rows] == [2, 4]
+    for r in rows:
+        assert float(r["train/loss"]) == pytest.approx(float(r["train/nll"]) + 0.5 * float(r["train/kl"]), rel=1e-5)

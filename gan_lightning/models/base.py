@@ -236,8 +236,10 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
     def train_iteration(self, batch) -> dict[str, torch.Tensor]:
         """One iteration of the paper's algorithm on one batch, between the counters it advances."""
         self.seed_iteration(self.iteration)
-        with self.explain_out_of_memory(batch, "training"):
+        try:  # not explain_out_of_memory's context manager: a try costs nothing per iteration
             logs = self.update_players(batch)
+        except torch.OutOfMemoryError as err:
+            raise self.out_of_memory_error(err, batch, "training") from None
         if self.generator_turn:
             self.update_ema()
         self.iteration += 1
@@ -248,7 +250,9 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
         return logs
 
     def update_players(self, batch) -> dict[str, torch.Tensor]:
-        """The paper's algorithm box for one batch: each player's update in turn; returns the logs."""
+        """The paper's algorithm box for one batch: each player's update in turn; returns the logs (detached
+        scalars, or detached per-example values, which are averaged only in the iterations whose logs are
+        written: every ``trainer.log_every_n_steps``)."""
         raise NotImplementedError
 
     # --- logs, counters and schedulers --------------------------------------------------------------------
@@ -260,7 +264,9 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
         costs about 2 ms a call, a few per cent of a small GAN's iteration on a CPU.
         """
         if self._trainer_writes_logs():
-            self.log_dict({**(outputs or {}), **self._counters()}, prog_bar=True, on_step=True, on_epoch=False)
+            logs = {name: value.mean() if isinstance(value, torch.Tensor) and value.ndim else value
+                    for name, value in (outputs or {}).items()}  # per-example values are averaged only now
+            self.log_dict({**logs, **self._counters()}, prog_bar=True, on_step=True, on_epoch=False)
 
     def _trainer_writes_logs(self) -> bool:
         """Whether Lightning writes step logs on this batch (every ``log_every_n_steps`` batches)."""
@@ -335,18 +341,22 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
         try:
             yield
         except torch.OutOfMemoryError as err:
-            n = len(batch[0])
-            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-            setting = "data.batch_size" + (f"={datamodule.hparams.batch_size}" if datamodule is not None else "")
-            precision = str(self.trainer.precision) if self._trainer is not None else "32"
-            amp = ("" if "bf16" in precision or "16" in precision
-                   else ", or --trainer.precision bf16-mixed to halve activations")
-            torch_says = ". ".join(str(err).splitlines()[0].split(". ")[:3]).rstrip(". ")  # what, how much, free
-            device = "GPU" if self.device.type == "cuda" else self.device.type
-            raise torch.OutOfMemoryError(
-                f"out of {device} memory in a {stage} step of {type(self).__name__} with {n} examples per "
-                f"device ({setting}; {torch_says}): lower it, e.g. --data.batch_size "
-                f"{max(n // 2, 1)}{amp}; checkpoints already written are intact") from None
+            raise self.out_of_memory_error(err, batch, stage) from None
+
+    def out_of_memory_error(self, err: torch.OutOfMemoryError, batch, stage: str) -> torch.OutOfMemoryError:
+        """torch's out-of-memory error in a ``stage`` step, restated with the batch size and what to change."""
+        n = len(batch[0])
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        setting = "data.batch_size" + (f"={datamodule.hparams.batch_size}" if datamodule is not None else "")
+        precision = str(self.trainer.precision) if self._trainer is not None else "32"
+        amp = ("" if "bf16" in precision or "16" in precision
+               else ", or --trainer.precision bf16-mixed to halve activations")
+        torch_says = ". ".join(str(err).splitlines()[0].split(". ")[:3]).rstrip(". ")  # what, how much, free
+        device = "GPU" if self.device.type == "cuda" else self.device.type
+        return torch.OutOfMemoryError(
+            f"out of {device} memory in a {stage} step of {type(self).__name__} with {n} examples per "
+            f"device ({setting}; {torch_says}): lower it, e.g. --data.batch_size "
+            f"{max(n // 2, 1)}{amp}; checkpoints already written are intact")
 
     # --- the public API that callbacks and users call ----------------------------------------
 

@@ -145,6 +145,11 @@ class Players:
 
     # --- which parameters take gradients: Lightning's toggle_optimizer, with the parameter lists kept ---------
 
+    def toggled_optimizer(self, optimizer) -> "Toggled":
+        """Lightning's ``toggled_optimizer`` (toggle on entry, untoggle on exit, exceptions included), as a plain
+        context manager rather than a generator-based one: one fewer frame to create at every player step."""
+        return Toggled(self, optimizer)
+
     def toggle_optimizer(self, optimizer) -> None:
         """Only ``optimizer``'s parameters require gradients (Lightning's ``toggle_optimizer``: the other
         optimizers' parameters are frozen, their states kept for ``untoggle_optimizer``), from lists built once per
@@ -176,3 +181,18 @@ class Players:
             cached = (direct, FitParameters.of(self.trainer.optimizers))
             self.__dict__["_fit_parameter_lists"] = cached
         return cached[1]
+
+
+class Toggled:
+    """``with module.toggled_optimizer(optimizer):``: only that optimizer's parameters require gradients inside."""
+
+    __slots__ = ("module", "optimizer")
+
+    def __init__(self, module, optimizer):
+        self.module, self.optimizer = module, optimizer
+
+    def __enter__(self) -> None:
+        self.module.toggle_optimizer(self.optimizer)
+
+    def __exit__(self, *exc_info) -> None:
+        self.module.untoggle_optimizer(self.optimizer)

@@ -90,8 +90,8 @@ class VAE(AdversarialModule):
         parts = self.negative_elbo(x, self.draw_training_normal((len(x), self.latent_dim)))
         loss = parts["loss"].mean()
         self.step(opt, loss, player="encoder_decoder")
-        return {"train/loss": loss.detach(), "train/nll": parts["nll"].mean().detach(),
-                "train/kl": parts["kl"].mean().detach()}
+        # Per example: averaged only when written (every trainer.log_every_n_steps iterations).
+        return {"train/loss": loss.detach(), "train/nll": parts["nll"].detach(), "train/kl": parts["kl"].detach()}
 
     def evaluate(self, x: torch.Tensor, batch_idx: int, stage: str,
                  y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
