@@ -59,6 +59,18 @@ def test_nan_gradients_under_a_finite_loss_stop_naming_the_player_and_iteration_
     assert model.iteration == 4 and trainer.global_step == 6
 
 
+@pytest.mark.parametrize("player, network", [("discriminator", "discriminator"),
+                                             ("generator_encoder", "generator")])
+def test_nan_gradients_in_a_simultaneous_update_stop_naming_the_player_before_its_step(tmp_path, player, network):
+    """Players stepping together are checked in one kernel; a NaN in either still names that player and
+    stops before its step."""
+    model = tiny_bigan(update="simultaneous")
+    nan_gradients_of(getattr(model, network), when=lambda: model.iteration == 2)
+    with pytest.raises(FloatingPointError, match=f"the {player} gradient norm is nan at iteration 2"):
+        tiny_trainer(tmp_path).fit(model, digits())
+    assert all(torch.isfinite(p).all() for p in model.parameters()), "the NaN step was taken"
+
+
 @pytest.fixture
 def deferred_checks(monkeypatch):
     """The accelerator's path on the CPU: NaN/Inf flags kept on the device, read every log_every_n_steps."""

@@ -77,8 +77,7 @@ class Players:
                    [p for group in torch_optimizer.param_groups for p in group["params"]])
             own = [p for p in own if p.requires_grad]
             self._backward(optimizer, loss, inputs=own, retain_graph=k + 1 < len(updates))
-        for optimizer, loss, player in updates:
-            self._step_if_finite(optimizer, loss, player)
+        self._steps_if_finite(updates)
 
     def generator_updates(self, optimizer, player: str, outputs: tuple, regenerate: Callable[[], tuple],
                           loss: Callable[..., torch.Tensor]) -> torch.Tensor:
