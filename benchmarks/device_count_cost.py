@@ -10,17 +10,15 @@ best of 5 repeats of 2,000 calls, one thread:
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import timeit
-from pathlib import Path
 
 import lightning as L
 import torch
 
 from gan_lightning.models.device_count import hold_cuda_device_count
-from provenance import commit  # benchmarks/provenance.py
+from provenance import commit, write_report  # benchmarks/provenance.py
 
 
 def best_us(fn, number: int = 2000, repeat: int = 5) -> float:
@@ -61,11 +59,7 @@ def main() -> None:
              f"{L.__version__}; best of 5 repeats of 2,000 calls.", "",
              "| | torch.cuda.is_available(), µs | fused Adam step, 16-unit MLP, µs |", "|---|---|---|"]
     lines += [f"| {k} | {a:.1f} | {s:.1f} |" for k, (a, s) in rows.items()]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, report, lines)
 
 
 if __name__ == "__main__":

@@ -21,21 +21,22 @@ batch run and are timed first, then the framework's batch is timed up to the nex
 phases of a shared machine fall on both alike. A round's figure is the median over its batches of framework time
 / plain time (and each variant's median time an iteration); the table gives the median over rounds. One thread.
 With ``--iterations_per_batch k`` the framework serves k batches to Lightning as one (``data.iterations_per_batch``).
+With ``--accelerator gpu`` both run on the GPU (``--precision bf16-mixed``: the plain loop under the same autocast),
+and each timed stretch starts and ends with ``torch.cuda.synchronize()``, so that a batch's time is its wall time.
 See docs/performance.md.
 
     python benchmarks/host_overhead.py --rounds 3 --iterations 192                    # every model
     python benchmarks/host_overhead.py --models bigan aae vae --rounds 4 --iterations 384 --iterations_per_batch 8
+    python benchmarks/host_overhead.py --accelerator gpu --precision bf16-mixed --rounds 3 --iterations 192   # a GPU
 """
 import argparse
 import contextlib
 import datetime
 import io
-import json
 import platform
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -44,7 +45,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from gan_lightning.callbacks import GANProgressBar, Preemption
 from gan_lightning.data import DeviceTensorLoader, to_model_range
-from provenance import commit  # benchmarks/provenance.py
+from provenance import commit, write_report  # benchmarks/provenance.py
 from throughput_models import CONFIGS, build, plain_update  # benchmarks/throughput_models.py
 
 WIDTH = "16"
@@ -60,11 +61,17 @@ TINY = {  # every width of each config set to 16, and fused Adam where the confi
 }
 
 
-def tiny(name: str, data_dir: str, iterations_per_batch: int = 1):
+def tiny(name: str, data_dir: str, iterations_per_batch: int = 1, accelerator: str = "cpu"):
     """The config's model and data module with 16-unit networks and the training set resident in memory."""
     torch.manual_seed(0)
-    return build(name, data_dir, "cpu", (*TINY[name], "--data.init_args.on_device", "true",
-                                         "--data.init_args.iterations_per_batch", str(iterations_per_batch)))
+    return build(name, data_dir, accelerator, (*TINY[name], "--data.init_args.on_device", "true",
+                                               "--data.init_args.iterations_per_batch", str(iterations_per_batch)))
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued kernels (nothing on a CPU): a timed stretch then holds its own kernels' time."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 class Interleaved(L.Callback):
@@ -82,14 +89,17 @@ class Interleaved(L.Callback):
         self.starts, self.stamps = [], []  # before the plain iterations, and after them (the framework's start)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        synchronize()  # the framework's previous batch, kernels included
         if batch_idx >= self.warmup:
             self.starts.append(time.perf_counter())
         for _ in range(self.k):
             self.plain_iteration(next(self.batches))
+        synchronize()
         if batch_idx >= self.warmup:
             self.stamps.append(time.perf_counter())
 
     def on_train_end(self, trainer, pl_module):
+        synchronize()
         self.starts.append(time.perf_counter())
 
     def seconds(self) -> tuple[list[float], list[float]]:
@@ -101,15 +111,24 @@ class Interleaved(L.Callback):
 def plain_loop(name: str, args):
     """One iteration of the hand-written loop (a function of a batch) and its batches, over its own copy of the
     networks: the resident training tensor indexed in the data module's order."""
-    model, data = tiny(name, args.data_dir)
+    model, data = tiny(name, args.data_dir, accelerator=args.accelerator)
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     data.prepare_data()
     data.setup("fit")
-    model.train()
+    model.to(device).train()
     optimizers, _ = model.configure_optimizers()
     iteration = plain_update(model, optimizers)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision.startswith("bf16")
+                else contextlib.nullcontext())
+
+    def plain(x):
+        with autocast:
+            iteration(to_model_range(x))
+
     # Another order than the framework's (seed + 1): each variant gathers rows the other has not just read.
-    loader = DeviceTensorLoader(data._tensors("train")[:1], data.hparams.batch_size, seed=data.hparams.seed + 1)
-    return lambda x: iteration(to_model_range(x)), (x for (x,) in loader)
+    loader = DeviceTensorLoader(data._tensors("train")[:1], data.hparams.batch_size, seed=data.hparams.seed + 1,
+                                device=device)
+    return plain, (x for (x,) in loader)
 
 
 def paired_round(name: str, args) -> tuple[float, float, float]:
@@ -118,9 +137,10 @@ def paired_round(name: str, args) -> tuple[float, float, float]:
     k = args.iterations_per_batch
     warmup, batches = -(-args.warmup // k), args.iterations // k  # in Lightning's batches
     timer = Interleaved(*plain_loop(name, args), warmup=warmup, iterations_per_batch=k)
-    model, data = tiny(name, args.data_dir, k)
+    model, data = tiny(name, args.data_dir, k, args.accelerator)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # the progress bar
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=warmup + batches,
+        trainer = L.Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, max_epochs=1,
+                            limit_train_batches=warmup + batches,
                             limit_val_batches=0, logger=CSVLogger(tmp), log_every_n_steps=50,
                             enable_model_summary=False,
                             callbacks=[timer, GANProgressBar(refresh_rate=20), Preemption(),
@@ -143,6 +163,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--iterations_per_batch", type=int, default=1,
                         help="the framework's data.iterations_per_batch: iterations per Lightning batch")
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--precision", default="32-true", help="Lightning's precision; bf16-mixed: autocast in both")
     parser.add_argument("--out", default="benchmarks/results/host_overhead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,14 +185,18 @@ def main() -> None:
                          "framework_vs_plain": statistics.median(ratios)}
 
     machine = f"{platform.processor() or platform.machine()}, {args.threads} thread{'s' if args.threads > 1 else ''}"
+    if args.accelerator == "gpu":
+        machine += f", {torch.cuda.get_device_name()}"
     command = "python benchmarks/host_overhead.py " + " ".join(
         f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items())
     report = {"command": command, "date": datetime.date.today().isoformat(), "commit": commit(), "machine": machine,
               "torch": torch.__version__, "lightning": L.__version__, "width": int(WIDTH),
-              "iterations_per_batch": args.iterations_per_batch, "models": results}
+              "iterations_per_batch": args.iterations_per_batch, "accelerator": args.accelerator,
+              "precision": args.precision, "models": results}
     lines = [f"Command: {command}",
              f"Date {report['date']}, commit {report['commit']}, {machine}, torch {torch.__version__}, "
-             f"lightning {L.__version__}; networks 16 units wide, fused Adam, resident data; framework with "
+             f"lightning {L.__version__}; {args.accelerator}, precision {args.precision}; networks 16 units wide, "
+             "fused Adam, resident data; framework with "
              f"data.iterations_per_batch {args.iterations_per_batch}; {args.iterations} iterations after {args.warmup} "
              f"per round, interleaved; median over {args.rounds} rounds of each round's median (ratio: over its "
              "batches).", "",
@@ -179,11 +205,7 @@ def main() -> None:
     for name, r in results.items():
         lines.append(f"| {name} ({r['config']}) | {r['median_ms']['plain']:.3f} | {r['median_ms']['framework']:.3f} | "
                      f"{r['framework_vs_plain']:.3f}x |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, report, lines)
 
 
 if __name__ == "__main__":

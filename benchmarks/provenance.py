@@ -1,4 +1,5 @@
 """What every benchmark's raw output is labelled with: the code it ran (``commit``) and where (``machine``)."""
+import json
 import os
 import platform
 import subprocess
@@ -28,3 +29,13 @@ def machine(accelerator: str) -> str:
     cpu = platform.processor() or platform.machine()
     gpu = f", {torch.cuda.get_device_name(0)}" if accelerator == "gpu" and torch.cuda.is_available() else ""
     return f"{platform.node()} ({cpu}, {os.cpu_count()} CPU threads{gpu}), torch {torch.__version__}"
+
+
+def write_report(out: str | Path, report: dict, lines: list[str]) -> None:
+    """A benchmark's raw output: ``<out>.json`` holds ``report``, ``<out>.md`` its ``lines`` (command, date, commit,
+    machine, table); the lines are printed too."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import datetime
 import io
-import json
 import platform
 import statistics
 import tempfile
@@ -47,7 +46,7 @@ from gan_lightning.losses import (
     reconstruction_error,
     reconstruction_nll,
 )
-from provenance import commit  # benchmarks/provenance.py
+from provenance import commit, write_report  # benchmarks/provenance.py
 from throughput import Timer, images_per_second  # benchmarks/throughput.py: the same timing as BiGAN's benchmark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,11 +285,7 @@ def main() -> None:
         lines.append(f"| {name} ({r['config']}) | {r['batch_size']} | {r['iterations']} "
                      f"| {r['median']['plain']:,.1f} | "
                      f"{r['median']['framework']:,.1f} | {100 * (r['framework_vs_plain'] - 1):+.1f} % |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, report, lines)
 
 
 if __name__ == "__main__":

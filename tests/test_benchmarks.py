@@ -186,15 +186,19 @@ def test_model_throughput_benchmark_times_both_loops_and_writes_the_table(tmp_pa
 
 
 @pytest.mark.slow
-def test_host_overhead_benchmark_interleaves_both_loops_and_writes_the_paired_table(tmp_path, data_dir):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_host_overhead_benchmark_interleaves_both_loops_and_writes_the_paired_table(tmp_path, data_dir, precision):
     out = tmp_path / "host_overhead"
     proc = subprocess.run([sys.executable, "benchmarks/host_overhead.py", "--models", "vae", "--rounds", "2",
                            "--warmup", "2", "--iterations", "8", "--iterations_per_batch", "4", "--data_dir",
-                           str(data_dir), "--out", str(out)], cwd=REPO, timeout=600, capture_output=True, text=True)
+                           str(data_dir), "--precision", precision, "--out", str(out)],
+                          cwd=REPO, timeout=600, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     r = report["models"]["vae"]
     assert report["width"] == 16 and report["commit"] and "1 thread" in report["machine"]
+    assert (report["accelerator"], report["precision"]) == ("cpu", precision)
+    assert f"cpu, precision {precision}" in out.with_suffix(".md").read_text()
     assert len(r["ms"]["plain"]) == len(r["ms"]["framework"]) == len(r["ratios"]) == 2
     assert all(v > 0 for v in r["ms"]["plain"] + r["ms"]["framework"])
     assert r["framework_vs_plain"] == pytest.approx(sorted(r["ratios"])[0] / 2 + sorted(r["ratios"])[1] / 2)
