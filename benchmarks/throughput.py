@@ -11,7 +11,8 @@ not move, and the table reports the median over repeats.
     python benchmarks/throughput.py --device cuda --precision bf16-mixed
 
 Variants:
-  plain           plain PyTorch loop, DataLoader over the uint8 training tensor, torch's default Adam
+  plain           plain PyTorch loop, DataLoader over the uint8 training tensor, torch's default Adam, without
+                  the CUDA device count that ``import lightning`` makes every Adam step redo on a CPU
   framework       python -m gan_lightning's default path: Trainer + GANDataModule (DataLoader),
                   CSV logger and progress bar on, as configs/bigan.yaml
   framework-fast  the same, with data.on_device=true and Adam(fused=True) (configs/bigan.yaml's setting)
@@ -22,6 +23,7 @@ import contextlib
 import datetime
 import io
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -45,6 +47,19 @@ BATCH, LATENT, HIDDEN = 128, 50, 1024
 ADAM = dict(lr=2e-4, betas=(0.5, 0.999), weight_decay=2.5e-5)
 
 
+@contextlib.contextmanager
+def without_lightnings_device_check():
+    """Torch as a script that never imports Lightning sees it: without ``PYTORCH_NVML_BASED_CUDA_CHECK``, which
+    ``import lightning`` sets and which makes every Adam step count the CUDA devices through NVML on a machine
+    where CUDA is not initialised (gan_lightning/models/device_count.py; ``device_count_cost.py``)."""
+    setting = os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    try:
+        yield
+    finally:
+        if setting is not None:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = setting
+
+
 def plain_loop(data: GANDataModule, device: str, warmup: int, iterations: int, hidden: int = HIDDEN) -> float:
     """images/s of a hand-written loop over the same networks and updates."""
     G = MLPGenerator(LATENT, (1, 28, 28), hidden).to(device)
@@ -54,26 +69,27 @@ def plain_loop(data: GANDataModule, device: str, warmup: int, iterations: int, h
     opt_ge = torch.optim.Adam([*G.parameters(), *E.parameters()], **ADAM)
     loader = DataLoader(data.splits["train"], batch_size=BATCH, shuffle=True, drop_last=True)
     stamps = []
-    for i, (x, _) in enumerate(loader):
-        if i >= warmup:
-            stamps.append(time.perf_counter())
-        if i == warmup + iterations:
-            break
-        x = to_model_range(x.to(device))
-        z = torch.rand(len(x), LATENT, device=device) * 2 - 1
-        x_fake, z_enc = G(z), E(x)
-        d_loss = discriminator_loss(D(x, z_enc.detach()), D(x_fake.detach(), z))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        D.requires_grad_(False)
-        ge_loss = bigan_encoder_generator_loss(D(x, z_enc), D(x_fake, z))
-        opt_ge.zero_grad(set_to_none=True)
-        ge_loss.backward()
-        opt_ge.step()
-        D.requires_grad_(True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+    with without_lightnings_device_check():
+        for i, (x, _) in enumerate(loader):
+            if i >= warmup:
+                stamps.append(time.perf_counter())
+            if i == warmup + iterations:
+                break
+            x = to_model_range(x.to(device))
+            z = torch.rand(len(x), LATENT, device=device) * 2 - 1
+            x_fake, z_enc = G(z), E(x)
+            d_loss = discriminator_loss(D(x, z_enc.detach()), D(x_fake.detach(), z))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            D.requires_grad_(False)
+            ge_loss = bigan_encoder_generator_loss(D(x, z_enc), D(x_fake, z))
+            opt_ge.zero_grad(set_to_none=True)
+            ge_loss.backward()
+            opt_ge.step()
+            D.requires_grad_(True)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
     return images_per_second(stamps)
 
 
