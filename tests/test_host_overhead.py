@@ -217,3 +217,16 @@ def test_optimizer_steps_do_not_count_the_cuda_devices_again(tmp_path, monkeypat
     spy.inside = True
     torch.optim.Adam([torch.zeros(1, requires_grad=True)]).step()
     assert spy.calls["nvml"] == 1
+
+
+@pytest.mark.parametrize("deferred, checks_per_iteration", [(False, 1), (True, 2)])
+def test_players_stepping_together_are_checked_in_one_kernel_when_the_check_is_read_at_once(
+        tmp_path, monkeypatch, deferred, checks_per_iteration):
+    """A simultaneous update's players share one non-finite check where it is read at once (the CPU); where the
+    flags stay on the device (an accelerator), each player keeps its own flag and nothing is checked twice."""
+    spy = Counting()
+    check = torch._amp_foreach_non_finite_check_and_unscale_
+    monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", spy.wrap("check", check))
+    monkeypatch.setattr(AdversarialModule, "defer_nonfinite_checks", deferred)
+    tiny_trainer(tmp_path, callbacks=[spy], limit_train_batches=3).fit(tiny_bigan(update="simultaneous"), digits())
+    assert spy.calls["batches"] == 3 and spy.calls["check"] == 3 * checks_per_iteration

@@ -4,8 +4,9 @@
 initialise CUDA before a fork). With it, ``torch.cuda.is_available()`` counts the devices through NVML, and torch
 keeps the count only once CUDA is initialised: until then every call loads ``libnvidia-ml`` again. Adam and AdamW
 ask at every ``step()`` (their CUDA-graph capture check), so a run on the CPU with a torch built for CUDA paid
-about 150 µs per optimizer step: 80 µs a call on the build machine, the fused Adam step of a 16-unit MLP 263 µs
-against 116 µs without (``benchmarks/host_overhead.py``). A loop that never imports Lightning does not pay it.
+about 175 µs per optimizer step: 95 µs a call on the build machine, the fused Adam step of a 16-unit MLP 278 µs
+against 101 µs with the count held (``benchmarks/device_count_cost.py``). A loop that never imports Lightning
+does not pay it.
 
 ``hold_cuda_device_count`` counts once, through the same NVML path, and lets torch answer from that count until
 ``release``; it does nothing where torch keeps the count already (CUDA initialised, e.g. training on a GPU) or is

@@ -29,8 +29,9 @@ class NonFiniteGuard:
             return
         found = self._nonfinite([(optimizer, loss)], player)
         if self.on_nonfinite == "stop":
-            if self._defer_nonfinite(found):  # per player, on the device: the first iteration whose values were not
-                first = self._finite.get(player, torch.full((), -1, dtype=torch.long, device=found.device))  # finite
+            if self._defer_nonfinite(found):
+                # Per player, on the device: the first iteration whose values were not finite (-1: none yet).
+                first = self._finite.get(player, torch.full((), -1, dtype=torch.long, device=found.device))
                 self._finite[player] = torch.where((first < 0) & (found[0] > 0), self.iteration, first)
             elif found.item():
                 self._raise_nonfinite_values(optimizer, loss, player)
@@ -48,9 +49,10 @@ class NonFiniteGuard:
         Under ``on_nonfinite: stop`` with the check read at once (on the CPU), every player's loss and gradients
         are checked in one kernel; only if something is not finite does each player get its own check, which
         names it (the players before it step, as they would have). Otherwise each player is checked in turn."""
-        if self.on_nonfinite == "stop" and self.__dict__.get("_direct") is not None:
+        if (self.on_nonfinite == "stop" and self.__dict__.get("_direct") is not None
+                and not self._defer_nonfinite(updates[0][1])):
             found = self._nonfinite([(optimizer, loss) for optimizer, loss, _ in updates], "players stepping together")
-            if not self._defer_nonfinite(found) and not found.item():
+            if not found.item():
                 for optimizer, _, _ in updates:
                     self._optimizer_step(optimizer)
                 return
@@ -58,10 +60,10 @@ class NonFiniteGuard:
         for optimizer, loss, player in updates:
             self._step_if_finite(optimizer, loss, player)
 
-    def _defer_nonfinite(self, found: torch.Tensor) -> bool:
-        """Whether ``on_nonfinite: stop`` keeps ``found`` on its device rather than reading it at once."""
+    def _defer_nonfinite(self, on: torch.Tensor) -> bool:
+        """Whether ``on_nonfinite: stop`` keeps its flags on ``on``'s device rather than reading them at once."""
         defer = self.defer_nonfinite_checks
-        return found.device.type != "cpu" if defer is None else defer
+        return on.device.type != "cpu" if defer is None else defer
 
     def _nonfinite(self, updates: list[tuple], flag: str) -> torch.Tensor:
         """The flag ``flag`` (a player's name), a (1,) tensor on the first loss's device: > 0 once a loss or any
