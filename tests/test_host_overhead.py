@@ -218,6 +218,14 @@ def test_optimizer_steps_do_not_count_the_cuda_devices_again(tmp_path, monkeypat
     torch.optim.Adam([torch.zeros(1, requires_grad=True)]).step()
     assert spy.calls["nvml"] == 1
 
+    # A fit that died by exception left its hold behind: the next fit takes it over and releases it.
+    from gan_lightning.models.device_count import hold_cuda_device_count
+
+    hold_cuda_device_count()
+    assert torch.cuda._cached_device_count is not None and spy.calls["nvml"] == 2
+    tiny_trainer(tmp_path, limit_train_batches=1).fit(tiny_bigan(update="alternating"), digits())
+    assert torch.cuda._cached_device_count is None and spy.calls["nvml"] == 3
+
 
 @pytest.mark.parametrize("deferred, checks_per_iteration", [(False, 1), (True, 2)])
 def test_players_stepping_together_are_checked_in_one_kernel_when_the_check_is_read_at_once(

@@ -11,22 +11,30 @@ does not pay it.
 ``hold_cuda_device_count`` counts once, through the same NVML path, and lets torch answer from that count until
 ``release``; it does nothing where torch keeps the count already (CUDA initialised, e.g. training on a GPU) or is
 built without CUDA. The number of devices cannot change during a fit; ``release`` lets torch count again after it.
+A hold that a fit dying by exception left behind is taken over, counted afresh, by the next hold.
 """
 from collections.abc import Callable
 
 import torch
 
+_holding = False  # whether the count torch answers from is one that hold_cuda_device_count set
+
 
 def hold_cuda_device_count() -> Callable[[], None]:
     """Keep ``torch.cuda.device_count()`` fixed at its present value; returns ``release``, which undoes that."""
+    global _holding
     cuda = torch.cuda
-    if not hasattr(cuda, "_cached_device_count") or cuda._cached_device_count is not None or cuda.is_initialized():
+    if not hasattr(cuda, "_cached_device_count") or cuda.is_initialized():
         return _nothing
-    cuda._cached_device_count = cuda.device_count()
+    if cuda._cached_device_count is not None and not _holding:  # torch's own count
+        return _nothing
+    cuda._cached_device_count = None
+    cuda._cached_device_count, _holding = cuda.device_count(), True
 
     def release() -> None:
-        if not cuda.is_initialized():  # once CUDA is initialised, the count torch keeps is its own
-            cuda._cached_device_count = None
+        global _holding
+        if _holding and not cuda.is_initialized():  # once CUDA is initialised, the count torch keeps is its own
+            cuda._cached_device_count, _holding = None, False
 
     return release
 
