@@ -95,7 +95,8 @@ def test_the_logged_parts_of_the_loss_are_batch_means_taken_when_written(tmp_pat
     trainer = tiny_trainer(tmp_path, limit_train_batches=4, log_every_n_steps=2,
                            logger=CSVLogger(tmp_path, name="", version=""))
     trainer.fit(model, digits())
-    rows = [r for r in csv.DictReader(open(tmp_path / "metrics.csv")) if r.get("train/nll")]
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/nll")]
     assert [int(float(r["iteration"])) for r in rows] == [2, 4]
     for r in rows:
         assert float(r["train/loss"]) == pytest.approx(float(r["train/nll"]) + 0.5 * float(r["train/kl"]), rel=1e-5)

@@ -28,7 +28,7 @@ def hold_cuda_device_count() -> Callable[[], None]:
         return _nothing
     if cuda._cached_device_count is not None and not _holding:  # torch's own count
         return _nothing
-    cuda._cached_device_count = None
+    cuda._cached_device_count = None  # a hold left behind is counted afresh, not carried over
     cuda._cached_device_count, _holding = cuda.device_count(), True
 
     def release() -> None:

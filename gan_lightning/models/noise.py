@@ -22,7 +22,6 @@ def seed_training_rng(seed: int, device: torch.device) -> None:
         torch.manual_seed(seed)
 
 
-
 class IterationNoise:
     """The training noise of an ``AdversarialModule`` (a mixin of it): ``self.noise`` and the draws from it."""
 
