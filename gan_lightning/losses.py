@@ -119,12 +119,14 @@ def reconstruction_nll(x_hat: torch.Tensor, x: torch.Tensor, likelihood: Likelih
 
     The Bernoulli term is computed in float32 with autocast off: CUDA's autocast refuses
     ``binary_cross_entropy`` under bf16/fp16 mixed precision, and a bf16 sum over 784 pixels would lose
-    the nats that the bound is read in.
+    the nats that the bound is read in. It is written out rather than ``F.binary_cross_entropy``, which raises
+    on a NaN mean where the NaN guard (``model.on_nonfinite``) should see a NaN loss and name the player.
     """
     if likelihood == "bernoulli":
         with torch.autocast(x_hat.device.type, enabled=False):
             p = ((x_hat.float() + 1) / 2).clamp(1e-6, 1 - 1e-6)
-            nll = F.binary_cross_entropy(p, (x.float() + 1) / 2, reduction="none")
+            t = (x.float() + 1) / 2
+            nll = -(t * p.log() + (1 - t) * (1 - p).log())
     else:
         nll = (x - x_hat).square() / (2 * sigma**2) + math.log(sigma * math.sqrt(2 * math.pi))
     return nll.flatten(1).sum(dim=1)

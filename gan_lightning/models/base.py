@@ -297,18 +297,27 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
         self.scheduler_epochs += 1
 
     def _resume_schedulers(self) -> None:
-        """A resumed run starts where the checkpoint's schedulers are: at the epoch after the last one stepped."""
+        """A resumed run starts where the checkpoint's schedulers are: at the epoch after the last one stepped.
+
+        The schedulers step in the training step of an epoch's last batch, and Lightning resumes a checkpoint written
+        after that batch but before the epoch's end (at the end of a validation that runs only every few epochs)
+        in that epoch, with nothing left but its end: its schedulers have stepped once more than its number."""
+        epoch = self.trainer.current_epoch
+        loop = self.trainer.fit_loop
+        batches_done = loop.epoch_progress.total.started > loop.epoch_progress.total.processed \
+            and loop.epoch_loop.batch_progress.is_last_batch
         if self.scheduler_epochs == -1:
-            self.scheduler_epochs = self.trainer.current_epoch
-        if self.trainer.current_epoch != self.scheduler_epochs and self.lr_schedulers():
+            self.scheduler_epochs = epoch + batches_done
+        if epoch + batches_done != self.scheduler_epochs and self.lr_schedulers():
             raise CheckpointError(
                 f"the learning-rate schedulers stepped at {self.scheduler_epochs} epoch ends, but training starts at "
-                f"epoch {self.trainer.current_epoch}: the checkpoint was written by an older gan_lightning or "
-                "edited; resume from an epoch checkpoint or start a new run")
+                f"epoch {epoch}{' after its last batch' if batches_done else ''}: the checkpoint's loop state was "
+                "edited or written by another program; resume from another checkpoint or start a new run")
         if self.iteration:  # says where a resumed run starts, so that a user (and a test) can see it did resume
             rates = sorted({group["lr"] for opt in self.trainer.optimizers for group in opt.param_groups})
-            rank_zero_info(f"gan_lightning: resuming at iteration {self.iteration}, epoch "
-                           f"{self.trainer.current_epoch}, learning rate {', '.join(f'{r:.4g}' for r in rates)}")
+            rank_zero_info(f"gan_lightning: resuming at iteration {self.iteration}, epoch {epoch}"
+                           f"{' (its end)' if batches_done else ''}, learning rate "
+                           f"{', '.join(f'{r:.4g}' for r in rates)}")
 
     # --- evaluation --------------------------------------------------------------------------
 

@@ -7,6 +7,29 @@ and a checkpoint of another model, or of this model with other sizes, is refused
 from gan_lightning.checkpoints import CheckpointError
 
 
+def reopen_cut_epoch(checkpoint: dict) -> None:
+    """Record an epoch that a stop cut short (``max_steps``, ``max_time``, ``trainer.should_stop``) as unfinished.
+
+    Lightning ends the epoch loop early on such a stop and counts the epoch as finished (its end hooks run, and
+    ``current_epoch`` moves on), so a run resumed from that checkpoint would skip the rest of the epoch's batches
+    and start the next epoch with the schedulers one epoch behind. The batches say otherwise: the epoch's last
+    batch was never reached. Such an epoch is recorded here as Lightning records a stop inside an epoch (a
+    preemption signal's checkpoint): started, not processed, so that the resumed run goes on with its next batch,
+    bit for bit as if it had never stopped. Applied when saving and again when loading (files written before)."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {}) if isinstance(checkpoint.get("loops"), dict) else {}
+    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+    try:
+        total, current = epochs["total"], epochs["current"]
+        cut = (not batches["is_last_batch"] and batches["current"]["completed"] > 0
+               and total["processed"] == total["started"] > 0)
+    except (KeyError, TypeError):  # no loops (a weights-only file) or another layout: read as it is
+        return
+    if cut:
+        for progress in (total, current):
+            progress["processed"] = progress["completed"] = progress["started"] - 1
+        checkpoint["epoch"] = current["completed"]
+
+
 class CheckpointState:
     """The checkpoint hooks of an ``AdversarialModule`` (a mixin of it)."""
 
@@ -17,9 +40,11 @@ class CheckpointState:
         checkpoint["gan_lightning"] = {"model": type(self).__name__, "iteration": self.iteration,
                                        "images_seen": self.images_seen, "skipped": dict(self.skipped),
                                        "scheduler_epochs": self.scheduler_epochs}
+        reopen_cut_epoch(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("gan_lightning", {})
+        reopen_cut_epoch(checkpoint)  # also in files that an earlier version wrote with the epoch closed
         if saved.get("model", type(self).__name__) != type(self).__name__:
             raise CheckpointError(f"this checkpoint holds a {saved['model']} model, but the config builds a "
                              f"{type(self).__name__}: pass the checkpoint of a {type(self).__name__} run, "
