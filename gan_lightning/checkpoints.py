@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 class CheckpointError(ValueError):
@@ -166,8 +167,76 @@ def write_atomically(checkpoint: dict, path: str | Path) -> None:
         raise
 
 
+CHECKPOINT_PATH_FIELDS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path``, resolved (``..`` and symlinks followed), lies in ``folder``, resolved."""
+    try:
+        return Path(path).expanduser().resolve().is_relative_to(Path(folder).expanduser().resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return False
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def confine_checkpoint_state(state: object, folder: str | Path) -> tuple[dict, list[str]]:
+    """A ``ModelCheckpoint``'s state from a checkpoint with every path that does not resolve inside
+    ``folder`` (the callback's own folder in this run) dropped; returns it and the dropped paths.
+
+    Lightning restores ``best_model_path`` always and the other paths when the saved ``dirpath`` equals the
+    callback's; it later removes the "previous" last and k-th best checkpoint, and ``--ckpt_path best`` loads the
+    best one. A path that a file from elsewhere chose must do neither."""
+    if not isinstance(state, dict):
+        return {}, [f"the whole state ({_short(state, 80)})"]
+    state, dropped = dict(state), []
+    for key in CHECKPOINT_PATH_FIELDS:
+        value = state.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str) or "://" in value or not inside(value, folder):
+            dropped.append(_short(value, 200))
+            state[key] = ""
+    best = state.get("best_k_models")
+    if best is not None:
+        if not isinstance(best, dict):
+            dropped.append(f"best_k_models ({_short(best, 80)})")
+            state.pop("best_k_models")
+        else:
+            kept = {path: score for path, score in best.items()
+                    if isinstance(path, str) and "://" not in path and inside(path, folder)}
+            dropped += [_short(path, 200) for path in best if path not in kept]
+            state["best_k_models"] = kept
+    if "best_model_path" not in state:  # Lightning reads it unconditionally
+        state["best_model_path"] = ""
+    state.setdefault("best_model_score", None)
+    return state, dropped
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO with atomic local writes and weights-only reads (see the module docstring)."""
+    """Lightning's checkpoint IO with atomic local writes and weights-only reads (see the module docstring), which
+    removes only checkpoint files of its ``folders`` (the run's ModelCheckpoint folders): never a folder, never a
+    file elsewhere, whatever path a restored callback state names."""
+
+    def __init__(self, folders: list[str | Path] = ()) -> None:
+        super().__init__()
+        self.folders = list(folders)
+
+    def remove_checkpoint(self, path) -> None:
+        file = Path(path)
+        removable = ("://" not in str(path) and file.suffix == ".ckpt" and (file.is_symlink() or file.is_file())
+                     and any(_same_folder(file.parent, folder) for folder in self.folders))
+        if not removable:
+            rank_zero_warn(f"gan_lightning: {_short(str(path), 200)} was not removed: only checkpoint files directly "
+                           f"in this run's checkpoint folder ({', '.join(map(str, self.folders)) or 'none known'}) "
+                           "are removed")
+            return
+        file.unlink(missing_ok=True)  # a symlink itself, never what it points at
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):  # remote file systems: Lightning's own transaction

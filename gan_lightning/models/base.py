@@ -178,6 +178,9 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
                               "model.update alternating")
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # atomic writes, weights-only reads
             strategy.checkpoint_io = SafeCheckpointIO()
+        if isinstance(strategy.checkpoint_io, SafeCheckpointIO):  # removes checkpoint files of these folders only
+            strategy.checkpoint_io.folders = [cb.dirpath for cb in self.trainer.checkpoint_callbacks
+                                              if getattr(cb, "dirpath", None)]
         if stage == "fit" and isinstance(strategy, DDPStrategy) and not isinstance(strategy, PlayerDDPStrategy):
             fix = "set trainer.strategy to player_ddp (one DDP per player network: each step sends only its gradients)"
             if self.update == "simultaneous":

@@ -4,7 +4,9 @@ A checkpoint holds the counters that match its weights (iteration, images seen, 
 ends), so that resuming from it goes on bit for bit; it is never written with NaN or Inf state (``nonfinite.py``),
 and a checkpoint of another model, or of this model with other sizes, is refused in one line.
 """
-from gan_lightning.checkpoints import CheckpointError
+from lightning.pytorch.utilities import rank_zero_warn
+
+from gan_lightning.checkpoints import CheckpointError, confine_checkpoint_state
 
 
 def reopen_cut_epoch(checkpoint: dict) -> None:
@@ -50,11 +52,28 @@ class CheckpointState:
                              f"{type(self).__name__}: pass the checkpoint of a {type(self).__name__} run, "
                              f"or set model.class_path to {saved['model']}.")
         self._refuse_other_shapes(checkpoint)
+        self._confine_callback_paths(checkpoint)
         self.iteration = saved.get("iteration", 0)
         self.images_seen = saved.get("images_seen", 0)
         self.skipped = dict(saved.get("skipped", {}))
         self.scheduler_epochs = saved.get("scheduler_epochs", -1)  # -1: an older checkpoint, which did not count
         self.__dict__.pop("_ema_counts", None)  # the loaded counts are read again (on_train_start, update_ema)
+
+    def _confine_callback_paths(self, checkpoint: dict) -> None:
+        """Drop, with one warning each, the paths in the checkpoint's ModelCheckpoint states that lie outside that
+        callback's folder of this run (``confine_checkpoint_state``): Lightning restores the callbacks after this
+        hook, then removes and loads the paths they name."""
+        states = checkpoint.get("callbacks")
+        if self._trainer is None or not isinstance(states, dict):
+            return
+        for callback in self.trainer.checkpoint_callbacks:
+            key = getattr(callback, "state_key", None)
+            if key in states and getattr(callback, "dirpath", None):
+                states[key], dropped = confine_checkpoint_state(states[key], callback.dirpath)
+                for path in dropped:
+                    rank_zero_warn(f"gan_lightning: the checkpoint {self.trainer.ckpt_path} names {path} in its "
+                                   f"{type(callback).__name__} state, outside {callback.dirpath}: ignored (neither "
+                                   "loaded nor removed)")
 
     def _refuse_other_shapes(self, checkpoint: dict) -> None:
         """A checkpoint of this model built with other sizes (latent_dim, width, data shape): one line naming

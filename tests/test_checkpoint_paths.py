@@ -1,0 +1,120 @@
+"""A checkpoint from elsewhere cannot choose what is deleted, overwritten or loaded (docs/failures.md).
+
+Lightning restores a ``ModelCheckpoint``'s state from the file it resumes (``best_model_path`` always; the last,
+k-th best and top-k paths when the saved ``dirpath`` equals the callback's), later removes the "previous" last and
+k-th best checkpoint, and ``--ckpt_path best`` loads the best one. Its guard (``dirpath in
+Path(previous).absolute().parents``) does not resolve ``..``. Two guards here: the paths of a restored state that do
+not resolve inside the callback's folder are dropped with a warning (``confine_checkpoint_state``), and
+``SafeCheckpointIO`` removes only checkpoint files directly in the run's checkpoint folders, never a folder.
+"""
+from pathlib import Path
+
+import pytest
+import torch
+
+from gan_lightning.checkpoints import SafeCheckpointIO, confine_checkpoint_state
+from gan_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+BIGAN_RING = REPO / "configs" / "toy" / "bigan_ring.yaml"
+SMOKE = REPO / "configs" / "overlays" / "smoke.yaml"
+
+
+def fit(run: Path, *extra: str) -> None:
+    main(["fit", "--config", str(BIGAN_RING), "--config", str(SMOKE), "--model.init_args.width", "16",
+          "--run_dir", str(run), "--wandb.mode", "off", *extra])
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    """A real run folder: a small BiGAN on the ring, one epoch of 4 iterations through the CLI."""
+    run = tmp_path_factory.mktemp("toy") / "run"
+    fit(run)
+    return run
+
+
+def victims(root: Path) -> dict[Path, bytes]:
+    """Files and a folder outside the run, each a target a forged state may name; their contents."""
+    folder = root / "precious"
+    folder.mkdir()
+    (folder / "thesis.tex").write_bytes(b"years of work")
+    (root / "results.ckpt").write_bytes(b"another run's checkpoint")
+    return {folder / "thesis.tex": b"years of work", root / "results.ckpt": b"another run's checkpoint"}
+
+
+def forge_paths(checkpoint: dict, checkpoints: Path, outside: Path) -> list[str]:
+    """Point every path field of the ModelCheckpoint state at ``outside``, by ``..`` and by a symlink inside
+    ``checkpoints``; returns the forged paths."""
+    (checkpoints / "link.ckpt").symlink_to(outside / "results.ckpt")
+    dotdot = str(checkpoints / ".." / ".." / ".." / "precious")  # a folder outside, reached through ..
+    paths = [dotdot, str(checkpoints / "link.ckpt"), str(outside / "results.ckpt")]
+    for key, state in checkpoint["callbacks"].items():
+        if key.startswith("ModelCheckpoint"):
+            state.update(last_model_path=dotdot, kth_best_model_path=paths[1], best_model_path=paths[2],
+                         best_k_models={path: torch.tensor(0.0) for path in paths}, dirpath=str(checkpoints))
+    return paths
+
+
+@pytest.mark.slow
+def test_a_forged_checkpoint_state_deletes_and_loads_nothing_outside_the_run(toy_run, tmp_path):
+    """The issue's reproduction: resuming a checkpoint whose ModelCheckpoint state names a folder outside the
+    run (through ``..``), a symlink to a file outside, and a file outside. All survive, unchanged, and each
+    path is named in a warning; the run goes on and writes its own last.ckpt."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    files = victims(outside)
+    run = outside / "a" / "run"  # the run's checkpoints/../../.. is `outside`
+    checkpoints = run / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    checkpoint = torch.load(toy_run / "checkpoints" / "last.ckpt", weights_only=True)
+    forged = forge_paths(checkpoint, checkpoints, outside)
+    torch.save(checkpoint, checkpoints / "last.ckpt")
+
+    with pytest.warns(UserWarning) as caught:
+        fit(run, "--trainer.max_epochs", "2", "--ckpt_path", str(checkpoints / "last.ckpt"))
+    for file, content in files.items():
+        assert file.read_bytes() == content, f"{file} was changed or removed"
+    assert (checkpoints / "link.ckpt").is_symlink()
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["gan_lightning"]["iteration"] == 8
+    said = " ".join(str(warning.message) for warning in caught)
+    for path in forged:
+        assert f"names {path}" in said or f"names {path!r}" in said, f"no warning names {path}"
+
+
+def test_the_state_keeps_the_paths_inside_and_drops_the_rest(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "loop.ckpt").symlink_to(folder / "loop.ckpt")  # a symlink loop: never followed for ever
+    inside = str(folder / "epoch=1.ckpt")
+    state = {"best_model_path": inside, "last_model_path": str(folder / ".." / "x.ckpt"),
+             "kth_best_model_path": "s3://bucket/run/x.ckpt",
+             "best_k_models": {inside: 1.0, str(folder / "loop.ckpt"): 2.0, "/etc/passwd": 3.0}}
+    kept, dropped = confine_checkpoint_state(state, folder)
+    assert kept["best_model_path"] == inside and kept["best_k_models"] == {inside: 1.0}
+    assert kept["last_model_path"] == kept["kth_best_model_path"] == ""
+    assert len(dropped) == 4
+    kept, dropped = confine_checkpoint_state(["not", "a", "dict"], folder)
+    assert kept == {} and dropped
+
+
+def test_safe_checkpoint_io_removes_only_checkpoint_files_of_its_folders(tmp_path):
+    folder, elsewhere = tmp_path / "checkpoints", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "keep.ckpt").write_text("x")
+    (folder / "a_folder.ckpt").mkdir()
+    (folder / "a_folder.ckpt" / "inside").write_text("x")
+    (folder / "notes.txt").write_text("x")
+    (folder / "link.ckpt").symlink_to(elsewhere / "keep.ckpt")
+    (folder / "old.ckpt").write_text("x")
+    io = SafeCheckpointIO(folders=[folder])
+    for path in (elsewhere / "keep.ckpt", folder / "a_folder.ckpt", folder / "notes.txt",
+                 folder / ".." / "elsewhere" / "keep.ckpt", "memory://x/old.ckpt"):
+        with pytest.warns(UserWarning, match="was not removed"):
+            io.remove_checkpoint(path)
+    assert (elsewhere / "keep.ckpt").exists() and (folder / "a_folder.ckpt" / "inside").exists()
+    assert (folder / "notes.txt").exists()
+    io.remove_checkpoint(folder / "link.ckpt")  # the link goes, not what it points at
+    io.remove_checkpoint(folder / "old.ckpt")
+    assert not (folder / "link.ckpt").is_symlink() and (elsewhere / "keep.ckpt").exists()
+    assert not (folder / "old.ckpt").exists()
