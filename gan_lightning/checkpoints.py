@@ -14,14 +14,17 @@ objects the weights-only unpickler refuses, gives one ``CheckpointError`` line n
 
 A weights-only load holds plain values, but some of them are names: a checkpoint's ``_class_path`` (and
 Lightning's ``_instantiator``) name code, and importing a module runs it, calling a callable runs anything
-(``subprocess.run`` with ``shell: True``). ``model_class`` and ``model_settings`` turn a checkpoint's
-hyperparameters into a model class and its arguments without importing or calling anything the file names.
+(``subprocess.run`` with ``shell: True``). ``gan_lightning.models.registry`` turns a checkpoint's hyperparameters
+into a model class and its arguments without importing or calling anything the file names.
+
+Before anything is built from a file, it is checked here: its zip entries inflate to no more than the file
+(``_refuse_inflation``), its layout is a checkpoint's (``check_layout``), its settings have the types the model's
+signature declares (``check_settings``) and build, on the ``meta`` device, the weights the file holds
+(``check_weights``); paths in its callbacks' states stay in the run (``confine_checkpoint_state``). This module
+knows files and schemas only: it imports no model.
 """
-import importlib
-import inspect
 import os
 import pickle
-import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -43,8 +46,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", weights_only: b
         raise CheckpointError(f"checkpoint {file} not found; checkpoints are in <default_root_dir>/checkpoints/")
     if not zipfile.is_zipfile(file):  # torch.save writes a zip archive; a cut one loses its directory at the end
         raise _unreadable(file, ValueError("not a whole zip archive"))
+    _refuse_inflation(file)
     try:
-        return torch.load(file, map_location=map_location, weights_only=weights_only)
+        checkpoint = torch.load(file, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
         if weights_only and "weights only" in str(err).lower():
             unsupported = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line),
@@ -56,69 +60,117 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", weights_only: b
         raise _unreadable(file, err) from None
     except Exception as err:  # truncated zip archive, pickle errors, a file that is not a checkpoint at all
         raise _unreadable(file, err) from None
+    check_layout(checkpoint, file)
+    return checkpoint
 
 
-def model_class(class_path: object, file: str | Path, chosen: str | None = None) -> type:
-    """The model class a checkpoint's ``_class_path`` names, looked up by name among ``gan_lightning.models``'
-    models (``allowed_models``), never imported: a module named by a file from elsewhere is not ours to run.
-    ``chosen``: a class path the user named (``--model_class``, the config's ``model.class_path``); it is imported,
-    because the user chose it, and must still be a model. Anything else: one ``CheckpointError`` line naming it."""
-    from gan_lightning.models import AdversarialModule
-
-    if chosen is not None:
-        module, _, name = chosen.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError, ValueError) as err:
-            first_line = (str(err).splitlines() or [""])[0]
-            raise CheckpointError(f"model class {chosen!r} cannot be imported ({type(err).__name__}: {first_line}): "
-                                  "name it as package.module.Class") from None
-        if not (isinstance(cls, type) and issubclass(cls, AdversarialModule)):
-            raise CheckpointError(f"model class {chosen!r} is not a subclass of "
-                                  "gan_lightning.models.AdversarialModule: name a model class")
-        return cls
-    models = allowed_models()
-    # gan_lightning.models.Class, or gan_lightning.models.<module>.Class with any module: a class that has moved
-    # between the package's modules (SemiSupervisedAAE and ClusteringAAE left models.aae) still loads by its name.
-    ours = isinstance(class_path, str) and re.fullmatch(r"gan_lightning\.models(?:\.\w+)?\.(\w+)", class_path)
-    for cls in models.values():
-        if ours and ours[1] == cls.__name__:
-            return cls
-    named = isinstance(class_path, str) and re.fullmatch(r"[\w.]{1,200}", class_path)
-    raise CheckpointError(
-        f"checkpoint {file} names the model class {_short(class_path, 200)}, which is not one of "
-        f"gan_lightning.models ({', '.join(models)}): it is neither imported nor called, since a checkpoint from "
-        "elsewhere can name any code. If it is a model class of your own and you trust it, name it yourself: "
-        f"--model_class {class_path if named else 'pkg.module.Class'} (evaluate, sample) or model.class_path in the "
-        "config (fit)")
+def _refuse_inflation(file: Path) -> None:
+    """``torch.save`` stores a checkpoint's entries uncompressed, so together they are no larger than the file:
+    a file whose entries would inflate past its own size (a zip bomb) is refused before anything is read."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            inflated = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise _unreadable(file, err) from None
+    size = file.stat().st_size
+    if inflated > size:
+        raise CheckpointError(f"checkpoint {file} is a zip archive whose entries inflate to {inflated:,} bytes from "
+                              f"{size:,}: torch.save stores them uncompressed, so it was not written by torch.save "
+                              "and is not read; use a checkpoint written by `python -m gan_lightning fit`")
 
 
-def allowed_models() -> dict[str, type]:
-    """The classes a checkpoint may name: the models ``gan_lightning.models`` exports (not their base)."""
-    import gan_lightning.models as models
-
-    base = models.AdversarialModule
-    exported = {name: getattr(models, name) for name in models.__all__}
-    return {name: obj for name, obj in exported.items()
-            if isinstance(obj, type) and issubclass(obj, base) and obj is not base}
+# The layout of a checkpoint as Lightning and AdversarialModule write it: the type of each top-level entry.
+LAYOUT = {"epoch": int, "global_step": int, "state_dict": dict, "loops": dict, "callbacks": dict,
+          "optimizer_states": list, "lr_schedulers": list, "hyper_parameters": dict,
+          "datamodule_hyper_parameters": dict, "gan_lightning": dict}
+# gan_lightning's own entry (``CheckpointState.on_save_checkpoint``): each counter's type and least value.
+COUNTERS = {"iteration": 0, "images_seen": 0, "scheduler_epochs": -1}
 
 
-def model_settings(cls: type, hparams: dict, file: str | Path) -> dict:
-    """The checkpoint's saved settings that ``cls.__init__`` accepts (its own and those its ``**kwargs`` pass to
-    the model classes above it). ``save_hyperparameters`` records plain values only; a dict with a
-    ``class_path`` (an optimizer, say) is instantiated by whoever reads it, so a checkpoint holding one, or any
-    other object, was not written by fit and is refused naming the setting."""
-    from gan_lightning.models import AdversarialModule
+def check_layout(checkpoint: object, file: str | Path) -> None:
+    """The checkpoint's layout, checked before anything is built from it: a dict whose known entries have the
+    types Lightning writes, a ``state_dict`` of named tensors and gan_lightning's counters as whole numbers. Any
+    other layout: one ``CheckpointError`` line naming the file, the entry and what belongs there."""
+    if not isinstance(checkpoint, dict):
+        raise _misfit(file, "the file", checkpoint, "a dict of a checkpoint's entries")
+    for key, kind in LAYOUT.items():
+        if key in checkpoint and not (isinstance(checkpoint[key], kind) and not isinstance(checkpoint[key], bool)):
+            raise _misfit(file, f"entry {key!r}", checkpoint[key], f"a {kind.__name__}")
+    for key in ("epoch", "global_step"):
+        if checkpoint.get(key, 0) < 0:
+            raise _misfit(file, f"entry {key!r}", checkpoint[key], "a count >= 0")
+    for name, tensor in checkpoint.get("state_dict", {}).items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise _misfit(file, f"state_dict entry {_short(name, 80)}", tensor, "a tensor under a parameter's name")
+    for key in ("optimizer_states", "lr_schedulers"):
+        for i, state in enumerate(checkpoint.get(key, [])):
+            if not isinstance(state, dict):
+                raise _misfit(file, f"{key}[{i}]", state, "a dict (an optimizer's or scheduler's state_dict)")
+    ours = checkpoint.get("gan_lightning", {})
+    for key, least in COUNTERS.items():
+        value = ours.get(key, least)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise _misfit(file, f"gan_lightning[{key!r}]", value, f"a whole number >= {least}")
+    if not isinstance(ours.get("model", ""), str):
+        raise _misfit(file, "gan_lightning['model']", ours["model"], "a model's class name")
+    skipped = ours.get("skipped", {})
+    if not (isinstance(skipped, dict) and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                              and v >= 0 for k, v in skipped.items())):
+        raise _misfit(file, "gan_lightning['skipped']", skipped, "a count of skipped updates per player")
 
-    accepted = {name for klass in cls.__mro__ if issubclass(klass, AdversarialModule) and "__init__" in vars(klass)
-                for name in inspect.signature(klass.__init__).parameters if name not in ("self", "args", "kwargs")}
-    settings = {key: value for key, value in hparams.items() if key in accepted}
-    for key, value in settings.items():
-        if not plain(value):
-            raise CheckpointError(f"checkpoint {file}: model setting {key!r} holds {_short(value, 120)}, where a "
-                                  "plain value (a number, a string, a list of them) belongs; it was not written by "
-                                  "`python -m gan_lightning fit` and is not loaded")
-    return settings
+
+def _misfit(file: str | Path, where: str, value: object, belongs: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {file}: {where} holds {_short(value, 100)}, where {belongs} belongs: it was "
+                           "not written by `python -m gan_lightning fit`, or was damaged; use another checkpoint")
+
+
+def check_settings(cls: type, settings: dict, file: str | Path, group: str = "model") -> None:
+    """The type and range of each of ``settings`` as ``cls.__init__``'s signature declares them (jsonargparse,
+    as for a config): a setting of the wrong type or outside its choices is one line naming it."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, group, fail_untyped=False, sub_configs=False)
+    known = {key.split(".", 1)[1] for key in parser.get_defaults().keys() if key.startswith(f"{group}.")}
+    typed = {key: value for key, value in settings.items() if key in known}
+    try:
+        parser.parse_object({group: typed}, defaults=False)
+    except Exception as err:  # jsonargparse's ArgumentError: "Parser key "model.width": Expected ..."
+        said = " ".join(" ".join(str(err).split()).split("Given value type")[0].split())
+        raise CheckpointError(f"checkpoint {file}: its {group} settings do not fit {cls.__name__} ({_short(said, 240)}"
+                              "): it was not written by this version of gan_lightning, or was edited") from None
+
+
+def check_weights(cls: type, settings: dict, state_dict: dict, file: str | Path) -> None:
+    """Build ``cls(**settings)`` on the ``meta`` device (no memory) and compare its weights' names, shapes and
+    kinds with the checkpoint's before anything is allocated: a setting that would build other or larger
+    networks than the file holds (``width: 10**7``) is refused in one line, and nothing is built for real."""
+    try:
+        with torch.device("meta"):
+            model = cls(**settings)
+    except Exception as err:
+        first = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(f"checkpoint {file}: its settings do not build a {cls.__name__} "
+                              f"({type(err).__name__}: {_short(first, 200)}): it was not written by this version of "
+                              "gan_lightning, or was edited; use another checkpoint") from None
+    refuse_other_weights(model.state_dict(), state_dict, f"checkpoint {file}", cls.__name__)
+
+
+def refuse_other_weights(ours: dict, theirs: dict, source: str, name: str, fix: str = "") -> None:
+    """One line when ``theirs`` (a checkpoint's state_dict) has other names, shapes or kinds than ``ours``."""
+    missing, unexpected = [k for k in ours if k not in theirs], [k for k in theirs if k not in ours]
+    misfits = [f"{key} is {tuple(theirs[key].shape)} there, {tuple(value.shape)} here" for key, value in ours.items()
+               if key in theirs and tuple(theirs[key].shape) != tuple(value.shape)]
+    misfits += [f"{key} holds {theirs[key].dtype} there, {value.dtype} here" for key, value in ours.items()
+                if key in theirs and theirs[key].is_floating_point() != value.is_floating_point()]
+    problems = ([f"{len(missing)} weights missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"]
+                if missing else [])
+    problems += ([f"{len(unexpected)} unknown weights ({', '.join(_short(k, 60) for k in unexpected[:3])}"
+                  f"{', ...' if len(unexpected) > 3 else ''})"] if unexpected else [])
+    problems += misfits[:1] + ([f"{len(misfits) - 1} more misfits"] if len(misfits) > 1 else [])
+    if problems:
+        raise CheckpointError(f"{source} does not hold the weights of this {name} ({'; '.join(problems)}): "
+                              f"{fix or 'it was trained with other settings or edited; use its own settings'}")
 
 
 def plain(value: object) -> bool:

@@ -20,38 +20,65 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gan_lightning.checkpoints import CheckpointError, model_class, model_settings, plain, read_checkpoint
+from gan_lightning.checkpoints import (
+    CheckpointError,
+    check_settings,
+    check_weights,
+    plain,
+    read_checkpoint,
+    refuse_other_weights,
+)
 from gan_lightning.data import GANDataModule
 
 
 def load_model(path: str, device: str = "cpu", data_dir: str | None = None, chosen_class: str | None = None):
     """(model in eval mode on ``device``, data module) rebuilt from a checkpoint's hyperparameters; ``data_dir``:
-    where the dataset is, if not where training found it; ``chosen_class``: the user's own model class
-    (``--model_class``) where the checkpoint names one outside ``gan_lightning.models``.
+    where the dataset is (default: the data module's own default; never the checkpoint's); ``chosen_class``: the
+    user's own model class (``--model_class``) where the checkpoint names one outside ``gan_lightning.models``.
 
     The file is read weights-only, and what its text names is neither imported nor called: the model class is
-    looked up among gan_lightning's models (``checkpoints.model_class``), the data module is always
-    ``GANDataModule``, and Lightning's ``_instantiator`` is ignored."""
+    looked up among gan_lightning's models (``models.registry.model_class``), the data module is always
+    ``GANDataModule``, and Lightning's ``_instantiator`` is ignored. Its settings are checked against the
+    classes' signatures and its weights against the model built on the meta device before anything is built."""
+    from gan_lightning.models.registry import model_class, model_settings
+
     ckpt = read_checkpoint(path)
     hp = dict(ckpt.get("hyper_parameters", {}))
     if not hp.get("_class_path") or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {path} has no model class or weights: it was not written by "
                               "`python -m gan_lightning fit`")
     cls = model_class(hp["_class_path"], path, chosen_class)
-    model = cls(**model_settings(cls, hp, path))
+    settings = model_settings(cls, hp, path)
+    check_settings(cls, settings, path)
+    check_weights(cls, settings, ckpt["state_dict"], path)
+    data_hp = data_settings(ckpt.get("datamodule_hyper_parameters", {}), path)
+    if data_hp:
+        check_settings(GANDataModule, data_hp, path, group="data")
+    try:
+        model = cls(**settings)
+    except Exception as err:  # what the meta build could not see (a setting that only fails with real tensors)
+        raise CheckpointError(f"checkpoint {path}: its settings do not build a {cls.__name__} ({type(err).__name__}: "
+                              f"{(str(err).splitlines() or [''])[0][:200]}); use another checkpoint") from None
+    refuse_other_weights(model.state_dict(), ckpt["state_dict"], f"checkpoint {path}", cls.__name__)
     model.load_state_dict(ckpt["state_dict"])
     model.on_load_checkpoint(ckpt)
-    data_hp = data_settings(ckpt.get("datamodule_hyper_parameters", {}), path)
-    if data_hp and data_dir:
-        data_hp["data_dir"] = data_dir
-    datamodule = GANDataModule(**{**data_hp, "on_device": False, "num_workers": 0}) if data_hp else None
+    datamodule = None
+    if data_hp:
+        datamodule = GANDataModule(**{**data_hp, "on_device": False, "num_workers": 0,
+                                      **({"data_dir": data_dir} if data_dir else {})})
     return model.to(device).eval(), datamodule
 
 
+# Data settings a checkpoint does not choose: where files are read and written, and whether anything is downloaded,
+# are the command's own options and defaults (``--data_dir``), never the text of a file from elsewhere.
+NOT_FROM_CHECKPOINTS = ("data_dir", "download")
+
+
 def data_settings(hparams: dict, path: str) -> dict:
-    """The checkpoint's data settings that ``GANDataModule`` accepts, each a plain value; its ``_class_path``
-    is ignored (the data module is always ours), and anything else is refused as in ``model_settings``."""
-    accepted = set(inspect.signature(GANDataModule.__init__).parameters) - {"self"}
+    """The checkpoint's data settings that ``GANDataModule`` accepts, each a plain value, less those that say
+    where files go (``NOT_FROM_CHECKPOINTS``); its ``_class_path`` is ignored (the data module is always ours),
+    and anything else is refused as in ``model_settings``."""
+    accepted = set(inspect.signature(GANDataModule.__init__).parameters) - {"self", *NOT_FROM_CHECKPOINTS}
     settings = {key: value for key, value in dict(hparams).items() if key in accepted}
     for key, value in settings.items():
         if not plain(value):

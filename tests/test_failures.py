@@ -238,7 +238,7 @@ def test_fit_reads_checkpoints_weights_only_and_says_so_when_a_file_needs_more(t
 def test_a_checkpoint_of_another_shape_names_the_settings_and_the_weights_that_differ(tmp_path):
     good = trained_checkpoint(tmp_path, latent_dim=4)
     before = digest(good)
-    with pytest.raises(CheckpointError, match=r"model.latent_dim: 4 in the checkpoint, 3 in the config; "
+    with pytest.raises(CheckpointError, match=r"model.latent_dim: 4 in the checkpoint, 3 in the config\).*"
                                               r"\S+ is \(.*\) there, \(.*\) here"):
         tiny_trainer(tmp_path, max_epochs=2).fit(tiny_bigan(latent_dim=3), digits(), ckpt_path=good)
     assert digest(good) == before

@@ -1,5 +1,6 @@
 """Encoder probes, interpolation pictures, and the evaluate / sample commands on a real checkpoint."""
 import copy
+import inspect
 import json
 import subprocess
 import sys
@@ -177,15 +178,24 @@ def test_evaluate_scores_a_checkpoint_prints_a_table_and_writes_json(fashion_che
 
 
 @pytest.mark.slow
-def test_load_model_finds_the_data_where_the_user_says_or_where_training_found_it(fashion_checkpoint, tmp_path,
-                                                                                  data_dir):
+def test_load_model_reads_the_data_where_the_user_says_never_where_the_checkpoint_says(fashion_checkpoint,
+                                                                                       tmp_path):
+    """A checkpoint's data_dir and download are text from a file someone else wrote: the command's --data_dir,
+    else the data module's default, decides where the data is read (and downloaded to)."""
     from gan_lightning.commands import load_model
+    from gan_lightning.data import GANDataModule
 
-    _, trained_on = load_model(str(fashion_checkpoint))
-    assert trained_on.root == Path(data_dir) and trained_on.hparams.data_dir == str(data_dir)
-    _, moved = load_model(str(fashion_checkpoint), data_dir=str(tmp_path / "moved"))
+    checkpoint = torch.load(fashion_checkpoint, weights_only=True)
+    checkpoint["datamodule_hyper_parameters"].update(data_dir=str(tmp_path / "chosen_by_the_file"), download=True)
+    forged = tmp_path / "forged.ckpt"
+    torch.save(checkpoint, forged)
+    default = inspect.signature(GANDataModule.__init__).parameters["data_dir"].default
+    _, by_default = load_model(str(forged))
+    assert by_default.hparams.data_dir == default and by_default.root == Path(default)
+    _, moved = load_model(str(forged), data_dir=str(tmp_path / "moved"))
     assert moved.root == tmp_path / "moved" and moved.hparams.data_dir == str(tmp_path / "moved")
-    assert moved.hparams.dataset == trained_on.hparams.dataset == "fashion_mnist"
+    assert moved.hparams.dataset == by_default.hparams.dataset == "fashion_mnist"
+    assert not (tmp_path / "chosen_by_the_file").exists()
 
 
 @pytest.mark.slow

@@ -184,8 +184,9 @@ def test_a_checkpoint_naming_its_models_former_module_still_loads_by_the_class_n
     naming the old module (as older jsonargparse wrote ``_class_path``) loads by the class name, importing nothing,
     and a name in gan_lightning.models that is not a model is still refused."""
     import gan_lightning.models as models
-    from gan_lightning.checkpoints import CheckpointError, model_class
+    from gan_lightning.checkpoints import CheckpointError
     from gan_lightning.commands import load_model
+    from gan_lightning.models.registry import model_class
 
     cls = getattr(models, name)
     settings = dict(data_shape=(1, 8, 8), latent_dim=2, width=16, discriminator_width=16)

@@ -202,7 +202,13 @@ class GANDataModule(L.LightningDataModule):
         done = loop.epoch_loop.batch_progress.current.processed  # Lightning's batches: groups of iterations_per_batch
         epoch_done = done >= self.trainer.num_training_batches
         return {"epoch": self.trainer.current_epoch, "batches_done": done * self.hparams.get("iterations_per_batch", 1),
-                "epoch_done": epoch_done}
+                "epoch_done": epoch_done, "data": self.order_name()}
+
+    def order_name(self) -> str:
+        """The settings that decide the training examples' order: a position inside an epoch holds only with them."""
+        hp = self.hparams
+        return (f"dataset {hp.dataset}, seed {hp.seed}, val_fraction {hp.val_fraction}, n_labelled {hp.n_labelled}, "
+                f"{len(self.splits['train']) if 'train' in self.splits else '?'} training examples")
 
     def train_dataloader(self):
         return self._loader("train", train=True)

@@ -185,6 +185,7 @@ class DeviceTensorLoader:
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
+        refuse_another_order(state, self.position)
         saved = state.get("iterations_per_batch", 1)
         if saved != self.iterations_per_batch and not state["epoch_done"]:
             from gan_lightning.checkpoints import CheckpointError
@@ -215,7 +216,21 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         if state:
+            refuse_another_order(state, self.position)
             self.sampler.resume(state)
+
+
+def refuse_another_order(state: dict, position: Optional[Position]) -> None:
+    """A position inside an epoch counts batches of one order of the examples (``GANDataModule.order_name``): with
+    other data settings it would land on other examples, so it is refused in one line naming both."""
+    here = position().get("data") if position is not None and not state.get("epoch_done", True) else None
+    if here is not None and state.get("data") is not None and state["data"] != here:
+        from gan_lightning.checkpoints import CheckpointError
+
+        raise CheckpointError(
+            f"this checkpoint stopped in the middle of epoch {state.get('epoch')} of another order of the data "
+            f"({state['data']}; this run: {here}): resume with the checkpoint's data settings, resume from a "
+            "checkpoint written at an epoch's end, or start a new run without --ckpt_path")
 
 
 class DataLoaderWorkerDied(RuntimeError):

@@ -6,7 +6,7 @@ and a checkpoint of another model, or of this model with other sizes, is refused
 """
 from lightning.pytorch.utilities import rank_zero_warn
 
-from gan_lightning.checkpoints import CheckpointError, confine_checkpoint_state
+from gan_lightning.checkpoints import CheckpointError, confine_checkpoint_state, refuse_other_weights
 
 
 def reopen_cut_epoch(checkpoint: dict) -> None:
@@ -52,6 +52,7 @@ class CheckpointState:
                              f"{type(self).__name__}: pass the checkpoint of a {type(self).__name__} run, "
                              f"or set model.class_path to {saved['model']}.")
         self._refuse_other_shapes(checkpoint)
+        self._refuse_unresumable(checkpoint)
         self._confine_callback_paths(checkpoint)
         self.iteration = saved.get("iteration", 0)
         self.images_seen = saved.get("images_seen", 0)
@@ -76,18 +77,67 @@ class CheckpointState:
                                    "loaded nor removed)")
 
     def _refuse_other_shapes(self, checkpoint: dict) -> None:
-        """A checkpoint of this model built with other sizes (latent_dim, width, data shape): one line naming
-        the settings that differ and the first weights that do not fit, instead of a page of size mismatches."""
+        """A checkpoint of this model built with other sizes (latent_dim, width, data shape), or with other or
+        missing weights: one line naming the settings that differ and the first weights that do not fit, instead
+        of a page of size mismatches."""
         theirs, ours = checkpoint.get("state_dict", {}), self.state_dict()
-        misfits = [f"{key} is {tuple(theirs[key].shape)} there, {tuple(value.shape)} here"
-                   for key, value in ours.items() if key in theirs and theirs[key].shape != value.shape]
-        if not misfits:
-            return
         saved_hp, hp = checkpoint.get("hyper_parameters", {}), dict(self.hparams)
         differ = [f"model.{key}: {saved_hp[key]!r} in the checkpoint, {hp[key]!r} in the config"
                   for key in hp if key in saved_hp and saved_hp[key] != hp[key] and not key.startswith("_")]
-        more = f" and {len(misfits) - 1} more" if len(misfits) > 1 else ""
-        raise CheckpointError(
-            f"this checkpoint's {type(self).__name__} has other shapes than the config builds "
-            f"({'; '.join(differ) or 'same settings'}; {misfits[0]}{more}): "
-            f"set those values as the checkpoint has them to resume it, or start without --ckpt_path")
+        source = f"this checkpoint ({'; '.join(differ) or 'same settings'})"
+        refuse_other_weights(ours, theirs, source, type(self).__name__,
+                             "set those values as the checkpoint has them to resume it, or start without --ckpt_path")
+
+    def _refuse_unresumable(self, checkpoint: dict) -> None:
+        """``fit --ckpt_path``: the checkpoint must hold what resuming restores (optimizers, schedulers, loops), as
+        this model's players and Lightning's loops lay it out; else one line, before Lightning reads any of it."""
+        trainer = self._trainer
+        if trainer is None or getattr(trainer.state.fn, "value", None) != "fit":
+            return
+        file = trainer.ckpt_path
+        missing = [key for key in ("optimizer_states", "loops") if key not in checkpoint]
+        if missing:
+            raise CheckpointError(f"checkpoint {file} holds no {' or '.join(missing)} (weights only, e.g. "
+                                  "ModelCheckpoint(save_weights_only=True)): fit cannot resume training from it. "
+                                  "Evaluate or sample it, or resume from a full checkpoint such as last.ckpt")
+        players = len(self._players)
+        schedulers = sum(scheduler is not None for _, _, scheduler in self._players.values())
+        for key, count in (("optimizer_states", players), ("lr_schedulers", schedulers)):
+            saved = checkpoint.get(key, [])
+            if len(saved) != count:
+                raise CheckpointError(f"checkpoint {file} holds {len(saved)} {key.replace('_', ' ')}, where this "
+                                      f"{type(self).__name__} has {count}: it was written with other players or "
+                                      "schedules; resume with the config that wrote it, or start a new run")
+        for i, state in enumerate(checkpoint["optimizer_states"]):
+            groups = state.get("param_groups")
+            if not (isinstance(state.get("state"), dict) and isinstance(groups, list) and groups
+                    and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
+                raise CheckpointError(f"checkpoint {file}: optimizer_states[{i}] is not an optimizer's state "
+                                      "(state, param_groups): it was edited or damaged; use another checkpoint")
+        mismatch = structure_mismatch(trainer.fit_loop.state_dict(), checkpoint["loops"].get("fit_loop"))
+        if mismatch:
+            raise CheckpointError(f"checkpoint {file}: its loops state differs from what Lightning writes "
+                                  f"({mismatch}): it was edited, damaged or written by another Lightning; use "
+                                  "another checkpoint")
+
+
+def structure_mismatch(template: object, value: object, where: str = "fit_loop") -> str | None:
+    """Where ``value`` differs in layout from ``template`` (a state Lightning writes): a missing key, or a value of
+    another type; None when it has the template's layout (more keys are allowed, as newer versions add some)."""
+    if isinstance(template, dict):
+        if not isinstance(value, dict):
+            return f"{where} is {type(value).__name__}, not a dict"
+        for key, item in template.items():
+            if key not in value:
+                return f"{where}[{key!r}] is missing"
+            found = structure_mismatch(item, value[key], f"{where}[{key!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(template, bool) or isinstance(value, bool):
+        same = isinstance(template, bool) and isinstance(value, bool)
+    elif isinstance(template, (int, float)):
+        same = isinstance(value, (int, float))
+    else:
+        same = template is None or isinstance(value, type(template))
+    return None if same else f"{where} is {type(value).__name__}, not {type(template).__name__}"

@@ -6,6 +6,8 @@ both, no checkpoint holds NaN or Inf weights or optimizer state. ``skip`` drops 
 ranks) and counts it; ``ignore`` does nothing. See docs/failures.md.
 """
 
+import math
+
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -159,6 +161,19 @@ class NonFiniteGuard:
         named += [(f"optimizer {i} state {n}.{k}", v) for i, opt in enumerate(checkpoint.get("optimizer_states", []))
                   for n, entries in opt.get("state", {}).items() for k, v in entries.items()]
         named = [(name, t) for name, t in named if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+        # The optimizers' settings and the schedulers' state: a learning rate that a schedule made Inf or NaN.
+        optimizers = checkpoint.get("optimizer_states", [])
+        numbers = [(f"optimizer {i} param_groups[{g}].{k}", v) for i, opt in enumerate(optimizers)
+                   for g, group in enumerate(opt.get("param_groups", [])) for k, v in group.items()]
+        numbers += [(f"scheduler {i} {k}", v) for i, sched in enumerate(checkpoint.get("lr_schedulers", []))
+                    for k, v in sched.items()]
+        for name, value in numbers:
+            for x in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise FloatingPointError(
+                        f"the {name} is {x} at iteration {self.iteration}, so its checkpoint was not written (the "
+                        "ones already on disk are intact): check the learning-rate schedule's settings, and resume "
+                        "from the last checkpoint")
         if not named:
             return
         finite = torch.stack([t.detach().isfinite().all().to(named[0][1].device) for _, t in named])
