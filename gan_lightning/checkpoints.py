@@ -18,7 +18,7 @@ Lightning's ``_instantiator``) name code, and importing a module runs it, callin
 into a model class and its arguments without importing or calling anything the file names.
 
 Before anything is built from a file, it is checked here: its zip entries inflate to no more than the file
-(``_refuse_inflation``), its layout is a checkpoint's (``check_layout``), its settings have the types the model's
+(``inflation_bounded``), its layout is a checkpoint's (``check_layout``), its settings have the types the model's
 signature declares (``check_settings``) and build, on the ``meta`` device, the weights the file holds
 (``check_weights``); paths in its callbacks' states stay in the run (``confine_checkpoint_state``). This module
 knows files and schemas only: it imports no model.
@@ -46,7 +46,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", weights_only: b
         raise CheckpointError(f"checkpoint {file} not found; checkpoints are in <default_root_dir>/checkpoints/")
     if not zipfile.is_zipfile(file):  # torch.save writes a zip archive; a cut one loses its directory at the end
         raise _unreadable(file, ValueError("not a whole zip archive"))
-    _refuse_inflation(file)
+    inflation_bounded(file)
     try:
         checkpoint = torch.load(file, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
@@ -64,9 +64,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", weights_only: b
     return checkpoint
 
 
-def _refuse_inflation(file: Path) -> None:
-    """``torch.save`` stores a checkpoint's entries uncompressed, so together they are no larger than the file:
-    a file whose entries would inflate past its own size (a zip bomb) is refused before anything is read."""
+def inflation_bounded(file: Path, what: str = "checkpoint") -> None:
+    """``torch.save`` stores a file's entries uncompressed, so together they are no larger than the file: a file
+    whose entries would inflate past its own size (a zip bomb) is refused before anything is read."""
     try:
         with zipfile.ZipFile(file) as archive:
             inflated = sum(entry.file_size for entry in archive.infolist())
@@ -74,9 +74,9 @@ def _refuse_inflation(file: Path) -> None:
         raise _unreadable(file, err) from None
     size = file.stat().st_size
     if inflated > size:
-        raise CheckpointError(f"checkpoint {file} is a zip archive whose entries inflate to {inflated:,} bytes from "
+        raise CheckpointError(f"{what} {file} is a zip archive whose entries inflate to {inflated:,} bytes from "
                               f"{size:,}: torch.save stores them uncompressed, so it was not written by torch.save "
-                              "and is not read; use a checkpoint written by `python -m gan_lightning fit`")
+                              "and is not read; use a file written by gan_lightning")
 
 
 # The layout of a checkpoint as Lightning and AdversarialModule write it: the type of each top-level entry.

@@ -25,6 +25,7 @@ from gan_lightning.distributed import RanksDivergedError
 from gan_lightning.early_signals import catch_signals_early
 from gan_lightning.errors import ConfigError, Preempted
 from gan_lightning.metrics.features import WeightsNotFoundError
+from gan_lightning.metrics.image_scores import CacheFileError
 from gan_lightning.models.registry import model_class, model_settings
 from gan_lightning.tracking import SaveAndLogConfig, WandbLogger, WandbSettings, quiet_wandb_init
 
@@ -249,7 +250,7 @@ def _main(args: list[str] | None) -> None:
             args=args,
         )
     except (DatasetNotFoundError, DatasetCorruptError, WeightsNotFoundError, ConfigError, CheckpointError,
-            FloatingPointError, DataLoaderWorkerDied, RanksDivergedError,
+            FloatingPointError, DataLoaderWorkerDied, RanksDivergedError, CacheFileError,
             torch.OutOfMemoryError) as err:  # each says what to change: no traceback
         sys.exit(f"gan_lightning: error: {err}")
     except Preempted:  # saved, and requeued where asked; the callback has said so

@@ -182,15 +182,28 @@ class CacheFileError(ValueError):
     """A cached real-statistics file that is not what this code writes; the one-line message names it and the fix."""
 
 
-def read_cached(path: Path, num_features: int) -> RealStatistics:
+def _canonical(value: object) -> str:
+    """A value as JSON, tuples as lists: how a description compares once saved and read back."""
+    return json.dumps(value, sort_keys=True, default=repr)
+
+
+def read_cached(path: Path, num_features: int, parts: dict | None = None) -> RealStatistics:
     """A cache file's statistics, checked: written by anyone who can write the cache folder, so trusted for nothing
-    but tensors (the weights-only loader) of the shapes this extractor gives, and counts that agree."""
+    but tensors (the weights-only loader, entries no larger than the file) of the shapes this extractor gives,
+    finite, with counts that agree and a description (``meta``) equal to the ``parts`` its name was made from."""
+    from gan_lightning.checkpoints import CheckpointError, inflation_bounded
+
     def bad(what: str) -> CacheFileError:
         return CacheFileError(f"cached real statistics {path} {what}: it was not written by this code or is damaged; "
                               "delete it and it is computed again")
 
     try:
+        if not path.is_file():
+            raise OSError("not a regular file")
+        inflation_bounded(path, "cached real statistics")
         saved = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise bad("inflates past its own size") from None
     except Exception as err:  # truncated, not a torch file, a forbidden global
         raise bad(f"cannot be read ({str(err).splitlines()[0] if str(err).strip() else type(err).__name__})") from None
     tensors = ("features_sum", "features_cov_sum", "features")
@@ -206,6 +219,11 @@ def read_cached(path: Path, num_features: int) -> RealStatistics:
     if not (isinstance(score, (list, tuple)) and len(score) == 2 and all(isinstance(v, float) for v in score)
             and isinstance(meta, dict)):
         raise bad("lacks the real images' Inception score or its description")
+    if parts is not None and _canonical(meta) != _canonical(parts):
+        differ = sorted(k for k in {*meta, *parts} if _canonical(meta.get(k)) != _canonical(parts.get(k)))
+        raise bad(f"describes other statistics than its name stands for ({', '.join(map(str, differ[:4]))} differ)")
+    if not all(bool(saved[k].isfinite().all()) for k in tensors):
+        raise bad("holds NaN or Inf")
     return RealStatistics(saved["features_sum"].double(), saved["features_cov_sum"].double(), n,
                           saved["features"].float(), tuple(score), meta)
 
@@ -309,7 +327,7 @@ class ImageScores:
         self.dist.barrier()  # nobody is writing the file while the ranks look for it
         hit = bool(self.dist.broadcast(path is not None and path.is_file()))
         if hit:
-            stats = read_cached(path, self.extractor.num_features)
+            stats = read_cached(path, self.extractor.num_features, parts)
         else:
             stats = self._compute_real(shard_fn())
             stats.meta = parts
