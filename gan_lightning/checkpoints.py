@@ -23,6 +23,7 @@ signature declares (``check_settings``) and build, on the ``meta`` device, the w
 (``check_weights``); paths in its callbacks' states stay in the run (``confine_checkpoint_state``). This module
 knows files and schemas only: it imports no model.
 """
+import math
 import os
 import pickle
 import zipfile
@@ -124,6 +125,79 @@ def _misfit(file: str | Path, where: str, value: object, belongs: str) -> Checkp
                            "not written by `python -m gan_lightning fit`, or was damaged; use another checkpoint")
 
 
+def same_kind(template: object, value: object) -> bool:
+    """Whether ``value`` may stand where ``template`` (a value this code writes) stands: a bool for a bool, a
+    finite number for a number, a sequence of as many such items for a sequence, a tensor of the same shape for
+    a tensor, anything plain (None, a bool, a number) for None, else a value of the same type."""
+    if isinstance(template, bool):
+        return isinstance(value, bool)
+    if isinstance(template, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(template, (list, tuple)):
+        return (isinstance(value, (list, tuple)) and (not template or len(value) == len(template))
+                and all(same_kind(t, v) for t, v in zip(template, value, strict=False)))
+    if isinstance(template, torch.Tensor):
+        return isinstance(value, torch.Tensor) and value.shape == template.shape
+    if template is None:
+        return value is None or isinstance(value, (bool, int, float))
+    return isinstance(value, type(template))
+
+
+def structure_mismatch(template: object, value: object, where: str) -> str | None:
+    """Where ``value`` differs in layout from ``template`` (a state this code or Lightning writes): a missing
+    key, or a value of another kind (``same_kind``); None when it has the template's layout (more keys are
+    allowed, as newer versions add some)."""
+    if isinstance(template, dict):
+        if not isinstance(value, dict):
+            return f"{where} is {_short(value, 60)}, not a dict"
+        for key, item in template.items():
+            if key not in value:
+                return f"{where}[{key!r}] is missing"
+            found = structure_mismatch(item, value[key], f"{where}[{key!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(template, list) and template and isinstance(value, list) and len(value) == len(template):
+        return next((found for i, (t, v) in enumerate(zip(template, value, strict=True))
+                     if (found := structure_mismatch(t, v, f"{where}[{i}]"))), None)
+    return None if same_kind(template, value) else f"{where} is {_short(value, 60)}"
+
+
+def optimizer_state_mismatch(optimizer: torch.optim.Optimizer, saved: dict, where: str) -> str | None:
+    """Where a saved optimizer state does not fit ``optimizer`` (freshly built over the same parameters): other
+    parameter groups, a setting of another kind (torch would raise at the first step), per-parameter state
+    naming no parameter, with other keys than the rest, or of another shape than its parameter."""
+    fresh = optimizer.state_dict()
+    groups, state = saved.get("param_groups"), saved.get("state")
+    if not isinstance(groups, list) or not isinstance(state, dict):
+        return f"{where} lacks its state or param_groups"
+    if len(groups) != len(fresh["param_groups"]):
+        return f"{where} has {len(groups)} parameter groups, not {len(fresh['param_groups'])}"
+    for i, (ours, theirs) in enumerate(zip(fresh["param_groups"], groups, strict=True)):
+        if not isinstance(theirs, dict) or theirs.get("params") != ours["params"]:
+            return f"{where}.param_groups[{i}] holds other parameters"
+        found = structure_mismatch({k: v for k, v in ours.items() if k != "params"}, theirs,
+                                   f"{where}.param_groups[{i}]")
+        if found:
+            return found
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    keys = None
+    for index, entry in state.items():
+        if not (isinstance(index, int) and 0 <= index < len(params)) or not isinstance(entry, dict):
+            return f"{where}.state[{_short(index, 40)}] names no parameter"
+        keys = set(entry) if keys is None else keys
+        if set(entry) != keys:
+            return f"{where}.state[{index}] holds {sorted(map(str, entry))}, the others {sorted(map(str, keys))}"
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                if value.dim() and value.shape != params[index].shape:
+                    return f"{where}.state[{index}][{name!r}] is {tuple(value.shape)}, its parameter " \
+                           f"{tuple(params[index].shape)}"
+            elif not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                return f"{where}.state[{index}][{name!r}] is {_short(value, 60)}"
+    return None
+
+
 def check_settings(cls: type, settings: dict, file: str | Path, group: str = "model") -> None:
     """The type and range of each of ``settings`` as ``cls.__init__``'s signature declares them (jsonargparse,
     as for a config): a setting of the wrong type or outside its choices is one line naming it."""
@@ -187,7 +261,7 @@ def plain(value: object) -> bool:
 
 def _short(value: object, limit: int) -> str:
     """``repr(value)``, cut to ``limit`` characters: a forged file's text stays one short line."""
-    text = repr(value)
+    text = " ".join(repr(value).split())  # one line, whatever the value prints as
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -299,4 +373,23 @@ class SafeCheckpointIO(TorchCheckpointIO):
                         weights_only: bool | None = None) -> dict[str, Any]:
         if "://" in str(path):
             return super().load_checkpoint(path, map_location, weights_only)
-        return read_checkpoint(path, map_location, weights_only=weights_only is not False)
+        checkpoint = read_checkpoint(path, map_location, weights_only=weights_only is not False)
+        check_lightning_layout(checkpoint, path)
+        return checkpoint
+
+
+def check_lightning_layout(checkpoint: dict, file: str | Path) -> None:
+    """What Lightning reads from every checkpoint it restores, before any of our hooks see it: its version (Lightning
+    migrates older layouts by it), the epoch and the global step."""
+    from packaging.version import InvalidVersion, Version
+
+    for key, kind in (("pytorch-lightning_version", str), ("epoch", int), ("global_step", int), ("state_dict", dict)):
+        if not isinstance(checkpoint.get(key), kind):
+            raise _misfit(file, f"entry {key!r}", checkpoint.get(key, "nothing"), f"a {kind.__name__}")
+    try:
+        version = Version(checkpoint["pytorch-lightning_version"])
+    except InvalidVersion:
+        version = None
+    if version is None or version < Version("2.0"):
+        raise _misfit(file, "entry 'pytorch-lightning_version'", checkpoint["pytorch-lightning_version"],
+                      "the version of Lightning 2 that wrote it (gan_lightning has never written another)")

@@ -222,7 +222,7 @@ def _main(args: list[str] | None) -> None:
 
         try:
             return compare.main(argv[1:])
-        except (FileNotFoundError, ValueError) as err:
+        except (OSError, ValueError) as err:
             sys.exit(f"gan_lightning: error: {err}")
     if argv and argv[0] in ("evaluate", "sample"):
         from gan_lightning.commands import run

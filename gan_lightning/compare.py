@@ -10,7 +10,9 @@ metric's curves against training iterations on one PNG. A run is a folder holdin
 import argparse
 import csv
 import math
+import os
 import re
+import stat
 from pathlib import Path
 
 # Metrics whose larger values are better; everything else (losses, errors, FD, KID, bits/dim) is minimised.
@@ -26,24 +28,42 @@ def _version(path: Path) -> int:
     return int(match[1]) if match else -1
 
 
+def metrics_files(run: Path) -> list[Path]:
+    """The regular files named metrics.csv under ``run`` (or ``run`` itself, a CSV), in version order: symlinks
+    are not followed (no loop, nothing outside the folder), and folders, FIFOs and devices are not read."""
+    if run.is_file():
+        return [run]
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run} is neither a run folder nor a CSV file: pass a run folder "
+                                "(trainer.default_root_dir) or a metrics.csv")
+    files = [Path(root) / "metrics.csv" for root, _, names in os.walk(run, followlinks=False) if "metrics.csv" in names]
+    return sorted((f for f in files if stat.S_ISREG(f.lstat().st_mode)), key=_version)
+
+
 def read_run(run: Path) -> dict[str, list[tuple[float, float]]]:
-    """{metric: [(iteration, value), ...]} from a run folder's metrics.csv files (in version order) or a CSV."""
-    files = [run] if run.is_file() else sorted(run.rglob("metrics.csv"), key=_version)
+    """{metric: [(iteration, value), ...]} from a run folder's metrics.csv files (in version order) or a CSV.
+    A file that is not a CSV of numbers (as Lightning's CSVLogger writes) is refused in one line naming it."""
+    files = metrics_files(run)
     if not files:
         raise FileNotFoundError(f"no metrics.csv under {run}: pass a run folder (trainer.default_root_dir) "
                                 "or a CSV file")
     series: dict[str, list[tuple[float, float]]] = {}
     for file in files:
-        with open(file, newline="") as handle:
-            for row in csv.DictReader(handle):
-                if row.get("epoch") == "epoch":  # a header repeated by an appended log
-                    continue
-                x = row.get("iteration")  # every row the models log carries it (not Lightning's optimizer steps)
-                if not x:
-                    continue
-                for key, value in row.items():
-                    if key and value and key not in ("epoch", "step", "iteration", "images_seen"):
-                        series.setdefault(key, []).append((float(x), float(value)))
+        try:
+            with open(file, newline="", encoding="utf-8") as handle:
+                for row in csv.DictReader(handle):
+                    if row.get("epoch") == "epoch":  # a header repeated by an appended log
+                        continue
+                    x = row.get("iteration")  # every row the models log carries it (not Lightning's optimizer steps)
+                    if not x:
+                        continue
+                    for key, value in row.items():
+                        if key and value and key not in ("epoch", "step", "iteration", "images_seen"):
+                            series.setdefault(key, []).append((float(x), float(value)))
+        except (csv.Error, ValueError, TypeError, UnicodeDecodeError, OSError) as err:
+            first = (str(err).splitlines() or [""])[0][:160]
+            raise ValueError(f"{file} is not a metrics CSV as Lightning's CSVLogger writes it ({type(err).__name__}: "
+                             f"{first}): pass another run, or repair or remove that file") from None
     return series
 
 
@@ -129,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         logged = sorted(set().union(*runs.values()))
         raise ValueError(f"no run logged {', '.join(unknown)}; logged: {', '.join(logged)}")
+    out = args.out if args.out.suffix.lower() == ".png" else args.out.with_name(args.out.name + ".png")
+    if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+        raise ValueError(f"--out {args.out}: cannot write the PNG {out} there; name a .png file in a folder")
     print(table(runs, metrics))
-    plot(runs, metrics, args.out)
-    print(f"wrote {args.out}")
+    plot(runs, metrics, out)
+    print(f"wrote {out}")

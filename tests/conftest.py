@@ -1,8 +1,15 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from gan_lightning.data import GANDataModule
+
+# Property-based tests (tests/test_fuzz_inputs.py): a fixed, derandomised count in CI; `--hypothesis-profile soak`
+# tries ten times as many examples, drawn afresh each run.
+settings.register_profile("ci", max_examples=100, derandomize=True, print_blob=True)
+settings.register_profile("soak", max_examples=1000, derandomize=False, print_blob=True)
+settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -220,6 +220,31 @@ class ResumableDataLoader(DataLoader):
             self.sampler.resume(state)
 
 
+# A saved loader position (``Position`` plus what ResumableSampler.state adds): each entry's type and least value.
+POSITION = {"epoch": (int, 0), "batches_done": (int, 0), "epoch_done": (bool, None), "world_size": (int, 1),
+            "batch_size": (int, 1), "iterations_per_batch": (int, 1), "data": (str, None)}
+REQUIRED = ("epoch", "batches_done", "epoch_done")
+
+
+def position_mismatch(state: object) -> str | None:
+    """What is wrong with a saved loader position ({} is none), or None: checked before Lightning hands it to the
+    loaders, so that a damaged one is refused in one line rather than failing inside them."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}, not a dict"
+    if not state:
+        return None
+    for key, (kind, least) in POSITION.items():
+        if key not in state:
+            if key in REQUIRED:
+                return f"no {key!r}"
+            continue
+        value = state[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or \
+                (least is not None and value < least):
+            return f"{key!r} is {value!r:.60}"
+    return None
+
+
 def refuse_another_order(state: dict, position: Optional[Position]) -> None:
     """A position inside an epoch counts batches of one order of the examples (``GANDataModule.order_name``): with
     other data settings it would land on other examples, so it is refused in one line naming both."""

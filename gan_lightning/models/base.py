@@ -29,7 +29,7 @@ from gan_lightning.checkpoints import CheckpointError, SafeCheckpointIO
 from gan_lightning.data.loader import Batches
 from gan_lightning.distributed import GLOBAL_VALUE, PlayerDDPStrategy
 from gan_lightning.errors import ConfigError
-from gan_lightning.models.checkpointing import CheckpointState
+from gan_lightning.models.checkpointing import CheckpointState, guard_restore
 from gan_lightning.models.device_count import hold_cuda_device_count
 from gan_lightning.models.direct_steps import DirectSteps, direct_steps
 from gan_lightning.models.ema import MovingAverages, ema_with_warmup
@@ -178,6 +178,7 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
                               "model.update alternating")
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # atomic writes, weights-only reads
             strategy.checkpoint_io = SafeCheckpointIO()
+        guard_restore(self.trainer)  # any failure restoring a checkpoint: one line naming it
         if isinstance(strategy.checkpoint_io, SafeCheckpointIO):  # removes checkpoint files of these folders only
             strategy.checkpoint_io.folders = [cb.dirpath for cb in self.trainer.checkpoint_callbacks
                                               if getattr(cb, "dirpath", None)]

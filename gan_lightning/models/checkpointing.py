@@ -4,9 +4,20 @@ A checkpoint holds the counters that match its weights (iteration, images seen, 
 ends), so that resuming from it goes on bit for bit; it is never written with NaN or Inf state (``nonfinite.py``),
 and a checkpoint of another model, or of this model with other sizes, is refused in one line.
 """
+import functools
+
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from gan_lightning.checkpoints import CheckpointError, confine_checkpoint_state, refuse_other_weights
+from gan_lightning.checkpoints import (
+    CheckpointError,
+    confine_checkpoint_state,
+    optimizer_state_mismatch,
+    refuse_other_weights,
+    structure_mismatch,
+)
+from gan_lightning.data.loader import position_mismatch
+from gan_lightning.errors import ConfigError
 
 
 def reopen_cut_epoch(checkpoint: dict) -> None:
@@ -30,6 +41,35 @@ def reopen_cut_epoch(checkpoint: dict) -> None:
         for progress in (total, current):
             progress["processed"] = progress["completed"] = progress["started"] - 1
         checkpoint["epoch"] = current["completed"]
+
+
+def guard_restore(trainer) -> None:
+    """Whatever else goes wrong while Lightning restores a checkpoint (``fit``, ``validate``, ``test`` with
+    ``--ckpt_path``) becomes one ``CheckpointError`` line naming the file: the checks above name the common
+    damage precisely, and this is the net under them. Installed once per trainer (``AdversarialModule.setup``,
+    which Lightning calls before restoring)."""
+    connector = getattr(trainer, "_checkpoint_connector", None)
+    if connector is None or connector.__dict__.get("_one_line_errors"):
+        return
+    for name in ("_restore_modules_and_callbacks", "restore_training_state"):
+        if hasattr(connector, name):
+            setattr(connector, name, _one_line(getattr(connector, name), trainer))
+    connector.__dict__["_one_line_errors"] = True
+
+
+def _one_line(restore, trainer):
+    @functools.wraps(restore)
+    def restoring(*args, **kwargs):
+        try:
+            return restore(*args, **kwargs)
+        except (CheckpointError, ConfigError, torch.OutOfMemoryError):
+            raise
+        except Exception as err:
+            first = " ".join((str(err).splitlines() or [""])[0].split())[:200]
+            raise CheckpointError(f"checkpoint {trainer.ckpt_path} cannot be restored ({type(err).__name__}: {first}):"
+                                  " it was edited, damaged or written by another program; use another checkpoint"
+                                  ) from err
+    return restoring
 
 
 class CheckpointState:
@@ -108,36 +148,22 @@ class CheckpointState:
                 raise CheckpointError(f"checkpoint {file} holds {len(saved)} {key.replace('_', ' ')}, where this "
                                       f"{type(self).__name__} has {count}: it was written with other players or "
                                       "schedules; resume with the config that wrote it, or start a new run")
-        for i, state in enumerate(checkpoint["optimizer_states"]):
-            groups = state.get("param_groups")
-            if not (isinstance(state.get("state"), dict) and isinstance(groups, list) and groups
-                    and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
-                raise CheckpointError(f"checkpoint {file}: optimizer_states[{i}] is not an optimizer's state "
-                                      "(state, param_groups): it was edited or damaged; use another checkpoint")
-        mismatch = structure_mismatch(trainer.fit_loop.state_dict(), checkpoint["loops"].get("fit_loop"))
+        mismatch = structure_mismatch(trainer.fit_loop.state_dict(), checkpoint["loops"].get("fit_loop"), "fit_loop")
+        loaders = checkpoint["loops"].get("fit_loop", {}).get("state_dict", {}).get("combined_loader", [])
+        if not isinstance(loaders, list):
+            mismatch = mismatch or f"fit_loop's combined_loader is {type(loaders).__name__}, not a list"
+        for i, position in enumerate(loaders if isinstance(loaders, list) else []):
+            found = position_mismatch(position)
+            mismatch = mismatch or (f"fit_loop's loader position {i}: {found}" if found else None)
+        # The optimizers and schedulers this model builds, fresh (no state yet): what the saved ones must fit.
+        optimizers, schedulers = self.configure_optimizers()
+        for i, optimizer in enumerate(optimizers):
+            mismatch = mismatch or optimizer_state_mismatch(optimizer, checkpoint["optimizer_states"][i],
+                                                            f"optimizer_states[{i}]")
+        for i, scheduler in enumerate(schedulers):
+            mismatch = mismatch or structure_mismatch(scheduler["scheduler"].state_dict(),
+                                                      checkpoint["lr_schedulers"][i], f"lr_schedulers[{i}]")
         if mismatch:
-            raise CheckpointError(f"checkpoint {file}: its loops state differs from what Lightning writes "
-                                  f"({mismatch}): it was edited, damaged or written by another Lightning; use "
-                                  "another checkpoint")
-
-
-def structure_mismatch(template: object, value: object, where: str = "fit_loop") -> str | None:
-    """Where ``value`` differs in layout from ``template`` (a state Lightning writes): a missing key, or a value of
-    another type; None when it has the template's layout (more keys are allowed, as newer versions add some)."""
-    if isinstance(template, dict):
-        if not isinstance(value, dict):
-            return f"{where} is {type(value).__name__}, not a dict"
-        for key, item in template.items():
-            if key not in value:
-                return f"{where}[{key!r}] is missing"
-            found = structure_mismatch(item, value[key], f"{where}[{key!r}]")
-            if found:
-                return found
-        return None
-    if isinstance(template, bool) or isinstance(value, bool):
-        same = isinstance(template, bool) and isinstance(value, bool)
-    elif isinstance(template, (int, float)):
-        same = isinstance(value, (int, float))
-    else:
-        same = template is None or isinstance(value, type(template))
-    return None if same else f"{where} is {type(value).__name__}, not {type(template).__name__}"
+            raise CheckpointError(f"checkpoint {file}: its training state is not what this {type(self).__name__} "
+                                  f"and Lightning write ({mismatch}): it was edited, damaged or written by another "
+                                  "program; use another checkpoint")
