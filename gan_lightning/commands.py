@@ -88,18 +88,37 @@ def data_settings(hparams: dict, path: str) -> dict:
 
 
 def _device(name: str | None) -> str:
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    """The device to run on: the one named (checked to exist here), else cuda when available, else cpu."""
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ValueError(f"--device {name}: this machine has {count} CUDA device{'s' if count != 1 else ''}; "
+                         "use --device cpu" + (f" or cuda:0 to cuda:{count - 1}" if count else ""))
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: sample and evaluate run on cpu or cuda")
+    return name
 
 
 def sample(args: argparse.Namespace) -> dict:
     """Writes ``--n`` samples as an .npz (``x``: uint8 NHWC images, or float (N, 2) points) and a PNG."""
     from gan_lightning.data import to_uint8
 
-    model, dm = load_model(args.ckpt_path, _device(args.device), chosen_class=args.model_class)
+    model, dm = load_model(args.ckpt_path, args.device, chosen_class=args.model_class)
     noise = torch.Generator(model.device).manual_seed(args.seed)
     with torch.no_grad():
         x = torch.cat([model.sample(min(args.batch_size, args.n - i), generator=noise).cpu()
                        for i in range(0, args.n, args.batch_size)])
+    bad = int((~x.flatten(1).isfinite().all(dim=1)).sum())
+    if bad:  # as evaluate: a diverged generator's NaN would be written as black images or NaN points
+        raise CheckpointError(f"{bad} of the {args.n} samples of {type(model).__name__} at iteration "
+                              f"{getattr(model, 'iteration', 0)} ({args.ckpt_path}) hold NaN or Inf: its generator "
+                              "has diverged, and nothing was written. Sample an earlier checkpoint")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"x": to_uint8(x).permute(0, 2, 3, 1).numpy()} if x.dim() == 4 else {"x": x.numpy()}
@@ -130,7 +149,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from gan_lightning.metrics.features import build_extractor
     from gan_lightning.metrics.image_scores import ImageScores, NonFiniteSamplesError, check_cache_dir
 
-    model, dm = load_model(args.ckpt_path, _device(args.device), args.data_dir, args.model_class)
+    model, dm = load_model(args.ckpt_path, args.device, args.data_dir, args.model_class)
     if dm is None:
         raise CheckpointError(f"checkpoint {args.ckpt_path} holds no data settings; evaluate needs them")
     dm.prepare_data()
@@ -177,7 +196,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             raise CheckpointError(f"--metrics probes needs an encoder; {type(model).__name__} has none")
         results.update(model_probe_scores(model, dm, args.n_train, linear=not args.no_linear))
     _print_table(results)
-    out = Path(args.out) if args.out else Path(args.ckpt_path).with_suffix(".eval.json")
+    out = Path(args.out)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
     return results
@@ -203,7 +222,7 @@ def parser(command: str) -> argparse.ArgumentParser:
                         "code you trust (a checkpoint's own class names are never imported)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples' noise")
-    p.add_argument("--batch_size", type=int, default=500)
+    p.add_argument("--batch_size", type=_positive, default=500)
     if command == "sample":
         p.add_argument("--n", type=int, default=10_000, help="number of samples")
         p.add_argument("--out", default="samples.npz", help=".npz file; a PNG grid goes beside it")
@@ -251,4 +270,27 @@ def run(command: str, argv: list[str]) -> dict:
     args = parser(command).parse_args(argv)
     if command == "sample" and args.n < 1:
         sys.exit(f"gan_lightning: error: --n must be >= 1, got {args.n}")
+    # Everything the options say is checked before any work: an hour of scoring must not end in a bad --out.
+    args.device = _device(args.device)
+    args.out = str(output_path(args.out if args.out else Path(args.ckpt_path).with_suffix(".eval.json"),
+                               ".npz" if command == "sample" else ".json"))
     return sample(args) if command == "sample" else evaluate(args)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def output_path(out: str | Path, suffix: str) -> Path:
+    """``out`` with ``suffix`` (numpy adds .npz to a name without it: say the name it will have), checked to be
+    writable now: a folder where the file goes, no file where a folder must be."""
+    path = Path(out).expanduser()
+    path = path if path.suffix == suffix else path.with_name(path.name + suffix)
+    blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None or path.is_dir():
+        raise ValueError(f"--out {out}: cannot write {path} ({blocked or path} is "
+                         f"{'a file' if blocked else 'a folder'}): name a file in a folder you can write")
+    return path

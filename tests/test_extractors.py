@@ -213,19 +213,22 @@ class TinyViT(nn.Module):
         return self.patch(x).mean((2, 3))
 
 
-def fake_dinov2_checkout(folder) -> None:
-    """A folder shaped like the facebookresearch/dinov2 checkout: a hubconf.py with dinov2_vits14(pretrained)."""
+def fake_dinov2_checkout(folder, ran=None) -> str:
+    """A folder shaped like the facebookresearch/dinov2 checkout: a hubconf.py with dinov2_vits14(pretrained), which
+    writes ``ran`` when it runs; returns the checkout's code digest."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "hubconf.py").write_text(
-        "import os\nfrom tests.test_extractors import TinyViT\n\n\n"
+        "import os\nfrom pathlib import Path\nfrom tests.test_extractors import TinyViT\n\n\n"
         "def dinov2_vits14(pretrained=True):\n"
         "    assert not pretrained, 'the checked weights are loaded by gan_lightning, never by the hub code'\n"
         "    assert os.environ['XFORMERS_DISABLED'] == '1'\n"
+        f"    {'Path(' + repr(str(ran)) + ').write_text(chr(120))' if ran else 'pass'}\n"
         "    return TinyViT()\n")
+    return dinov2_clip.code_digest(folder)
 
 
 def test_a_dinov2_file_with_the_pinned_digest_loads_into_the_hub_architecture(torch_home, monkeypatch):
-    fake_dinov2_checkout(torch_home / "facebookresearch_dinov2_main")
+    monkeypatch.setenv(dinov2_clip.CODE_SHA256_ENV, fake_dinov2_checkout(torch_home / "facebookresearch_dinov2_main"))
     state = TinyViT().state_dict()
     file = torch_home / "checkpoints" / "dinov2_vits14_pretrain.pth"
     file.parent.mkdir(parents=True)
@@ -238,6 +241,28 @@ def test_a_dinov2_file_with_the_pinned_digest_loads_into_the_hub_architecture(to
         assert torch.equal(extractor.net.model.state_dict()[key], value), key
     features, logits = extractor(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert features.shape == (2, 6) and logits.shape == (2, 0) and extractor.num_features == 6
+
+
+@pytest.mark.parametrize("pinned", [None, "ab" * 32])
+def test_a_dinov2_checkout_whose_code_digest_is_not_pinned_never_runs(torch_home, tmp_path, monkeypatch, pinned):
+    """torch.hub.load runs the checkout's hubconf.py: the checkout is pinned by the digest of its Python files, as
+    the weights are by theirs, and refused (naming the digest it has) before any of it runs."""
+    ran = tmp_path / "ran"
+    digest = fake_dinov2_checkout(torch_home / "facebookresearch_dinov2_main", ran)
+    file = torch_home / "checkpoints" / "dinov2_vits14_pretrain.pth"
+    file.parent.mkdir(parents=True)
+    torch.save(TinyViT().state_dict(), file)
+    monkeypatch.setenv("GAN_LIGHTNING_SHA256_DINOV2_VIT_S_14", sha256_of(file))
+    if pinned:
+        monkeypatch.setenv(dinov2_clip.CODE_SHA256_ENV, pinned)
+    else:
+        monkeypatch.delenv(dinov2_clip.CODE_SHA256_ENV, raising=False)
+    with pytest.raises(ConfigError, match=rf"DINOv2 code .* is {digest}.*set {dinov2_clip.CODE_SHA256_ENV}={digest}"):
+        build_extractor("dinov2_vit_s_14")
+    assert not ran.exists(), "the checkout's hubconf.py ran"
+    monkeypatch.setenv(dinov2_clip.CODE_SHA256_ENV, digest)
+    build_extractor("dinov2_vit_s_14")
+    assert ran.exists()
 
 
 def test_evaluate_offers_precision_recall_and_every_extractor():

@@ -122,8 +122,9 @@ def outcome(args: list[str], sandbox: Sandbox, capsys) -> str:
         elif isinstance(stop.code, str):
             assert stop.code.startswith("gan_lightning: error: ") and "\n" not in stop.code.strip(), stop.code
             result = "refused"
-            if os.environ.get("FUZZ_DEBUG"):
-                print("REFUSED", stop.code[:300])
+            if os.environ.get("FUZZ_DEBUG"):  # a file of the refusals, to read what the fuzzing met
+                with open(os.environ["FUZZ_DEBUG"], "a") as log:
+                    log.write(f"{args[0]}: {stop.code[:400]}\n")
         else:  # the config parser's own exit: its one line is the last of stderr
             lines = err.strip().splitlines()
             assert lines and lines[-1].startswith("gan_lightning: config error"), err[-2000:]

@@ -205,6 +205,8 @@ def read_image(path: str):
             return Image.open(f).convert("RGB")
     except UnidentifiedImageError:
         reason = "PIL does not recognise its format"
+    except Image.DecompressionBombError as err:  # more pixels than PIL's limit: a decompression bomb, or a huge image
+        reason = " ".join(str(err).split())[:160]
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as err:  # truncated, ...
         reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
     raise DatasetCorruptError(f"image {path!r} cannot be read ({reason}): it is truncated or not an image. "
@@ -221,6 +223,8 @@ def image_dataset(name: str, root: Path, split: Literal["train", "valid", "test"
     try:
         if name == "celeba":
             return tvd.CelebA(str(root), split=split, target_type="identity", transform=transform, download=download)
-        return tvd.ImageFolder(str(root), transform=transform, loader=read_image)
+        from gan_lightning.data.image_folder import RegularImageFolder
+
+        return RegularImageFolder(str(root), transform=transform, loader=read_image)
     except (RuntimeError, OSError) as err:
         raise missing(name, root, err, download) from None

@@ -14,7 +14,10 @@ only those checked bytes are ever deserialised:
   checked bytes (it runs the archive's TorchScript: OpenAI's, byte for byte).
 - DINOv2: Meta publishes no digest and its URLs carry none (torch.hub checks nothing for it). The user supplies
   the SHA-256 of the file they downloaded and trust; then the weights-only loader reads it. The architecture is
-  the facebookresearch/dinov2 code that ``torch.hub.load`` runs, from the checkout torch.hub caches.
+  the facebookresearch/dinov2 code that ``torch.hub.load`` runs (its ``hubconf.py`` and package), from the
+  checkout torch.hub caches: that code is pinned the same way, by the SHA-256 of its Python files
+  (``code_digest``), which the user sets in ``GAN_LIGHTNING_DINOV2_CODE_SHA256`` after reviewing the checkout;
+  a checkout with any other digest is refused before any of it runs.
 
 Nothing is downloaded: a missing file stops the run at start-up with one line naming the file, where it goes
 and the URL torch-fidelity would fetch it from.
@@ -113,10 +116,34 @@ def build_dinov2(name: str, weights: str | None = None, sha256: str | None = Non
         reason = str(err).strip().splitlines()[0]
         raise ConfigError(f"{name} weights file {file} holds more than tensors: torch's weights-only loader refused "
                           f"it ({reason}); refusing to load it") from None
+    check_code(code)  # before any of it runs
     model = dinov2_architecture(code, hub)
     model.load_state_dict(state)
     return TorchFidelityFeatures(CheckedDinoV2(name.replace("_", "-"), model), model.embed_dim,
                                  FeatureExtractorDinoV2.INPUT_IMAGE_SIZE)
+
+
+CODE_SHA256_ENV = "GAN_LIGHTNING_DINOV2_CODE_SHA256"
+
+
+def code_digest(code: Path) -> str:
+    """The SHA-256 of a checkout's Python files (``hubconf.py`` and every ``*.py`` below it, symlinks not followed),
+    each as its relative path and its bytes, in sorted order: what ``torch.hub.load`` may run."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in code.rglob("*.py") if p.is_file() and not p.is_symlink()
+                   and ".git" not in p.relative_to(code).parts)
+    for file in files:
+        digest.update(str(file.relative_to(code)).encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def check_code(code: Path) -> None:
+    """The DINOv2 checkout runs only when its ``code_digest`` is the one the user pinned in ``CODE_SHA256_ENV``."""
+    pinned, found = os.environ.get(CODE_SHA256_ENV, "").strip().lower(), code_digest(code)
+    if pinned != found:
+        said = f"is {found}, not the pinned {pinned}" if pinned else f"is {found}, and no digest is pinned"
+        raise ConfigError(f"the DINOv2 code in {code} (its hubconf.py runs when loaded) {said}: review that "
+                          f"checkout, then set {CODE_SHA256_ENV}={found} to run it")
 
 
 def dinov2_architecture(code: Path, hub: str) -> nn.Module:
