@@ -30,13 +30,13 @@ def reopen_cut_epoch(checkpoint: dict) -> None:
     preemption signal's checkpoint): started, not processed, so that the resumed run goes on with its next batch,
     bit for bit as if it had never stopped. Applied when saving and again when loading (files written before)."""
     loop = checkpoint.get("loops", {}).get("fit_loop", {}) if isinstance(checkpoint.get("loops"), dict) else {}
-    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
     try:
+        epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
         total, current = epochs["total"], epochs["current"]
         cut = (not batches["is_last_batch"] and batches["current"]["completed"] > 0
                and total["processed"] == total["started"] > 0)
-    except (KeyError, TypeError):  # no loops (a weights-only file) or another layout: read as it is
-        return
+    except (KeyError, TypeError, AttributeError):  # no loops (a weights-only file) or another layout: left to the
+        return                                     # checks of _refuse_unresumable
     if cut:
         for progress in (total, current):
             progress["processed"] = progress["completed"] = progress["started"] - 1
@@ -149,7 +149,9 @@ class CheckpointState:
                                       f"{type(self).__name__} has {count}: it was written with other players or "
                                       "schedules; resume with the config that wrote it, or start a new run")
         mismatch = structure_mismatch(trainer.fit_loop.state_dict(), checkpoint["loops"].get("fit_loop"), "fit_loop")
-        loaders = checkpoint["loops"].get("fit_loop", {}).get("state_dict", {}).get("combined_loader", [])
+        fit_loop = checkpoint["loops"].get("fit_loop")
+        loop_state = fit_loop.get("state_dict", {}) if isinstance(fit_loop, dict) else {}
+        loaders = loop_state.get("combined_loader", []) if isinstance(loop_state, dict) else []
         if not isinstance(loaders, list):
             mismatch = mismatch or f"fit_loop's combined_loader is {type(loaders).__name__}, not a list"
         for i, position in enumerate(loaders if isinstance(loaders, list) else []):
