@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from gan_lightning.checkpoints import SafeCheckpointIO, confine_checkpoint_state
 from gan_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +81,8 @@ def test_a_forged_checkpoint_state_deletes_and_loads_nothing_outside_the_run(toy
 
 
 def test_the_state_keeps_the_paths_inside_and_drops_the_rest(tmp_path):
+    from gan_lightning.checkpoints import confine_checkpoint_state
+
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     (folder / "loop.ckpt").symlink_to(folder / "loop.ckpt")  # a symlink loop: never followed for ever
@@ -98,6 +99,8 @@ def test_the_state_keeps_the_paths_inside_and_drops_the_rest(tmp_path):
 
 
 def test_safe_checkpoint_io_removes_only_checkpoint_files_of_its_folders(tmp_path):
+    from gan_lightning.checkpoints import SafeCheckpointIO
+
     folder, elsewhere = tmp_path / "checkpoints", tmp_path / "elsewhere"
     folder.mkdir()
     elsewhere.mkdir()
