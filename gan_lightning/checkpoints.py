@@ -35,6 +35,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
+from gan_lightning.errors import first_line
+
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable, of another model or shape, or cannot be written."""
@@ -144,15 +146,15 @@ def same_kind(template: object, value: object) -> bool:
 
 
 def structure_mismatch(template: object, value: object, where: str) -> str | None:
-    """Where ``value`` differs in layout from ``template`` (a state this code or Lightning writes): a missing
-    key, or a value of another kind (``same_kind``); None when it has the template's layout (more keys are
-    allowed, as newer versions add some)."""
+    """Where ``value`` differs in layout from ``template`` (a state this code or Lightning writes): a value of
+    another kind (``same_kind``) under a key both have; None when it fits. Keys may be missing (an older torch or
+    Lightning wrote fewer, and their loaders fill in defaults) or extra (a newer one wrote more)."""
     if isinstance(template, dict):
         if not isinstance(value, dict):
             return f"{where} is {_short(value, 60)}, not a dict"
         for key, item in template.items():
             if key not in value:
-                return f"{where}[{key!r}] is missing"
+                continue
             found = structure_mismatch(item, value[key], f"{where}[{key!r}]")
             if found:
                 return found
@@ -173,11 +175,19 @@ def optimizer_state_mismatch(optimizer: torch.optim.Optimizer, saved: dict, wher
         return f"{where} lacks its state or param_groups"
     if len(groups) != len(fresh["param_groups"]):
         return f"{where} has {len(groups)} parameter groups, not {len(fresh['param_groups'])}"
-    for i, (ours, theirs) in enumerate(zip(fresh["param_groups"], groups, strict=True)):
-        if not isinstance(theirs, dict) or theirs.get("params") != ours["params"]:
+    for i, theirs in enumerate(groups):
+        if not isinstance(theirs, dict) or theirs.get("params") != fresh["param_groups"][i]["params"]:
             return f"{where}.param_groups[{i}] holds other parameters"
-        found = structure_mismatch({k: v for k, v in ours.items() if k != "params"}, theirs,
-                                   f"{where}.param_groups[{i}]")
+    try:  # as torch will: into this throwaway optimizer, which fills the settings an older torch did not write
+        optimizer.load_state_dict(saved)
+    except Exception as err:
+        return f"{where} does not load ({type(err).__name__}: {first_line(err)})"
+    for i, (ours, theirs) in enumerate(zip(fresh["param_groups"], optimizer.state_dict()["param_groups"],
+                                           strict=True)):
+        settings = {k: v for k, v in ours.items() if k != "params"}
+        missing = [key for key in settings if key not in theirs]
+        found = (f"{where}.param_groups[{i}] lacks {', '.join(missing)}" if missing else
+                 structure_mismatch(settings, theirs, f"{where}.param_groups[{i}]"))
         if found:
             return found
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -196,6 +206,17 @@ def optimizer_state_mismatch(optimizer: torch.optim.Optimizer, saved: dict, wher
             elif not (isinstance(value, (int, float)) and not isinstance(value, bool)):
                 return f"{where}.state[{index}][{name!r}] is {_short(value, 60)}"
     return None
+
+
+def scheduler_state_mismatch(scheduler: object, saved: dict, where: str) -> str | None:
+    """Where a saved scheduler state does not fit ``scheduler`` (freshly built): loaded into it as Lightning will,
+    then compared with its fresh state (an older torch wrote fewer keys; the fresh ones stand in for them)."""
+    template = scheduler.state_dict()
+    try:
+        scheduler.load_state_dict(saved)
+    except Exception as err:
+        return f"{where} does not load ({type(err).__name__}: {first_line(err)})"
+    return structure_mismatch(template, scheduler.state_dict(), where)
 
 
 def check_settings(cls: type, settings: dict, file: str | Path, group: str = "model") -> None:
@@ -223,9 +244,8 @@ def check_weights(cls: type, settings: dict, state_dict: dict, file: str | Path)
         with torch.device("meta"):
             model = cls(**settings)
     except Exception as err:
-        first = (str(err).splitlines() or [""])[0]
         raise CheckpointError(f"checkpoint {file}: its settings do not build a {cls.__name__} "
-                              f"({type(err).__name__}: {_short(first, 200)}): it was not written by this version of "
+                              f"({type(err).__name__}: {first_line(err)}): it was not written by this version of "
                               "gan_lightning, or was edited; use another checkpoint") from None
     refuse_other_weights(model.state_dict(), state_dict, f"checkpoint {file}", cls.__name__)
 
@@ -266,10 +286,9 @@ def _short(value: object, limit: int) -> str:
 
 
 def _unreadable(file: Path, err: BaseException) -> CheckpointError:
-    first_line = (str(err).splitlines() or [""])[0]
-    return CheckpointError(f"checkpoint {file} cannot be read ({type(err).__name__}: {first_line}); it is truncated, "
-                           "corrupted or not a checkpoint: use another one (last.ckpt is rewritten at every save; "
-                           "the epoch checkpoints beside it are older copies)")
+    return CheckpointError(f"checkpoint {file} cannot be read ({type(err).__name__}: {first_line(err)}); it is "
+                           "truncated, corrupted or not a checkpoint: use another one (last.ckpt is rewritten at every "
+                           "save; the epoch checkpoints beside it are older copies)")
 
 
 def write_atomically(checkpoint: dict, path: str | Path) -> None:
@@ -312,36 +331,46 @@ def _same_folder(a: str | Path, b: str | Path) -> bool:
 
 
 def confine_checkpoint_state(state: object, folder: str | Path) -> tuple[dict, list[str]]:
-    """A ``ModelCheckpoint``'s state from a checkpoint with every path that does not resolve inside
-    ``folder`` (the callback's own folder in this run) dropped; returns it and the dropped paths.
+    """A ``ModelCheckpoint``'s state from a checkpoint, with what a file from elsewhere could misuse taken out;
+    returns it and what was dropped.
 
     Lightning restores ``best_model_path`` always and the other paths when the saved ``dirpath`` equals the
-    callback's; it later removes the "previous" last and k-th best checkpoint, and ``--ckpt_path best`` loads the
-    best one. A path that a file from elsewhere chose must do neither."""
+    callback's; it later removes the "previous" last and k-th best checkpoint, ``--ckpt_path best`` loads the
+    best one, and with a ``monitor`` it compares the saved scores. Every path must resolve (``..`` and symlinks
+    followed) inside ``folder``, the callback's own folder in this run, and every score must be a number (±inf is
+    the starting k-th value; NaN is not a score);
+    otherwise the state is reduced to what a new callback holds (its ranking starts afresh), keeping only a
+    ``last_model_path`` inside the folder."""
     if not isinstance(state, dict):
-        return {}, [f"the whole state ({_short(state, 80)})"]
-    state, dropped = dict(state), []
+        return {"best_model_path": "", "best_model_score": None}, [f"the whole state ({_short(state, 80)})"]
+    dropped = []
     for key in CHECKPOINT_PATH_FIELDS:
         value = state.get(key)
-        if value is None or value == "":
-            continue
-        if not isinstance(value, str) or "://" in value or not inside(value, folder):
+        if value not in (None, "") and not (isinstance(value, str) and "://" not in value and inside(value, folder)):
             dropped.append(_short(value, 200))
-            state[key] = ""
-    best = state.get("best_k_models")
-    if best is not None:
-        if not isinstance(best, dict):
-            dropped.append(f"best_k_models ({_short(best, 80)})")
-            state.pop("best_k_models")
-        else:
-            kept = {path: score for path, score in best.items()
-                    if isinstance(path, str) and "://" not in path and inside(path, folder)}
-            dropped += [_short(path, 200) for path in best if path not in kept]
-            state["best_k_models"] = kept
-    if "best_model_path" not in state:  # Lightning reads it unconditionally
-        state["best_model_path"] = ""
-    state.setdefault("best_model_score", None)
-    return state, dropped
+    best = state.get("best_k_models", {})
+    if not isinstance(best, dict):
+        dropped.append(f"best_k_models ({_short(best, 80)})")
+        best = {}
+    dropped += [_short(path, 200) for path in best
+                if not (isinstance(path, str) and "://" not in path and inside(path, folder))]
+    scores = [state.get("best_model_score"), state.get("kth_value"), *best.values()]
+    if not all(score is None or _score(score) for score in scores):
+        dropped.append(f"scores {_short([s for s in scores if s is not None and not _score(s)], 80)}")
+    if not dropped:
+        return state, []
+    last = state.get("last_model_path")
+    kept = {"dirpath": state.get("dirpath"), "best_model_path": "", "best_model_score": None}
+    if isinstance(last, str) and last and "://" not in last and inside(last, folder):
+        kept["last_model_path"] = last
+    return kept, dropped
+
+
+def _score(score: object) -> bool:
+    """A monitored value as ModelCheckpoint keeps it: one number, not NaN."""
+    if isinstance(score, torch.Tensor):
+        return score.numel() == 1 and score.is_floating_point() and not bool(score.isnan().any())
+    return isinstance(score, (int, float)) and not isinstance(score, bool) and not math.isnan(score)
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

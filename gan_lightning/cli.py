@@ -17,7 +17,7 @@ import gan_lightning.callbacks  # noqa: F401  (makes the callbacks' short names 
 import gan_lightning.distributed  # noqa: F401  (registers the strategy name player_ddp)
 import gan_lightning.models  # noqa: F401  (makes the models' short names known to configs)
 from gan_lightning.callbacks.preemption import slurm_job_id
-from gan_lightning.checkpoints import CheckpointError, check_settings, check_weights, read_checkpoint
+from gan_lightning.checkpoints import CheckpointError, read_checkpoint
 from gan_lightning.cli_errors import shorten
 from gan_lightning.data import DatasetCorruptError, DatasetNotFoundError, GANDataModule
 from gan_lightning.data.loader import DataLoaderWorkerDied
@@ -26,7 +26,7 @@ from gan_lightning.early_signals import catch_signals_early
 from gan_lightning.errors import ConfigError, Preempted
 from gan_lightning.metrics.features import WeightsNotFoundError
 from gan_lightning.metrics.image_scores import CacheFileError
-from gan_lightning.models.registry import model_class, model_settings
+from gan_lightning.models.registry import checked_model, model_class
 from gan_lightning.tracking import SaveAndLogConfig, WandbLogger, WandbSettings, quiet_wandb_init
 
 
@@ -89,15 +89,13 @@ class GANLightningCLI(LightningCLI):
                                       "resume with the settings it has (drop those overrides), or start a new run "
                                       "without --ckpt_path")
         if hparams and saved_class:  # Lightning's behaviour: the checkpoint's settings fill the config's model
-            cls = model_class(saved_class, ckpt_path, chosen)
-            class_path = chosen or f"gan_lightning.models.{cls.__name__}"
-            settings = model_settings(cls, hparams, ckpt_path)
-            check_settings(cls, settings, ckpt_path)
-            # The model these settings and the config's build, on the meta device: its weights must be the file's
-            # before the real one is built (a forged width would allocate terabytes).
+            # The model these settings and the config's build, checked on the meta device: its weights must be the
+            # file's before the real one is built (a forged width would allocate terabytes).
             init_args = model.get("init_args") or Namespace() if model is not None else Namespace()
-            configured = {key: init_args[key] for key in settings if key in init_args and key != "data_shape"}
-            check_weights(cls, {**settings, **configured}, checkpoint.get("state_dict", {}), ckpt_path)
+            configured = {key: init_args[key] for key in hparams if key in init_args and key != "data_shape"}
+            cls, settings = checked_model({**hparams, "_class_path": saved_class}, checkpoint.get("state_dict", {}),
+                                          ckpt_path, chosen, configured)
+            class_path = chosen or f"gan_lightning.models.{cls.__name__}"
             self.config = self.parser.parse_object(
                 {subcommand: {"model": {"class_path": class_path, "dict_kwargs": settings}}}, self.config)
 

@@ -13,6 +13,7 @@ import argparse
 import inspect
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,37 +21,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gan_lightning.checkpoints import (
-    CheckpointError,
-    check_settings,
-    check_weights,
-    plain,
-    read_checkpoint,
-    refuse_other_weights,
-)
+from gan_lightning.checkpoints import CheckpointError, check_settings, plain, read_checkpoint
 from gan_lightning.data import GANDataModule
+from gan_lightning.errors import first_line
 
 
-def load_model(path: str, device: str = "cpu", data_dir: str | None = None, chosen_class: str | None = None):
+def load_model(path: str, device: str = "cpu", data_dir: str | None = None, chosen_class: str | None = None,
+               download: bool = False):
     """(model in eval mode on ``device``, data module) rebuilt from a checkpoint's hyperparameters; ``data_dir``:
-    where the dataset is (default: the data module's own default; never the checkpoint's); ``chosen_class``: the
+    where the dataset is (default: the data module's own default; never the checkpoint's); ``download``: whether
+    the data module may download the dataset there (``--download_data``; never the checkpoint's); ``chosen_class``: the
     user's own model class (``--model_class``) where the checkpoint names one outside ``gan_lightning.models``.
 
     The file is read weights-only, and what its text names is neither imported nor called: the model class is
     looked up among gan_lightning's models (``models.registry.model_class``), the data module is always
     ``GANDataModule``, and Lightning's ``_instantiator`` is ignored. Its settings are checked against the
     classes' signatures and its weights against the model built on the meta device before anything is built."""
-    from gan_lightning.models.registry import model_class, model_settings
+    from gan_lightning.models.registry import checked_model
 
     ckpt = read_checkpoint(path)
     hp = dict(ckpt.get("hyper_parameters", {}))
     if not hp.get("_class_path") or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {path} has no model class or weights: it was not written by "
                               "`python -m gan_lightning fit`")
-    cls = model_class(hp["_class_path"], path, chosen_class)
-    settings = model_settings(cls, hp, path)
-    check_settings(cls, settings, path)
-    check_weights(cls, settings, ckpt["state_dict"], path)
+    cls, settings = checked_model(hp, ckpt["state_dict"], path, chosen_class)
     data_hp = data_settings(ckpt.get("datamodule_hyper_parameters", {}), path)
     if data_hp:
         check_settings(GANDataModule, data_hp, path, group="data")
@@ -58,13 +52,12 @@ def load_model(path: str, device: str = "cpu", data_dir: str | None = None, chos
         model = cls(**settings)
     except Exception as err:  # what the meta build could not see (a setting that only fails with real tensors)
         raise CheckpointError(f"checkpoint {path}: its settings do not build a {cls.__name__} ({type(err).__name__}: "
-                              f"{(str(err).splitlines() or [''])[0][:200]}); use another checkpoint") from None
-    refuse_other_weights(model.state_dict(), ckpt["state_dict"], f"checkpoint {path}", cls.__name__)
+                              f"{first_line(err)}); use another checkpoint") from None
+    model.on_load_checkpoint(ckpt)  # its counters, and its weights' names and shapes checked once more
     model.load_state_dict(ckpt["state_dict"])
-    model.on_load_checkpoint(ckpt)
     datamodule = None
     if data_hp:
-        datamodule = GANDataModule(**{**data_hp, "on_device": False, "num_workers": 0,
+        datamodule = GANDataModule(**{**data_hp, "on_device": False, "num_workers": 0, "download": download,
                                       **({"data_dir": data_dir} if data_dir else {})})
     return model.to(device).eval(), datamodule
 
@@ -149,7 +142,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from gan_lightning.metrics.features import build_extractor
     from gan_lightning.metrics.image_scores import ImageScores, NonFiniteSamplesError, check_cache_dir
 
-    model, dm = load_model(args.ckpt_path, args.device, args.data_dir, args.model_class)
+    model, dm = load_model(args.ckpt_path, args.device, args.data_dir, args.model_class, args.download_data)
     if dm is None:
         raise CheckpointError(f"checkpoint {args.ckpt_path} holds no data settings; evaluate needs them")
     dm.prepare_data()
@@ -250,7 +243,9 @@ def parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--no_linear", action="store_true",
                        help="1-NN probes only: skip the logistic regressions, the slow part at 50,000 training images")
         p.add_argument("--images", default=None, help="score this folder of images instead of the model's samples")
-        p.add_argument("--data_dir", default=None, help="where the dataset is, if not where training found it")
+        p.add_argument("--data_dir", default=None, help="where the dataset is (default: data); never the checkpoint's")
+        p.add_argument("--download_data", action="store_true",
+                       help="download the dataset into --data_dir when it is not there (never the checkpoint's choice)")
         p.add_argument("--cache_dir", default=None, help="real statistics cache (default: <data_dir>/.stats)")
         p.add_argument("--inception_weights", default=None, help="local weights-inception-2015-12-05-6726825d.pth")
         p.add_argument("--no_download", action="store_true", help="never download the Inception weights")
@@ -293,4 +288,11 @@ def output_path(out: str | Path, suffix: str) -> Path:
     if blocked is not None or path.is_dir():
         raise ValueError(f"--out {out}: cannot write {path} ({blocked or path} is "
                          f"{'a file' if blocked else 'a folder'}): name a file in a folder you can write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot write in {path.parent} ({err.strerror or err}): name a file in a "
+                         "folder you can write") from None
     return path

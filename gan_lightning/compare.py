@@ -15,6 +15,8 @@ import re
 import stat
 from pathlib import Path
 
+from gan_lightning.errors import first_line
+
 # Metrics whose larger values are better; everything else (losses, errors, FD, KID, bits/dim) is minimised.
 HIGHER_IS_BETTER = re.compile(r"accuracy|probe|/is_|/modes|high_quality|_real$")
 
@@ -61,9 +63,8 @@ def read_run(run: Path) -> dict[str, list[tuple[float, float]]]:
                         if key and value and key not in ("epoch", "step", "iteration", "images_seen"):
                             series.setdefault(key, []).append((float(x), float(value)))
         except (csv.Error, ValueError, TypeError, UnicodeDecodeError, OSError) as err:
-            first = (str(err).splitlines() or [""])[0][:160]
             raise ValueError(f"{file} is not a metrics CSV as Lightning's CSVLogger writes it ({type(err).__name__}: "
-                             f"{first}): pass another run, or repair or remove that file") from None
+                             f"{first_line(err, 160)}): pass another run, or repair or remove that file") from None
     return series
 
 

@@ -7,3 +7,9 @@ class ConfigError(ValueError):
 
 class Preempted(Exception):
     """Training stopped on a signal after saving a resumable checkpoint (see callbacks.Preemption)."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message as one short line (its type's name when it has none)."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines[0].split())[:limit] if lines else type(err).__name__

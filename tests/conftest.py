@@ -22,6 +22,26 @@ def data_dir() -> Path:
     return root
 
 
+BIGAN_RING = REPO / "configs" / "toy" / "bigan_ring.yaml"
+SMOKE = REPO / "configs" / "overlays" / "smoke.yaml"
+
+
+def toy_fit_args(run: Path, *extra: str) -> list[str]:
+    """``fit`` of a small BiGAN on the ring (the smoke overlay: one epoch of 4 iterations) into ``run``."""
+    return ["fit", "--config", str(BIGAN_RING), "--config", str(SMOKE), "--model.init_args.width", "16",
+            "--run_dir", str(run), "--wandb.mode", "off", "--trainer.enable_progress_bar", "false", *extra]
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory) -> Path:
+    """A real run folder, made once per session through the CLI: the file-reading tests mutate copies of it."""
+    from gan_lightning.cli import main
+
+    run = tmp_path_factory.mktemp("toy") / "run"
+    main(toy_fit_args(run))
+    return run
+
+
 @pytest.fixture(autouse=True)
 def no_wandb(monkeypatch):
     """W&B off in every test (W&B's own switch, which ``wandb.mode: auto`` follows): runs that are not about W&B

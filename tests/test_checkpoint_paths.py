@@ -13,23 +13,11 @@ import pytest
 import torch
 
 from gan_lightning.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
-BIGAN_RING = REPO / "configs" / "toy" / "bigan_ring.yaml"
-SMOKE = REPO / "configs" / "overlays" / "smoke.yaml"
+from tests.conftest import toy_fit_args
 
 
 def fit(run: Path, *extra: str) -> None:
-    main(["fit", "--config", str(BIGAN_RING), "--config", str(SMOKE), "--model.init_args.width", "16",
-          "--run_dir", str(run), "--wandb.mode", "off", *extra])
-
-
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory) -> Path:
-    """A real run folder: a small BiGAN on the ring, one epoch of 4 iterations through the CLI."""
-    run = tmp_path_factory.mktemp("toy") / "run"
-    fit(run)
-    return run
+    main(toy_fit_args(run, *extra))
 
 
 def victims(root: Path) -> dict[Path, bytes]:
@@ -80,22 +68,32 @@ def test_a_forged_checkpoint_state_deletes_and_loads_nothing_outside_the_run(toy
         assert f"names {path}" in said or f"names {path!r}" in said, f"no warning names {path}"
 
 
-def test_the_state_keeps_the_paths_inside_and_drops_the_rest(tmp_path):
+def test_a_clean_state_is_kept_and_a_forged_one_starts_the_ranking_afresh(tmp_path):
+    """Paths inside the folder and numeric scores (inf is the starting k-th value) are kept as they are; one path
+    outside or one NaN score and the state is what a new callback holds (paths and scores go together: Lightning
+    reads best_k_models[kth_best_model_path]), keeping only a last_model_path inside the folder."""
     from gan_lightning.checkpoints import confine_checkpoint_state
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     (folder / "loop.ckpt").symlink_to(folder / "loop.ckpt")  # a symlink loop: never followed for ever
-    inside = str(folder / "epoch=1.ckpt")
-    state = {"best_model_path": inside, "last_model_path": str(folder / ".." / "x.ckpt"),
-             "kth_best_model_path": "s3://bucket/run/x.ckpt",
-             "best_k_models": {inside: 1.0, str(folder / "loop.ckpt"): 2.0, "/etc/passwd": 3.0}}
-    kept, dropped = confine_checkpoint_state(state, folder)
-    assert kept["best_model_path"] == inside and kept["best_k_models"] == {inside: 1.0}
-    assert kept["last_model_path"] == kept["kth_best_model_path"] == ""
-    assert len(dropped) == 4
+    inside, last = str(folder / "epoch=1.ckpt"), str(folder / "last.ckpt")
+    clean = {"dirpath": str(folder), "best_model_path": inside, "best_model_score": torch.tensor(0.5),
+             "kth_best_model_path": inside, "kth_value": torch.tensor(float("inf")), "last_model_path": last,
+             "best_k_models": {inside: torch.tensor(0.5)}}
+    assert confine_checkpoint_state(clean, folder) == (clean, [])
+    fresh = {"dirpath": str(folder), "best_model_path": "", "best_model_score": None, "last_model_path": last}
+    for forged, culprit in [({"last_model_path": str(folder / ".." / "x.ckpt")}, "x.ckpt"),
+                            ({"kth_best_model_path": "s3://bucket/run/x.ckpt"}, "s3://"),
+                            ({"best_k_models": {inside: 1.0, str(folder / "loop.ckpt"): 2.0}}, "loop.ckpt"),
+                            ({"best_k_models": {inside: 1.0, "/etc/passwd": 3.0}}, "/etc/passwd"),
+                            ({"best_model_score": torch.tensor(float("nan"))}, "scores")]:
+        kept, dropped = confine_checkpoint_state({**clean, **forged}, folder)
+        expected = fresh if "last_model_path" not in forged else {k: v for k, v in fresh.items()
+                                                                     if k != "last_model_path"}
+        assert kept == expected and len(dropped) == 1 and culprit in dropped[0], (forged, kept, dropped)
     kept, dropped = confine_checkpoint_state(["not", "a", "dict"], folder)
-    assert kept == {} and dropped
+    assert kept == {"best_model_path": "", "best_model_score": None} and dropped
 
 
 def test_safe_checkpoint_io_removes_only_checkpoint_files_of_its_folders(tmp_path):

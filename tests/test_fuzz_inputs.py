@@ -29,10 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gan_lightning.cli import main
+from tests.conftest import toy_fit_args
 
-REPO = Path(__file__).resolve().parents[1]
-BIGAN_RING = REPO / "configs" / "toy" / "bigan_ring.yaml"
-SMOKE = REPO / "configs" / "overlays" / "smoke.yaml"
 MEMORY_BOUND = 2 * 2**30  # bytes of peak resident memory the fuzzing may add to the process
 
 
@@ -47,17 +45,6 @@ def fuzz(examples: int) -> settings:
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
-def toy_fit_args(run: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(BIGAN_RING), "--config", str(SMOKE), "--model.init_args.width", "16",
-            "--run_dir", str(run), "--wandb.mode", "off", "--trainer.enable_progress_bar", "false", *extra]
-
-
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory) -> Path:
-    """A real run folder: a small BiGAN on the ring, one epoch of 4 iterations through the CLI."""
-    run = tmp_path_factory.mktemp("fuzz") / "run"
-    main(toy_fit_args(run))
-    return run
 
 
 # --- what an outcome may be --------------------------------------------------------------------------------------
@@ -152,7 +139,7 @@ def key_paths(value: object, path: tuple = (), depth: int = 0) -> list[tuple]:
 
 def hostile_values(outside: Path):
     """Values of every kind a forged file may hold where another belongs."""
-    paths = st.sampled_from([str(outside / "precious"), str(outside / "other.ckpt"), "../../outside", "/", "..",
+    paths = st.sampled_from([str(outside / "precious"), str(outside / "other.ckpt"), "../outside/precious", "/", "..",
                              f"{outside}/../outside/precious", "s3://bucket/x.ckpt", "memory://x.ckpt"])
     names = st.sampled_from(["subprocess.run", "os.system", "gan_lightning.models.BiGAN", "builtins.eval",
                              "gan_lightning.models.VAE"])
@@ -191,8 +178,8 @@ def mutate(checkpoint: dict, data, outside: Path) -> list[str]:
     return done
 
 
-def write_mutant(checkpoint: dict, data, folder: Path) -> Path:
-    """The mutant as a file, sometimes truncated or with flipped bytes."""
+def write_mutant(checkpoint: dict, data, folder: Path) -> tuple[Path, str]:
+    """The mutant as a file, sometimes truncated or with flipped bytes; (its path, the damage done)."""
     path = folder / "mutant.ckpt"
     torch.save(checkpoint, path)
     damage = data.draw(st.sampled_from(["none", "none", "none", "truncate", "flip"]), label="damage")
@@ -202,7 +189,7 @@ def write_mutant(checkpoint: dict, data, folder: Path) -> Path:
     elif damage == "flip":
         at = data.draw(st.integers(0, len(raw) - 1), label="flip at")
         path.write_bytes(raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1:])
-    return path
+    return path, damage
 
 
 COMMANDS = {  # how each command reads a checkpoint, and the examples it gets in CI
@@ -235,9 +222,10 @@ def test_a_mutated_checkpoint_is_loaded_or_refused_in_one_line_and_touches_nothi
     def check(data):
         sandbox = Sandbox(tmp_path)
         checkpoint = _copy(real)
-        mutate(checkpoint, data, sandbox.outside)
-        ckpt = write_mutant(checkpoint, data, sandbox.work)
+        changes = mutate(checkpoint, data, sandbox.outside)
+        ckpt, damage = write_mutant(checkpoint, data, sandbox.work)
         result = outcome(checkpoint_args(name, ckpt, sandbox.work), sandbox, capsys)
+        assert result == "ok" or changes or damage != "none", f"{name} refused the real checkpoint"
         counts[result] = counts.get(result, 0) + 1
         shutil.rmtree(sandbox.root, ignore_errors=True)
 
@@ -303,14 +291,15 @@ def test_a_mutated_cache_file_is_read_or_refused_with_cache_file_error(tmp_path,
     real = {"features_sum": features.double().sum(0), "features_cov_sum": features.double().T @ features.double(),
             "n": 8, "features": features, "inception_score": [1.0, 0.0], "meta": dict(parts)}
     sandbox = Sandbox(tmp_path)
-    mutate(real, data, sandbox.outside)
-    path = write_mutant(real, data, sandbox.work)
+    changes = mutate(real, data, sandbox.outside)
+    path, damage = write_mutant(real, data, sandbox.work)
     try:
         stats = read_cached(path, 3, parts)
         result = "ok"
         assert stats.meta == parts and stats.features.shape[1] == 3 and bool(stats.features.isfinite().all())
     except CacheFileError as err:
         assert "\n" not in str(err) and str(path) in str(err), str(err)
+        assert changes or damage != "none", f"the real cache file was refused: {err}"
         result = "refused"
     sandbox.check()
     OUTCOMES.setdefault("cache", {}).setdefault(result, 0)

@@ -4,6 +4,7 @@ Every case got a Python traceback, a hang, a silent wrong answer or an allocatio
 gets one line naming the file and the fix, and nothing is built before the file is checked. The property-based
 fuzzing of the same readers is tests/test_fuzz_inputs.py.
 """
+import ast
 import math
 import os
 import zipfile
@@ -14,23 +15,14 @@ import pytest
 import torch
 
 from gan_lightning.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
-BIGAN_RING = REPO / "configs" / "toy" / "bigan_ring.yaml"
-SMOKE = REPO / "configs" / "overlays" / "smoke.yaml"
+from tests.conftest import REPO
+from tests.conftest import toy_fit_args as toy_fit
 
 
-def toy_fit(run: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(BIGAN_RING), "--config", str(SMOKE), "--model.init_args.width", "16",
-            "--run_dir", str(run), "--wandb.mode", "off", "--trainer.enable_progress_bar", "false", *extra]
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> Path:
+@pytest.fixture
+def toy(toy_run) -> Path:
     """A real checkpoint: a small BiGAN on the ring, 4 iterations through the CLI."""
-    run = tmp_path_factory.mktemp("toy") / "run"
-    main(toy_fit(run))
-    return run / "checkpoints" / "last.ckpt"
+    return toy_run / "checkpoints" / "last.ckpt"
 
 
 def refused(*args: str) -> str:
@@ -318,12 +310,17 @@ def test_evaluate_ignores_the_checkpoints_data_dir_and_download(toy, tmp_path):
     ckpt = forged(toy, tmp_path, lambda c: c["datamodule_hyper_parameters"].update(
         data_dir=str(tmp_path / "chosen"), download=True))
     _, datamodule = load_model(str(ckpt))
-    assert datamodule.hparams.data_dir != str(tmp_path / "chosen")
-    _, datamodule = load_model(str(ckpt), data_dir=str(tmp_path / "mine"))
-    assert datamodule.hparams.data_dir == str(tmp_path / "mine")
+    assert datamodule.hparams.data_dir != str(tmp_path / "chosen") and datamodule.hparams.download is False
+    _, datamodule = load_model(str(ckpt), data_dir=str(tmp_path / "mine"), download=True)  # --download_data
+    assert datamodule.hparams.data_dir == str(tmp_path / "mine") and datamodule.hparams.download is True
 
 
 def test_checkpoints_py_imports_no_model():
     """checkpoints.py knows files and schemas only: the models declare what may be loaded (models/registry.py)."""
-    source = (REPO / "gan_lightning" / "checkpoints.py").read_text()
-    assert "gan_lightning.models" not in source.replace("gan_lightning.models.registry", "")
+    tree = ast.parse((REPO / "gan_lightning" / "checkpoints.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    named = {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             for alias in node.names}
+    ours = {name for name in imported | named if name and name.startswith("gan_lightning")}
+    assert ours <= {"gan_lightning.errors", "gan_lightning.errors.first_line"}, ours

@@ -195,7 +195,7 @@ def test_load_model_reads_the_data_where_the_user_says_never_where_the_checkpoin
     _, moved = load_model(str(forged), data_dir=str(tmp_path / "moved"))
     assert moved.root == tmp_path / "moved" and moved.hparams.data_dir == str(tmp_path / "moved")
     assert moved.hparams.dataset == by_default.hparams.dataset == "fashion_mnist"
-    assert not (tmp_path / "chosen_by_the_file").exists()
+    assert by_default.hparams.download is False  # the file's download: True is not taken either
 
 
 @pytest.mark.slow

@@ -153,7 +153,7 @@ class Preemption(L.Callback):
         path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
         # Every rank takes part; rank 0 writes (atomically: AdversarialModule installs SafeCheckpointIO, which
         # writes last.ckpt.partial and renames it, so the previous last.ckpt stays whole until the new one is).
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # a whole checkpoint (and no log line asking which)
         message = f"gan_lightning: {signum.name} received: saved {path} at iteration {iteration}"
         rank_zero_info(message)
         trainer.strategy.barrier("Preemption.save_and_stop")

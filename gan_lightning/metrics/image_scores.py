@@ -202,8 +202,9 @@ def read_cached(path: Path, num_features: int, parts: dict | None = None) -> Rea
             raise OSError("not a regular file")
         inflation_bounded(path, "cached real statistics")
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise bad("inflates past its own size") from None
+    except CheckpointError as err:  # its entries inflate past the file, or it is no zip archive at all
+        raise bad("is a zip archive whose entries inflate past its own size" if "inflate" in str(err)
+                  else "cannot be read (not a whole zip archive)") from None
     except Exception as err:  # truncated, not a torch file, a forbidden global
         raise bad(f"cannot be read ({str(err).splitlines()[0] if str(err).strip() else type(err).__name__})") from None
     tensors = ("features_sum", "features_cov_sum", "features")

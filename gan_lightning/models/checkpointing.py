@@ -14,10 +14,11 @@ from gan_lightning.checkpoints import (
     confine_checkpoint_state,
     optimizer_state_mismatch,
     refuse_other_weights,
+    scheduler_state_mismatch,
     structure_mismatch,
 )
 from gan_lightning.data.loader import position_mismatch
-from gan_lightning.errors import ConfigError
+from gan_lightning.errors import ConfigError, first_line
 
 
 def reopen_cut_epoch(checkpoint: dict) -> None:
@@ -41,6 +42,13 @@ def reopen_cut_epoch(checkpoint: dict) -> None:
         for progress in (total, current):
             progress["processed"] = progress["completed"] = progress["started"] - 1
         checkpoint["epoch"] = current["completed"]
+        # A checkpoint written after fit returned (on_train_end, trainer.save_checkpoint) has the loaders' positions
+        # in the epoch Lightning moved on to: they are in the reopened one, whose order they must replay.
+        loaders = loop.get("state_dict", {}).get("combined_loader", []) if isinstance(loop.get("state_dict"), dict) \
+            else []
+        for position in loaders if isinstance(loaders, list) else []:
+            if isinstance(position, dict) and position.get("epoch_done") is False:
+                position["epoch"] = current["completed"]
 
 
 def guard_restore(trainer) -> None:
@@ -65,8 +73,8 @@ def _one_line(restore, trainer):
         except (CheckpointError, ConfigError, torch.OutOfMemoryError):
             raise
         except Exception as err:
-            first = " ".join((str(err).splitlines() or [""])[0].split())[:200]
-            raise CheckpointError(f"checkpoint {trainer.ckpt_path} cannot be restored ({type(err).__name__}: {first}):"
+            raise CheckpointError(f"checkpoint {trainer.ckpt_path} cannot be restored ({type(err).__name__}: "
+                                  f"{first_line(err)}):"
                                   " it was edited, damaged or written by another program; use another checkpoint"
                                   ) from err
     return restoring
@@ -163,8 +171,8 @@ class CheckpointState:
             mismatch = mismatch or optimizer_state_mismatch(optimizer, checkpoint["optimizer_states"][i],
                                                             f"optimizer_states[{i}]")
         for i, scheduler in enumerate(schedulers):
-            mismatch = mismatch or structure_mismatch(scheduler["scheduler"].state_dict(),
-                                                      checkpoint["lr_schedulers"][i], f"lr_schedulers[{i}]")
+            mismatch = mismatch or scheduler_state_mismatch(scheduler["scheduler"], checkpoint["lr_schedulers"][i],
+                                                            f"lr_schedulers[{i}]")
         if mismatch:
             raise CheckpointError(f"checkpoint {file}: its training state is not what this {type(self).__name__} "
                                   f"and Lightning write ({mismatch}): it was edited, damaged or written by another "

@@ -45,7 +45,13 @@ class Players:
                                   "the model's optimizer options (e.g. model.init_args.optimizer_*.init_args.lr)"
                                   ) from None
             if make_scheduler is not None:
-                schedulers.append({"scheduler": make_scheduler(optimizers[-1]), "interval": "epoch"})
+                try:
+                    scheduler = make_scheduler(optimizers[-1])
+                except (ValueError, TypeError) as err:  # the schedule's own check of its settings
+                    raise ConfigError(f"the {player} player's learning-rate schedule refuses its settings ({err}): fix "
+                                      "that value in the model's scheduler options (model.init_args.scheduler_*)"
+                                      ) from None
+                schedulers.append({"scheduler": scheduler, "interval": "epoch"})
         return optimizers, schedulers
 
     def optimizer(self, player: str):

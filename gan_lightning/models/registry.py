@@ -10,7 +10,8 @@ import inspect
 import re
 from pathlib import Path
 
-from gan_lightning.checkpoints import CheckpointError, _short, plain
+from gan_lightning.checkpoints import CheckpointError, _short, check_settings, check_weights, plain
+from gan_lightning.errors import first_line
 from gan_lightning.models.aae import AAE
 from gan_lightning.models.ali import ALI, BiGAN
 from gan_lightning.models.base import AdversarialModule
@@ -32,8 +33,8 @@ def model_class(class_path: object, file: str | Path, chosen: str | None = None)
         try:
             cls = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError, ValueError) as err:
-            first_line = (str(err).splitlines() or [""])[0]
-            raise CheckpointError(f"model class {chosen!r} cannot be imported ({type(err).__name__}: {first_line}): "
+            raise CheckpointError(f"model class {chosen!r} cannot be imported "
+                                  f"({type(err).__name__}: {first_line(err)}): "
                                   "name it as package.module.Class") from None
         if not (isinstance(cls, type) and issubclass(cls, AdversarialModule)):
             raise CheckpointError(f"model class {chosen!r} is not a subclass of "
@@ -67,3 +68,16 @@ def model_settings(cls: type, hparams: dict, file: str | Path) -> dict:
                                   "plain value (a number, a string, a list of them) belongs; it was not written by "
                                   "`python -m gan_lightning fit` and is not loaded")
     return settings
+
+
+def checked_model(hparams: dict, state_dict: dict, file: str | Path, chosen: str | None = None,
+                  overrides: dict | None = None) -> tuple[type[AdversarialModule], dict]:
+    """The model class and settings of a checkpoint, checked before anything is built: the class looked up by name
+    (``model_class``), its settings plain (``model_settings``) and of the types its signature declares
+    (``check_settings``), and, with ``overrides`` (the config's own values) on top, building on the meta device
+    the weights the file holds (``check_weights``)."""
+    cls = model_class(hparams.get("_class_path"), file, chosen)
+    settings = model_settings(cls, hparams, file)
+    check_settings(cls, settings, file)
+    check_weights(cls, {**settings, **(overrides or {})}, state_dict, file)
+    return cls, settings
