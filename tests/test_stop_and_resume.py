@@ -239,3 +239,42 @@ def test_the_cells_are_pairwise():
     assert {(stop.name, family) for stop, family, *_ in chosen} == {(s.name, f) for s in STOPS for f in FAMILIES}
     assert {(stop.name, schedule, k) for stop, _, schedule, k in chosen} == \
         {(s.name, schedule, k) for s in STOPS for schedule, k in SETTINGS}
+
+
+@pytest.mark.slow
+def test_a_checkpoint_saved_after_fit_returned_on_max_steps_resumes_in_its_epochs_order(tmp_path, uninterrupted):
+    """``trainer.save_checkpoint`` after fit stopped inside an epoch: Lightning has moved its loaders' positions on
+    to the next epoch; the reopened epoch takes them back, so the resumed run replays the cut epoch's order."""
+    torch.manual_seed(0)
+    model = FAMILIES["gan"](True)
+    trainer = tiny_trainer(tmp_path, max_epochs=EPOCHS, max_steps=6 * len(model.configure_optimizers()[0]),
+                           limit_train_batches=PER_EPOCH, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(model, digits(batch_size=16, on_device=True))
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    saved = torch.load(tmp_path / "after.ckpt", weights_only=True)
+    positions = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert saved["epoch"] == 1 and all(p["epoch"] == 1 for p in positions if p), positions
+    resumed, recorder = fit(tmp_path / "resumed", "gan", True, 1, "every_epoch", ckpt_path=tmp_path / "after.ckpt")
+    whole, _ = uninterrupted("gan", True, 1, "every_epoch")
+    assert recorder.started[:2] == (6, 1)
+    assert_same_training_state(whole["model"], resumed["model"], whole["optimizers"], resumed["optimizers"])
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_an_older_torch_still_resumes(tmp_path, uninterrupted):
+    """An older torch wrote fewer keys (Adam's decoupled_weight_decay, StepLR's _is_initial), which today's fills in
+    when it loads them: the checks compare what the optimizers and schedulers hold once loaded, as torch will."""
+    with pytest.raises(Preempted):
+        fit(tmp_path, "gan", True, 1, "every_epoch", STOPS[4])  # SIGTERM at iteration 6
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    for optimizer in checkpoint["optimizer_states"]:
+        for group in optimizer["param_groups"]:
+            group.pop("decoupled_weight_decay", None)
+    for scheduler in checkpoint["lr_schedulers"]:
+        scheduler.pop("_is_initial", None)
+    torch.save(checkpoint, path)
+    resumed, recorder = fit(tmp_path, "gan", True, 1, "every_epoch", ckpt_path="last")
+    whole, _ = uninterrupted("gan", True, 1, "every_epoch")
+    assert recorder.started[:2] == (6, 1)
+    assert_same_training_state(whole["model"], resumed["model"], whole["optimizers"], resumed["optimizers"])

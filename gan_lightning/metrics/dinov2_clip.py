@@ -15,9 +15,9 @@ only those checked bytes are ever deserialised:
 - DINOv2: Meta publishes no digest and its URLs carry none (torch.hub checks nothing for it). The user supplies
   the SHA-256 of the file they downloaded and trust; then the weights-only loader reads it. The architecture is
   the facebookresearch/dinov2 code that ``torch.hub.load`` runs (its ``hubconf.py`` and package), from the
-  checkout torch.hub caches: that code is pinned the same way, by the SHA-256 of its Python files
-  (``code_digest``), which the user sets in ``GAN_LIGHTNING_DINOV2_CODE_SHA256`` after reviewing the checkout;
-  a checkout with any other digest is refused before any of it runs.
+  checkout torch.hub caches: that code is pinned the same way, by the SHA-256 of its files (``code_digest``),
+  which the user sets in ``GAN_LIGHTNING_DINOV2_CODE_SHA256`` after reviewing the checkout; a checkout with any
+  other digest is refused before any of it runs.
 
 Nothing is downloaded: a missing file stops the run at start-up with one line naming the file, where it goes
 and the URL torch-fidelity would fetch it from.
@@ -26,6 +26,7 @@ import hashlib
 import io
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import torch
@@ -127,13 +128,16 @@ CODE_SHA256_ENV = "GAN_LIGHTNING_DINOV2_CODE_SHA256"
 
 
 def code_digest(code: Path) -> str:
-    """The SHA-256 of a checkout's Python files (``hubconf.py`` and every ``*.py`` below it, symlinks not followed),
-    each as its relative path and its bytes, in sorted order: what ``torch.hub.load`` may run."""
+    """The SHA-256 of every file of a checkout but its ``.git`` folder, each as its relative path and its bytes (a
+    symlink as its target's text, not followed), in sorted order: Python may run any of them (a ``.py``, a ``.so``
+    beside it, a ``__pycache__/*.pyc`` whose header matches its source)."""
     digest = hashlib.sha256()
-    files = sorted(p for p in code.rglob("*.py") if p.is_file() and not p.is_symlink()
-                   and ".git" not in p.relative_to(code).parts)
-    for file in files:
-        digest.update(str(file.relative_to(code)).encode() + b"\0" + file.read_bytes() + b"\0")
+    for root, dirs, files in os.walk(code, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        for name in sorted(files):
+            path = Path(root) / name
+            content = os.readlink(path).encode() if path.is_symlink() else path.read_bytes() if path.is_file() else b""
+            digest.update(str(path.relative_to(code)).encode() + b"\0" + content + b"\0")
     return digest.hexdigest()
 
 
@@ -148,11 +152,13 @@ def check_code(code: Path) -> None:
 
 def dinov2_architecture(code: Path, hub: str) -> nn.Module:
     """The untrained network ``hub`` (``dinov2_vitl14``) of the DINOv2 checkout ``code``, as torch-fidelity gets it."""
-    xformers = os.environ.get("XFORMERS_DISABLED")
+    xformers, bytecode = os.environ.get("XFORMERS_DISABLED"), sys.dont_write_bytecode
     os.environ["XFORMERS_DISABLED"] = "1"  # as torch-fidelity: the plain attention, on any machine
+    sys.dont_write_bytecode = True  # no __pycache__ written into the checkout: its digest stays the pinned one
     try:
         return torch.hub.load(str(code), hub, source="local", pretrained=False)
     finally:
+        sys.dont_write_bytecode = bytecode
         if xformers is None:
             os.environ.pop("XFORMERS_DISABLED")
         else:
