@@ -36,8 +36,8 @@ def metrics_files(run: Path) -> list[Path]:
     if run.is_file():
         return [run]
     if not run.is_dir():
-        raise FileNotFoundError(f"{run} is neither a run folder nor a CSV file: pass a run folder "
-                                "(trainer.default_root_dir) or a metrics.csv")
+        raise FileNotFoundError(f"no metrics.csv at {run}: it is neither a run folder nor a CSV file; pass a run "
+                                "folder (trainer.default_root_dir) or a metrics.csv")
     files = [Path(root) / "metrics.csv" for root, _, names in os.walk(run, followlinks=False) if "metrics.csv" in names]
     return sorted((f for f in files if stat.S_ISREG(f.lstat().st_mode)), key=_version)
 
