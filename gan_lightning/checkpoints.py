@@ -383,9 +383,16 @@ class SafeCheckpointIO(TorchCheckpointIO):
         self.folders = list(folders)
 
     def remove_checkpoint(self, path) -> None:
-        file = Path(path)
-        removable = ("://" not in str(path) and file.suffix == ".ckpt" and (file.is_symlink() or file.is_file())
-                     and any(_same_folder(file.parent, folder) for folder in self.folders))
+        if "://" in str(path):  # a remote folder (s3://...): a checkpoint file directly in one of ours, by name
+            name, parent = str(path).rsplit("/", 1)[-1], str(path).rsplit("/", 1)[0]
+            if name.endswith(".ckpt") and ".." not in str(path).split("/") and \
+                    any(parent == str(folder).rstrip("/") for folder in self.folders):
+                return super().remove_checkpoint(path)
+            removable = False
+        else:
+            file = Path(path)
+            removable = (file.suffix == ".ckpt" and (file.is_symlink() or file.is_file())
+                         and any(_same_folder(file.parent, folder) for folder in self.folders))
         if not removable:
             rank_zero_warn(f"gan_lightning: {_short(str(path), 200)} was not removed: only checkpoint files directly "
                            f"in this run's checkpoint folder ({', '.join(map(str, self.folders)) or 'none known'}) "

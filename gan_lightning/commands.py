@@ -59,6 +59,13 @@ def load_model(path: str, device: str = "cpu", data_dir: str | None = None, chos
     if data_hp:
         datamodule = GANDataModule(**{**data_hp, "on_device": False, "num_workers": 0, "download": download,
                                       **({"data_dir": data_dir} if data_dir else {})})
+        # The data's shape must be the one the weights were trained on: a forged image_size would make every image
+        # be resized to whatever the file says.
+        trained = tuple(model.hparams.get("data_shape") or datamodule.data_shape)
+        if tuple(datamodule.data_shape) != trained:
+            raise CheckpointError(f"checkpoint {path}: its data settings give examples of shape "
+                                  f"{tuple(datamodule.data_shape)}, its model was trained on {trained}: it was edited; "
+                                  "use another checkpoint")
     return model.to(device).eval(), datamodule
 
 

@@ -148,3 +148,17 @@ def _measure_on_rank(rank: int, world_size: int, folder: Path, measure, cases: l
         raise
     finally:
         torch.distributed.destroy_process_group()
+
+
+def refused(*args: str) -> str:
+    """The one line ``python -m gan_lightning ARGS`` stops with (in-process: the same ``main``), checked to be one
+    line of ``gan_lightning: error: ...``."""
+    import pytest
+
+    from gan_lightning.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(list(args))
+    assert isinstance(stop.value.code, str) and "\n" not in stop.value.code, stop.value.code
+    assert stop.value.code.startswith("gan_lightning: error: "), stop.value.code
+    return stop.value.code

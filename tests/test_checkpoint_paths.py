@@ -119,3 +119,22 @@ def test_safe_checkpoint_io_removes_only_checkpoint_files_of_its_folders(tmp_pat
     io.remove_checkpoint(folder / "old.ckpt")
     assert not (folder / "link.ckpt").is_symlink() and (elsewhere / "keep.ckpt").exists()
     assert not (folder / "old.ckpt").exists()
+
+
+def test_on_a_remote_folder_only_its_own_checkpoint_files_are_removed():
+    """A ModelCheckpoint on s3:// or gs:// (fsspec): Lightning's rotation still removes its old checkpoints, and a
+    path elsewhere on the same store, or climbing out with .., is kept."""
+    import fsspec
+
+    from gan_lightning.checkpoints import SafeCheckpointIO
+
+    memory = fsspec.filesystem("memory")
+    for path in ("run/checkpoints/old.ckpt", "other/keep.ckpt", "run/keep.ckpt"):
+        memory.pipe(f"memory://{path}", b"x")
+    io = SafeCheckpointIO(folders=["memory://run/checkpoints"])
+    for path in ("memory://other/keep.ckpt", "memory://run/checkpoints/../keep.ckpt"):
+        with pytest.warns(UserWarning, match="was not removed"):
+            io.remove_checkpoint(path)
+    io.remove_checkpoint("memory://run/checkpoints/old.ckpt")
+    assert not memory.exists("memory://run/checkpoints/old.ckpt")
+    assert memory.exists("memory://other/keep.ckpt") and memory.exists("memory://run/keep.ckpt")

@@ -17,21 +17,13 @@ import torch
 from gan_lightning.cli import main
 from tests.conftest import REPO
 from tests.conftest import toy_fit_args as toy_fit
+from tests.helpers import refused
 
 
 @pytest.fixture
 def toy(toy_run) -> Path:
     """A real checkpoint: a small BiGAN on the ring, 4 iterations through the CLI."""
     return toy_run / "checkpoints" / "last.ckpt"
-
-
-def refused(*args: str) -> str:
-    """The one line ``python -m gan_lightning`` stops with (in-process: the same ``main``)."""
-    with pytest.raises(SystemExit) as stop:
-        main(list(args))
-    assert isinstance(stop.value.code, str) and "\n" not in stop.value.code, stop.value.code
-    assert stop.value.code.startswith("gan_lightning: error: "), stop.value.code
-    return stop.value.code
 
 
 def forged(toy: Path, folder: Path, change) -> Path:
@@ -112,6 +104,13 @@ def test_a_checkpoints_data_settings_are_checked_against_the_data_modules_signat
     assert named in message and str(ckpt) in message, message
 
 
+def test_a_data_shape_other_than_the_models_is_refused(toy, tmp_path):
+    """A forged image_size (or dataset) would make evaluate read every image at the size the file says."""
+    ckpt = forged(toy, tmp_path, put(("datamodule_hyper_parameters", "dataset"), "digits"))
+    message = refused("evaluate", "--ckpt_path", str(ckpt), "--metrics", "probes", "--out", str(tmp_path / "e.json"))
+    assert "examples of shape (1, 8, 8), its model was trained on (2,)" in message, message
+
+
 def test_data_shape_abc_is_refused_by_the_models_signature(toy, tmp_path):
     ckpt = forged(toy, tmp_path, put(("hyper_parameters", "data_shape"), "abc"))
     assert "model.data_shape" in refused(*sample(ckpt, tmp_path))
@@ -159,6 +158,15 @@ def test_fit_refuses_a_loops_state_that_is_a_string(toy, tmp_path):
     ckpt = forged(toy, tmp_path, put(("loops", "fit_loop"), "abc"))
     message = refused(*toy_fit(tmp_path / "run", "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt)))
     assert "fit_loop is 'abc', not a dict" in message, message
+
+
+def test_any_other_failure_while_lightning_restores_is_one_line_naming_the_file(toy, tmp_path):
+    """What no check above looks at (here a callback's state: Lightning's Timer reads it with .get) still fails in
+    one line naming the checkpoint: the net under the checks (``guard_restore``)."""
+    ckpt = forged(toy, tmp_path, lambda c: c.setdefault("callbacks", {}).update(Timer="abc"))
+    message = refused(*toy_fit(tmp_path / "run", "--trainer.max_epochs", "2", "--trainer.max_time", "00:00:10:00",
+                               "--ckpt_path", str(ckpt)))
+    assert f"checkpoint {ckpt} cannot be restored (AttributeError" in message, message
 
 
 # --- what a checkpoint may not choose -----------------------------------------------------------------------
@@ -255,12 +263,14 @@ def test_sample_says_the_name_it_writes(toy, tmp_path, capsys):
     assert np.load(tmp_path / "s.npz")["x"].shape == (10, 2)
 
 
+@pytest.mark.timeout(60)
 def test_compare_says_the_name_it_writes_and_refuses_bad_csvs_in_one_line(toy, tmp_path, capsys):
     run = toy.parent.parent
     main(["compare", str(run), "--out", str(tmp_path / "plot")])
     assert f"wrote {tmp_path / 'plot.png'}" in capsys.readouterr().out and (tmp_path / "plot.png").is_file()
     folder = tmp_path / "run"
     (folder / "logs" / "version_0" / "metrics.csv").mkdir(parents=True)
+    os.mkfifo(folder / "logs" / "metrics.csv")  # opening it would block until someone writes
     assert "no metrics.csv under" in refused("compare", str(folder))
     big = tmp_path / "big.csv"
     big.write_text("iteration,val/x\n1," + "9" * 131_073 + "\n")

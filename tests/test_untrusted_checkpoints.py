@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from gan_lightning.cli import main
+from tests.helpers import refused
 
 REPO = Path(__file__).resolve().parents[1]
 BIGAN_RING = REPO / "configs" / "toy" / "bigan_ring.yaml"
@@ -39,15 +40,6 @@ def side_effect_module(folder: Path, marker: Path, monkeypatch) -> str:
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.delitem(sys.modules, name, raising=False)
     return name
-
-
-def refused(*args: str) -> str:
-    """The one line ``python -m gan_lightning`` stops with (in-process: the same ``main``)."""
-    with pytest.raises(SystemExit) as stop:
-        main(list(args))
-    assert isinstance(stop.value.code, str) and "\n" not in stop.value.code, stop.value.code
-    assert stop.value.code.startswith("gan_lightning: error: "), stop.value.code
-    return stop.value.code
 
 
 def command(name: str, ckpt: Path, tmp_path: Path, *extra: str) -> list[str]:
