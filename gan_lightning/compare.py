@@ -2,8 +2,10 @@
 
     python -m gan_lightning compare runs/aae_semi_100 runs/aae_semi_1000 [--metrics val/error] [--out compare.png]
 
-Prints, per metric, each run's best value (lowest for losses, errors and distances; highest for
-accuracies, scores and probes), the iteration it was reached at, and the last value; and draws every
+Prints, per metric, each run's best value (lowest for distances, errors, bits/dim and reconstruction errors;
+highest for accuracies, probes, scores, precision/recall and mode counts), the iteration it was reached at, and the
+last value; a figure without a better direction (a GAN's adversarial losses, references such as ``_floor``) is
+shown with its last value and never ranked, and each block says which it is. It draws every
 metric's curves against training iterations on one PNG. A run is a folder holding ``metrics.csv`` files
 (every ``version_N`` of a resumed run, in order) or one CSV file.
 """
@@ -17,12 +19,27 @@ from pathlib import Path
 
 from gan_lightning.errors import first_line
 
-# Metrics whose larger values are better; everything else (losses, errors, FD, KID, bits/dim) is minimised.
-HIGHER_IS_BETTER = re.compile(r"accuracy|probe|/is_|/modes|high_quality|_real$")
+# Which way each figure is better, by its name. A GAN's adversarial losses have no better direction (a lower D loss
+# means a stronger discriminator, not a better model), nor have references (``_floor``, ``_real``, ``_pixels``),
+# spreads (``_std``), p-values (``_vs_pixels_``) or parts of an objective (the VAE's ``kl``): those are shown, never
+# ranked. Anything not named here is not ranked either.
+HIGHER_IS_BETTER = re.compile(r"accuracy|probe_|(^|/)is_|(^|/)modes$|high_quality|(^|/)precision_|(^|/)recall_")
+LOWER_IS_BETTER = re.compile(r"(^|/)(fd|fid|kid)_|error|bits_per_dim|mse|(^|/)nll$|reverse_kl|(^|/)loss$|recon")
+NO_DIRECTION = re.compile(r"_std$|_floor$|_real$|_pixels$|_vs_pixels_|(^|/)(d|g|ge|e|z|y|gen|disc|adv|info|gp)_loss$"
+                          r"|(^|/)kl$|(^|/)skipped_")
+
+
+def direction(metric: str) -> str | None:
+    """``"higher"`` or ``"lower"``: the direction in which ``metric`` is better; None where it has none."""
+    if NO_DIRECTION.search(metric):
+        return None
+    if HIGHER_IS_BETTER.search(metric):
+        return "higher"
+    return "lower" if LOWER_IS_BETTER.search(metric) else None
 
 
 def higher_is_better(metric: str) -> bool:
-    return bool(HIGHER_IS_BETTER.search(metric)) and not metric.endswith("_std")
+    return direction(metric) == "higher"
 
 
 def _version(path: Path) -> int:
@@ -69,32 +86,41 @@ def read_run(run: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def summarise(series: list[tuple[float, float]], metric: str) -> dict[str, float]:
+    """The last value, and where ``metric`` has a better direction, the best value and the iteration it was at."""
     finite = [(x, v) for x, v in series if math.isfinite(v)]
-    pick = max if higher_is_better(metric) else min
-    best_x, best = pick(finite, key=lambda point: point[1]) if finite else (math.nan, math.nan)
-    return {"best": best, "at": best_x, "last": series[-1][1], "points": len(series)}
+    better = direction(metric)
+    summary = {"last": series[-1][1], "points": len(series)}
+    if better is not None:
+        best_x, best = (max if better == "higher" else min)(finite, key=lambda point: point[1]) if finite \
+            else (math.nan, math.nan)
+        summary.update(best=best, at=best_x)
+    return summary
 
 
 def default_metrics(runs: dict[str, dict]) -> list[str]:
     """The held-out metrics every run logged (val/ and test/), else the training losses they share."""
     shared = set.intersection(*(set(series) for series in runs.values()))
-    held_out = sorted(m for m in shared if m.startswith(("val/", "test/")) and not m.endswith(("_std", "_floor")))
+    held_out = sorted((m for m in shared if m.startswith(("val/", "test/")) and not m.endswith(("_std", "_floor"))),
+                      key=lambda m: (direction(m) is None, m))  # ranked figures first
     return held_out or sorted(m for m in shared if m.startswith("train/"))
 
 
 def table(runs: dict[str, dict], metrics: list[str]) -> str:
-    """A plain-text table: one block per metric, one line per run."""
+    """A plain-text table: one block per metric, one line per run; only metrics with a better direction are ranked."""
     name_width = max(len(name) for name in runs)
     lines = []
     for metric in metrics:
-        lines.append(f"{metric}  ({'higher' if higher_is_better(metric) else 'lower'} is better)")
+        better = direction(metric)
+        lines.append(f"{metric}  ({better} is better)" if better else
+                     f"{metric}  (no better direction: last values, not ranked)")
         for name, series in runs.items():
             if metric not in series:
                 lines.append(f"  {name:<{name_width}}  (not logged)")
                 continue
             s = summarise(series[metric], metric)
             lines.append(f"  {name:<{name_width}}  best {s['best']:.4g} at iteration {s['at']:.0f}   "
-                         f"last {s['last']:.4g}")
+                         f"last {s['last']:.4g}" if better else f"  {name:<{name_width}}  last {s['last']:.4g} at iteration "
+                         f"{series[metric][-1][0]:.0f}")
     return "\n".join(lines)
 
 
@@ -135,7 +161,7 @@ def run_names(paths: list[Path]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gan_lightning compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("runs", nargs="+", type=Path,
                         help="run folders (trainer.default_root_dir) or metrics CSV files")
     parser.add_argument("--metrics", nargs="+",

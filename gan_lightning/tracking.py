@@ -94,19 +94,23 @@ def quiet_wandb_init(init: dict) -> dict:
     be removed": an unset ``anonymous`` is dropped. W&B looks for the git repository from the run folder before it
     creates it ("git root runs/bigan does not exist"): it gets the checkout of this code as ``git_root`` (whose
     commit and remote it records), or, outside a checkout, the run folder is created first so that its own search
-    starts from a folder that exists."""
+    starts from a folder that exists. And ``quiet``, unless the config sets it: W&B's closing "Run history" and
+    "Run summary" (about 30 lines after every run) are in the run's files and dashboard; the link to the run
+    (online) and the sync command (offline, in the warning at start-up) stay."""
     if "anonymous" in init and init["anonymous"] is None:
         del init["anonymous"]
     root, settings = repository_root(), init.get("settings")
-    if root is None:
-        if init.get("dir"):
-            os.makedirs(init["dir"], exist_ok=True)
-    elif settings is None:
-        init["settings"] = {"git_root": root}  # wandb.init takes a dict: no import of wandb here
+    if root is None and init.get("dir"):
+        os.makedirs(init["dir"], exist_ok=True)
+    ours = {"quiet": True, **({"git_root": root} if root is not None else {})}
+    if settings is None:
+        init["settings"] = ours  # wandb.init takes a dict: no import of wandb here
     elif isinstance(settings, dict):
-        init["settings"] = {"git_root": root, **settings}
-    elif getattr(settings, "git_root", None) is None:
-        settings.git_root = root
+        init["settings"] = {**ours, **settings}
+    else:
+        for key, value in ours.items():
+            if key == "git_root" and getattr(settings, "git_root", None) is None:
+                settings.git_root = value
     return init
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from gan_lightning.callbacks.cadence import log_after_fit, measures_now
 from gan_lightning.callbacks.preemption import signal_pending
 from gan_lightning.distributed import GLOBAL_VALUE
 from gan_lightning.errors import ConfigError
@@ -22,7 +23,9 @@ from gan_lightning.tracking import WandbLogger
 
 
 class ImageMetrics(L.Callback):
-    """FID, IS and KID of the (EMA) generator every ``every_n_epochs`` validations, logged as ``val/...``.
+    """FID, IS and KID of the (EMA) generator every ``every_n_epochs`` validations, logged as ``val/...``; also at
+    the fit's last validation, at every ``validate`` whatever the checkpoint's epoch, and once more at the end of
+    fit when the last validation did not measure the final weights (a run always ends with its scores).
 
     The scores are named after their feature extractor: ``val/fid_inception`` (Inception-v3, the
     papers' FID) or ``val/fd_fashion_classifier`` (the project's offline Fashion-MNIST classifier,
@@ -85,6 +88,7 @@ class ImageMetrics(L.Callback):
         self.is_splits = is_splits
         self.scores: ImageScores | None = None
         self.last: dict[str, float] = {}
+        self.last_iteration: int | None = None  # the iteration ``last`` was measured at
         self._floor: dict[str, float] | None = None
         self._reference: RealImages | None = None
         self._floor_images: RealImages | None = None
@@ -172,6 +176,7 @@ class ImageMetrics(L.Callback):
         self.scores.add_generator(lambda n, noise: pl_module.sample(n, generator=noise), self.protocol.n_samples,
                                   self.batch_size, self.seed)
         self.last = {**self.scores.compute(), **(self._floor or {})}
+        self.last_iteration = getattr(pl_module, "iteration", trainer.global_step)
         if self.scores.nonfinite:  # NaN scores, not the finite score of black images; the run and its checkpoints go on
             iteration = getattr(pl_module, "iteration", trainer.global_step)
             logged = ", ".join("val/" + name for name in self.scores.score_names())
@@ -182,7 +187,7 @@ class ImageMetrics(L.Callback):
         return self.last
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not measures_now(trainer, self.every_n_epochs):
             return
         if signal_pending(trainer):  # the run saves and stops at the next iteration: 10,000 samples would delay it
             rank_zero_info("ImageMetrics: skipped, a preemption signal is pending")
@@ -190,3 +195,15 @@ class ImageMetrics(L.Callback):
         scores = self.evaluate(trainer, pl_module)
         pl_module.log_dict({f"val/{k}": v for k, v in scores.items()}, **GLOBAL_VALUE)  # every rank has the scores
         rank_zero_info("  ".join(f"{k} {v:.4g}" for k, v in scores.items() if not k.endswith("_std")))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final weights' scores, when the last validation did not measure them (a stop by ``max_time`` or
+        ``max_steps`` inside an epoch, or no validation at all)."""
+        if self.last_iteration == getattr(pl_module, "iteration", trainer.global_step) or signal_pending(trainer):
+            return
+        if self.scores is None or trainer.datamodule is None or not hasattr(trainer.datamodule, "splits"):
+            return
+        scores = self.evaluate(trainer, pl_module)
+        log_after_fit(trainer, pl_module, {f"val/{k}": v for k, v in scores.items()})
+        rank_zero_info("ImageMetrics at the end of fit: " + "  ".join(
+            f"{k} {v:.4g}" for k, v in scores.items() if not k.endswith("_std")))

@@ -29,3 +29,21 @@ class GANProgressBar(TQDMProgressBar):
             if self._rate is not None:
                 metrics["img/s"] = int(self._rate)
         return metrics
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._show_done(trainer)
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._show_done(trainer)
+        super().on_train_end(trainer, pl_module)
+
+    def _show_done(self, trainer) -> None:
+        """The bar at the batches this epoch processed: a stop by ``max_steps`` or ``max_time`` between two of the
+        bar's refreshes would leave it at an earlier count (``0/421`` after 5 iterations with ``refresh_rate`` 20)."""
+        bar = self._train_progress_bar
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if bar is not None and not bar.disable and done and bar.n != done:
+            bar.n = done
+            bar.refresh()
+

@@ -3,6 +3,7 @@ import os
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from gan_lightning.callbacks.images import SampleGrid
@@ -10,12 +11,14 @@ from gan_lightning.tracking import WandbLogger
 
 
 class RunSummary(L.Callback):
-    """Prints the model's networks and parameter counts, the data, the devices and the output folders."""
+    """Prints the model's networks and parameter counts, the data, the devices and the output folders at the start
+    of fit; its last scores and the folders at its end; and at the start of validate, test and predict, the weights
+    they use and where their outputs go."""
 
     def _folders(self, trainer: L.Trainer) -> list[tuple[str, str]]:
         folders = []
         for cb in trainer.callbacks:
-            if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath and ("checkpoints", str(cb.dirpath)) not in folders:
                 folders.append(("checkpoints", str(cb.dirpath)))
             if isinstance(cb, SampleGrid):
                 folders.append(("samples", str(cb.dirpath(trainer))))
@@ -54,4 +57,31 @@ class RunSummary(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rank_zero_info("\n".join([f"gan_lightning: finished at iteration {getattr(pl_module, 'iteration', '?')}",
-                                  *self._outputs(trainer)]))
+                                  *self._scores(trainer), *self._outputs(trainer)]))
+
+    @staticmethod
+    def _scores(trainer: L.Trainer) -> list[str]:
+        """The measuring callbacks' last scores, with the iteration each was measured at."""
+        lines = []
+        for cb in trainer.callbacks:
+            last, at = getattr(cb, "last", None), getattr(cb, "last_iteration", None)
+            if isinstance(last, dict) and last and at is not None:
+                shown = "  ".join(f"{k} {v:.4g}" for k, v in last.items() if not k.endswith(("_std", "_pixels")))
+                lines.append(f"  {'scores':<11} : {shown} (iteration {at}, {type(cb).__name__})")
+        return lines
+
+    def _evaluation_start(self, trainer: L.Trainer, pl_module: L.LightningModule, command: str) -> None:
+        """``validate``, ``test`` and ``predict``: which weights, and where their outputs go."""
+        weights = f"the checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else "the config's untrained weights"
+        rank_zero_info("\n".join([f"gan_lightning: {command} {type(pl_module).__name__} at iteration "
+                                  f"{getattr(pl_module, 'iteration', '?')} ({weights})", *self._outputs(trainer)]))
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._evaluation_start(trainer, pl_module, "validate")
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluation_start(trainer, pl_module, "test")
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluation_start(trainer, pl_module, "predict")

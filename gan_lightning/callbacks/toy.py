@@ -4,6 +4,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from gan_lightning.callbacks.cadence import log_after_fit
+from gan_lightning.callbacks.preemption import signal_pending
 from gan_lightning.data.toy import mixture_modes
 from gan_lightning.distributed import GLOBAL_VALUE
 from gan_lightning.errors import ConfigError
@@ -12,7 +14,8 @@ from gan_lightning.metrics import N_SAMPLES, mode_coverage
 
 class ModeCoverage(L.Callback):
     """Logs ``val/modes``, ``val/high_quality`` and ``val/reverse_kl`` (PacGAN's protocol) and writes
-    ``toy_it{iteration}.png``.
+    ``toy_it{iteration}.png``, at every validation and once more at the end of fit when the last validation did
+    not see the final weights.
 
     Every rank draws the same samples (a seeded generator), so every rank logs the same values.
 
@@ -26,6 +29,7 @@ class ModeCoverage(L.Callback):
     def __init__(self, n_samples: int = N_SAMPLES, dirpath: str | None = None, seed: int = 0, plot: bool = True):
         self.n_samples, self._dirpath, self.seed, self.plot = n_samples, dirpath, seed, plot
         self.last: dict[str, float] = {}
+        self.last_iteration: int | None = None  # the iteration ``last`` was measured at
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dataset = getattr(trainer.datamodule, "hparams", {}).get("dataset", "")
@@ -43,6 +47,18 @@ class ModeCoverage(L.Callback):
             return
         samples, self.last = self.measure(pl_module)
         pl_module.log_dict({f"val/{k}": v for k, v in self.last.items()}, **GLOBAL_VALUE)  # one seed: alike on ranks
+        self._draw(trainer, pl_module, samples)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final generator's coverage, when the last validation did not measure it."""
+        if self.last_iteration == getattr(pl_module, "iteration", trainer.global_step) or signal_pending(trainer):
+            return
+        samples, self.last = self.measure(pl_module)
+        log_after_fit(trainer, pl_module, {f"val/{k}": v for k, v in self.last.items()})
+        self._draw(trainer, pl_module, samples)
+
+    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, samples: torch.Tensor) -> None:
+        self.last_iteration = getattr(pl_module, "iteration", trainer.global_step)
         if self.plot and trainer.is_global_zero:
             step = getattr(pl_module, "iteration", trainer.global_step)
             out = Path(self._dirpath or Path(trainer.default_root_dir) / "samples")
