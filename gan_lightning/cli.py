@@ -1,43 +1,54 @@
 """The command line: ``python -m gan_lightning fit --config configs/bigan.yaml`` (also validate, test)."""
-import logging
 import os
-import signal
+import re
 import sys
-import threading
 import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
 import gan_lightning.callbacks  # noqa: F401  (makes the callbacks' short names known to configs)
 import gan_lightning.distributed  # noqa: F401  (registers the strategy name player_ddp)
 import gan_lightning.models  # noqa: F401  (makes the models' short names known to configs)
+from gan_lightning.__main__ import CHOICES, DESCRIPTION, LIGHTNING
 from gan_lightning.callbacks.preemption import slurm_job_id
 from gan_lightning.checkpoints import CheckpointError, read_checkpoint
-from gan_lightning.cli_errors import shorten
+from gan_lightning.cli_errors import misconfigured, shorten
 from gan_lightning.data import DatasetCorruptError, DatasetNotFoundError, GANDataModule
 from gan_lightning.data.loader import DataLoaderWorkerDied
 from gan_lightning.distributed import RanksDivergedError
-from gan_lightning.early_signals import catch_signals_early
 from gan_lightning.errors import ConfigError, Preempted
 from gan_lightning.metrics.features import WeightsNotFoundError
 from gan_lightning.metrics.image_scores import CacheFileError
 from gan_lightning.models.registry import checked_model, model_class
+from gan_lightning.run_folders import CHECKPOINT_CALLBACKS, checkpoint_file
 from gan_lightning.tracking import SaveAndLogConfig, WandbLogger, WandbSettings, quiet_wandb_init
+
+LIGHTNING_CHOICES = "{" + ",".join(LIGHTNING) + "}"  # the commands LightningCLI's parser lists
 
 
 class ShortErrorParser(LightningArgumentParser):
-    """Reports a bad config in one line naming the key and the accepted values, not a page of usage."""
+    """Reports a bad config in one line naming the key and the accepted values, not a page of usage; the commands it
+    names are all of ``python -m gan_lightning``'s, not only LightningCLI's."""
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # jsonargparse is trying alternatives and expects an exception
             return super().error(message, ex)
+        if re.match(r'expected "subcommand"|argument subcommand: invalid choice', message):
+            message = f"name a command: {self.prog} {CHOICES} ... (--help says what each does)"
         sys.stderr.write(f"gan_lightning: config error: {shorten(message, list(self._option_string_actions))}\n")
         sys.exit(2)
+
+    def format_usage(self) -> str:
+        return super().format_usage().replace(LIGHTNING_CHOICES, CHOICES)
+
+    def format_help(self) -> str:
+        return super().format_help().replace(LIGHTNING_CHOICES, CHOICES)
 
 
 class GANLightningCLI(LightningCLI):
@@ -49,6 +60,11 @@ class GANLightningCLI(LightningCLI):
                             help="Move this run's outputs: every path in the config under trainer.default_root_dir "
                                  "(checkpoints, logs, samples) is placed under RUN_DIR instead, e.g. one folder per "
                                  "seed of a SLURM array.")
+        parser.add_argument("--quick_scores", type=bool, default=False,
+                            help="Measure the headline scores on small sets, for smoke runs (the smoke overlay sets "
+                                 "it): ImageMetrics on 1,000 samples against 1,000 real images (its protocol then "
+                                 "says so: trainsplit10k[n_samples=1000,n_real=1000]), EncoderProbe on 1,000 examples "
+                                 "without the linear probe. Seconds instead of minutes; not the papers' figures.")
         parser.add_class_arguments(WandbSettings, "wandb",
                                    help="Weights & Biases (optional; CSV logs are always written)")
 
@@ -103,6 +119,24 @@ class GANLightningCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("run_dir"):
             relocate(config, config.trainer.default_root_dir, config.run_dir)
+        if config.get("quick_scores"):
+            quick_scores(config)
+        if self.subcommand and config.get("ckpt_path") in ("best", "last"):
+            config.ckpt_path = checkpoint_of_run(config, config.ckpt_path, self.subcommand)
+            if config.ckpt_path:
+                self._parse_ckpt_path()  # the file it names is checked as one given by its path
+                config = self.config[self.subcommand]
+        if self.subcommand in ("validate", "test", "predict") and config.get("ckpt_path"):
+            # A checkpoint's scores belong to its own run, never to the curves of the config's run (a checkpoint of
+            # another seed's run would be logged as this one's): every output goes to <its run>/<command>/<its name>.
+            ckpt_path = config.ckpt_path  # read from where it is, not moved with the outputs
+            relocate(config, config.trainer.default_root_dir, str(outputs_of_checkpoint(ckpt_path, self.subcommand)))
+            config.ckpt_path = ckpt_path
+        if self.subcommand in ("validate", "test", "predict"):  # they write no checkpoint, so restore no such state
+            config.trainer.callbacks = [cb for cb in config.trainer.get("callbacks") or []
+                                        if _class_name(getattr(cb, "class_path", "")) not in CHECKPOINT_CALLBACKS]
+            config.trainer.enable_checkpointing = False
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
         stable_wandb_runs(config)
         if config.trainer.get("enable_progress_bar") is False:  # the switch wins over the config's bar
             callbacks = config.trainer.get("callbacks") or []
@@ -168,6 +202,47 @@ def relocate(config: Namespace, old_root: str | None, new_root: str) -> None:
     config.trainer.default_root_dir = new_root
 
 
+QUICK = {"ImageMetrics": {"n_samples": 1000, "n_real": 1000, "kid_subsets": 10, "kid_subset_size": 500},
+         "EncoderProbe": {"n_train": 1000, "n_test": 1000, "linear": False}}
+
+
+def quick_scores(config: Namespace) -> None:
+    """``--quick_scores``: the measuring callbacks' sample counts capped (``QUICK``), in place."""
+    for callback in config.trainer.get("callbacks") or []:
+        small = QUICK.get(_class_name(getattr(callback, "class_path", ""))) if isinstance(callback, Namespace) else None
+        if small is None:
+            continue
+        init_args = callback.get("init_args") or Namespace()
+        for key, value in small.items():
+            given = init_args.get(key)
+            init_args[key] = value if given is None or isinstance(value, bool) else min(given, value)
+        callback["init_args"] = init_args
+
+
+def checkpoint_folders(config: Namespace) -> list[Path]:
+    """The folders the config's ModelCheckpoint callbacks write to (``BestCheckpoint``'s included), in order."""
+    folders = []
+    for callback in config.trainer.get("callbacks") or []:
+        name = _class_name(getattr(callback, "class_path", "")) if isinstance(callback, Namespace) else ""
+        dirpath = (callback.get("init_args") or Namespace()).get("dirpath") if name else None
+        if name in CHECKPOINT_CALLBACKS and dirpath and Path(dirpath) not in folders:
+            folders.append(Path(dirpath))
+    return folders
+
+
+def checkpoint_of_run(config: Namespace, which: str, command: str) -> str | None:
+    """``--ckpt_path best`` or ``last``: the file in the config's checkpoint folder (after ``--run_dir``)."""
+    return checkpoint_file(checkpoint_folders(config), which, command)
+
+
+def outputs_of_checkpoint(ckpt_path: str, command: str) -> Path:
+    """Where ``validate``, ``test`` or ``predict`` of a checkpoint write: ``<its run>/<command>/<its name>``, its run
+    being the folder above its ``checkpoints/`` folder (else the folder it lies in)."""
+    path = Path(ckpt_path)
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return run / command / path.stem
+
+
 def stable_wandb_runs(config: Namespace) -> None:
     """A requeued SLURM job continues its W&B run: a WandbLogger without an ``id`` gets the job's
     (``ARRAYJOB_TASK`` for array members), and ``resume: allow`` unless the config says otherwise
@@ -183,55 +258,26 @@ def stable_wandb_runs(config: Namespace) -> None:
         logger["dict_kwargs"] = {"resume": "allow", **kwargs}
 
 
-def silence_noise() -> None:
-    """Drop messages the stack prints on every run that a user can do nothing about."""
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # torch 2.14 vs lightning 2.6
-    # Checkpoints go to a fixed folder so that resumes and requeues find them: it is meant to exist.
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    # Our checkpoints hold the state after an iteration's updates, with counters to match (models/base.py).
-    warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps")
-    if "SLURM_JOB_ID" not in os.environ:  # outside an allocation, running without srun is what the user meant
-        warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
-    # Lightning loads our own checkpoints on resume; torch's weights_only default is not the user's concern.
-    warnings.filterwarnings("ignore", message=r"`weights_only` was not set")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
-
-
 def main(args: list[str] | None = None) -> None:
-    main_thread = threading.current_thread() is threading.main_thread()
-    if main_thread:
-        catch_signals_early("SIGUSR1")  # SLURM's warning may come while we start; its default action kills
+    """Every command, as ``python -m gan_lightning ARGS`` runs it (``gan_lightning.__main__``): the gan-lightning
+    script and in-process callers; ``args``: those ARGS (None: ``sys.argv[1:]``)."""
+    from gan_lightning.__main__ import main as dispatch
+
+    dispatch(args)
+
+
+def _main(args: list[str] | None, check_only: bool = False) -> None:
+    """fit, validate, test and predict: LightningCLI on ``args`` (None: ``sys.argv[1:]``), every error one line.
+    ``check_only``: parse and check the command line as it would run, without building the trainer or reading
+    data (``submit``, before it queues the job: ``submit.checking``)."""
+    cli_class = GANLightningCLI
+    if check_only:
+        from gan_lightning.submit import checking
+
+        cli_class = checking(GANLightningCLI)
+    no_abbreviations = {"allow_abbrev": False}  # a misspelt prefix (--trainer.max_epoch) is refused, not completed
     try:
-        _main(args)
-    finally:
-        if main_thread:  # a warning that comes while Python shuts down (handlers reset) must not kill a finished run
-            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-
-
-def _main(args: list[str] | None) -> None:
-    silence_noise()
-    argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] == "submit":
-        from gan_lightning import submit
-
-        return submit.main(argv[1:])
-    if argv and argv[0] == "compare":
-        from gan_lightning import compare
-
-        try:
-            return compare.main(argv[1:])
-        except (OSError, ValueError) as err:
-            sys.exit(f"gan_lightning: error: {err}")
-    if argv and argv[0] in ("evaluate", "sample"):
-        from gan_lightning.commands import run
-
-        try:
-            run(argv[0], argv[1:])
-        except (CheckpointError, DatasetNotFoundError, WeightsNotFoundError, ValueError) as err:
-            sys.exit(f"gan_lightning: error: {err}")
-        return
-    try:
-        GANLightningCLI(
+        cli_class(
             L.LightningModule,
             GANDataModule,
             subclass_mode_model=True,
@@ -240,16 +286,18 @@ def _main(args: list[str] | None) -> None:
             save_config_callback=SaveAndLogConfig,  # config.yaml beside the logs, and the whole config in W&B
             save_config_kwargs={"overwrite": True},  # resumes and requeues rerun in the same folder
             parser_class=ShortErrorParser,
-            parser_kwargs={"description": "gan_lightning: fit, validate, test and predict run Lightning's loops on a "
-                           "config; `evaluate --ckpt_path CKPT` scores a checkpoint, `sample --ckpt_path CKPT` "
-                           "writes its samples, `submit --config CONFIG` sends a config to SLURM, "
-                           "`compare RUN_DIR ...` tables and plots runs (see "
-                           "`python -m gan_lightning submit --help`)."},
+            parser_kwargs={"prog": "python -m gan_lightning", "description": DESCRIPTION, **no_abbreviations,
+                           **{name: dict(no_abbreviations) for name in GANLightningCLI.subcommands()}},
             args=args,
         )
     except (DatasetNotFoundError, DatasetCorruptError, WeightsNotFoundError, ConfigError, CheckpointError,
             FloatingPointError, DataLoaderWorkerDied, RanksDivergedError, CacheFileError,
             torch.OutOfMemoryError) as err:  # each says what to change: no traceback
         sys.exit(f"gan_lightning: error: {err}")
+    except (MisconfigurationException, ValueError) as err:  # Lightning's: one line where a trainer setting is at fault
+        line = misconfigured(err, L.Trainer)
+        if line is None:  # raised by code, not by a setting: the traceback is what helps
+            raise
+        sys.exit(f"gan_lightning: error: {line}")
     except Preempted:  # saved, and requeued where asked; the callback has said so
         sys.exit(0)

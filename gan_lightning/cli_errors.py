@@ -118,13 +118,24 @@ def _outside(class_path: str, cause: str, key: str) -> str | None:
     return f"{prefix}module '{module}' failed to import: {cause}" if cause else None
 
 
+def _no_option(key: str, cls, option: str, accepted: list[str]) -> str:
+    guess = difflib.get_close_matches(option, accepted, n=1)
+    hint = f"did you mean '{guess[0]}'? " if guess else ""
+    return f"{key}: {cls.__name__} has no option '{option}'; {hint}accepted: {', '.join(accepted)}"
+
+
 def shorten(message: str, option_strings: list[str]) -> str:
     m = re.search(r"class_path '([\w.]+)':\s*Option '(\w+)' is not accepted", message)
     if m and (cls := _import(m[1])) is not None:
-        accepted = _options(cls)
-        guess = difflib.get_close_matches(m[2], accepted, n=1)
-        hint = f"did you mean '{guess[0]}'? " if guess else ""
-        return f"{_key(message)}: {cls.__name__} has no option '{m[2]}'; {hint}accepted: {', '.join(accepted)}"
+        return _no_option(_key(message), cls, m[2], _options(cls))
+    # A callable class (an optimizer, a scheduler): Callable[[Iterable], Optimizer] ... Option 'lrr' is not accepted.
+    # Got value: Namespace(class_path='torch.optim.Adam', ...). The Callable's arguments (the parameters) are the
+    # model's to give, not the config's: they are not listed.
+    m = re.search(r"Option '(\w+)' is not accepted\. Got value: Namespace\(class_path='([\w.]+)'", message)
+    if m and (cls := _import(m[2])) is not None:
+        given = re.search(r"Callable\[\[([^\]]*)\]", message)
+        n_given = len([arg for arg in given[1].split(",") if arg.strip()]) if given else 0
+        return _no_option(f"{_key(message)}.init_args", cls, m[1], _options(cls)[n_given:])
     m = re.search(r"Problem with given class_path '([\w.]+)':", message)
     if m and not m[1].startswith("gan_lightning.") and (line := _outside(m[1], _cause(message, m[1]), _key(message))):
         return line
@@ -142,3 +153,38 @@ def shorten(message: str, option_strings: list[str]) -> str:
     detail = "; ".join(line for line in lines if line)
     key = _key(message)
     return f"{key}: {detail}" if key and not detail.startswith(key.split(".")[0] + ".") else detail
+
+
+def misconfigured(err: BaseException, trainer_class: type) -> str | None:
+    """One line for Lightning's ``MisconfigurationException`` where a trainer setting is at fault, naming it
+    (``trainer.max_epochs: ...``): one raised while the Trainer was built from the config (every argument it has is
+    the config's), or one whose message names a Trainer argument in backquotes or as ``Trainer(strategy=...)`` (a
+    check at fit start); also a ``ValueError`` raised by Lightning's own code naming one (``val_check_interval``
+    longer than an epoch, at fit start). None for any other, which code caused: its traceback is what helps."""
+    names = [name for name in inspect.signature(trainer_class.__init__).parameters if name != "self"]
+    innermost = err.__traceback__
+    while innermost is not None and innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    if isinstance(err, ValueError) and (innermost is None or not str(
+            innermost.tb_frame.f_globals.get("__name__", "")).startswith("lightning.")):
+        return None  # ours or the user's code: not a setting Lightning refused
+    message = " ".join(str(err).split())
+    named = [name for name in re.findall(r"`(\w+)`", message) + re.findall(r"Trainer\([^`)]*?\b(\w+)=", message)
+             if name in names]
+    building = None  # the arguments of the Trainer.__init__ that raised it, if it did
+    tb = err.__traceback__
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        if (tb.tb_frame.f_code.co_name == "__init__" and isinstance(local.get("self"), trainer_class)
+                and all(name in local for name in names)):
+            building = {name: local[name] for name in names}
+        tb = tb.tb_next
+    if building is None and not named:
+        return None
+    if not named and building:  # "No supported gpu backend found!": the setting whose value it names
+        named = [name for name, value in building.items() if isinstance(value, str) and len(value) > 1
+                 and re.search(rf"(?<!\w){re.escape(value)}(?!\w)", message, re.IGNORECASE)]
+    key = f"trainer.{named[0]}" if named else "trainer"
+    if named and named[0] == "accelerator" and "available" not in message:
+        message += " Set trainer.accelerator to one this machine has: cpu, or auto (a GPU where there is one)."
+    return f"{key}: {message}"

@@ -118,9 +118,11 @@ def table(runs: dict[str, dict], metrics: list[str]) -> str:
                 lines.append(f"  {name:<{name_width}}  (not logged)")
                 continue
             s = summarise(series[metric], metric)
-            lines.append(f"  {name:<{name_width}}  best {s['best']:.4g} at iteration {s['at']:.0f}   "
-                         f"last {s['last']:.4g}" if better else f"  {name:<{name_width}}  last {s['last']:.4g} at iteration "
-                         f"{series[metric][-1][0]:.0f}")
+            if better:
+                lines.append(f"  {name:<{name_width}}  best {s['best']:.4g} at iteration {s['at']:.0f}   "
+                             f"last {s['last']:.4g}")
+            else:
+                lines.append(f"  {name:<{name_width}}  last {s['last']:.4g} at iteration {series[metric][-1][0]:.0f}")
     return "\n".join(lines)
 
 

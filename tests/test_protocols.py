@@ -174,12 +174,14 @@ def test_training_writes_the_protocol_into_the_csv_logs_hparams_and_the_wandb_su
 
 
 @pytest.mark.slow
-def test_a_run_with_val_fraction_0_warns_that_imagemetrics_never_measures(tmp_path, data_dir):
-    trainer = tiny_trainer(tmp_path, limit_val_batches=1, num_sanity_val_steps=0,
-                           callbacks=[image_metrics(tmp_path, report_floor=False)])
-    with pytest.warns(UserWarning, match=r"data\.val_fraction=0 leaves no validation batches.*evaluate"):
+def test_a_run_with_val_fraction_0_warns_that_imagemetrics_measures_only_at_its_end(tmp_path, data_dir):
+    callback = image_metrics(tmp_path, report_floor=False)
+    trainer = tiny_trainer(tmp_path, limit_val_batches=1, num_sanity_val_steps=0, callbacks=[callback])
+    with pytest.warns(UserWarning, match=r"data\.val_fraction=0 leaves no validation batches.*once, at the end of "
+                                         r"fit.*evaluate"):
         trainer.fit(tiny_fashion_bigan(), fashion(data_dir, val_fraction=0.0))
-    assert trainer.state.finished and "val/fd_fashion_classifier" not in trainer.callback_metrics
+    assert trainer.state.finished and "val/fd_fashion_classifier" in trainer.callback_metrics
+    assert callback.last_iteration == trainer.lightning_module.iteration   # the final weights' scores
 
 
 def evaluate_tiny(tmp_path, monkeypatch, data_dir, datamodule, *argv):

@@ -4,7 +4,7 @@ from typing import Literal
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-BEST = "best"  # the file's name: `--ckpt_path best` finds it in the run's checkpoint folder
+from gan_lightning.run_folders import BEST  # the file's name: `--ckpt_path best` finds it in the checkpoint folder
 
 
 class BestCheckpoint(ModelCheckpoint):

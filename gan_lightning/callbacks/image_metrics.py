@@ -121,8 +121,9 @@ class ImageMetrics(L.Callback):
             self._log_protocol(trainer)
             if stage == "fit" and len(dm.splits.get("val", ())) == 0:
                 rank_zero_warn("ImageMetrics measures at the end of validation, and data.val_fraction=0 leaves no "
-                               "validation batches, so Lightning skips validation and nothing is measured: set "
-                               "data.val_fraction > 0, or score checkpoints with `python -m gan_lightning evaluate`")
+                               "validation batches, so Lightning skips validation: the scores are measured once, "
+                               "at the end of fit. Set data.val_fraction > 0 for scores along training, or score "
+                               "checkpoints with `python -m gan_lightning evaluate`")
 
     def _prepare(self, datamodule) -> None:
         """The protocol's real images (a data set that lacks them stops the run here, naming the fix) and its

@@ -5,6 +5,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from gan_lightning.callbacks.cadence import log_after_fit, measures_now
 from gan_lightning.callbacks.preemption import signal_pending
 from gan_lightning.data import to_model_range
 from gan_lightning.distributed import GLOBAL_VALUE
@@ -29,18 +30,19 @@ def labelled_split(datamodule, split: str, n: int | None) -> tuple[torch.Tensor,
 
 def model_probe_scores(model, datamodule, n_train: int | None, n_test: int | None = None, pixels: bool = True,
                        linear: bool = True, penultimate: bool = True, paired: bool = True,
-                       split: Literal["val", "test"] = "test") -> dict[str, float]:
+                       split: Literal["val", "test"] = "test", bar=None) -> dict[str, float]:
     """``probe_scores`` of a model with an encoder on its data module's labelled splits: E(x) (``model.features``
     where the model has it, the encoder's output before a squashing map; else ``model.encode``),
     the encoder's penultimate layer (when ``penultimate``) and raw pixels (when ``pixels``), fit on ``n_train``
     training images and scored on ``n_test`` images of ``split`` (None: all), plus the reconstruction MSE on
     those and (``paired``, with ``pixels``) McNemar's test of each 1-NN classifier against the pixels'. No
-    other split is read."""
+    other split is read. ``bar``: a progress-bar factory (tqdm's signature) for ``probe_scores``' bars (``evaluate``
+    shows them; the callback does not)."""
     train, test = labelled_split(datamodule, "train", n_train), labelled_split(datamodule, split, n_test)
     features = getattr(model, "features", model.encode)
     return probe_scores(features, model.reconstruct, train, test, model.device, pixels=pixels, linear=linear,
                         penultimate=penultimate_features(model.net("encoder")) if penultimate else None,
-                        paired=paired)
+                        paired=paired, bar=bar)
 
 
 class EncoderProbe(L.Callback):
@@ -70,6 +72,7 @@ class EncoderProbe(L.Callback):
         self.penultimate, self.split = penultimate, split
         self._pixels: dict[str, float] | None = None
         self.last: dict[str, float] = {}
+        self.last_iteration: int | None = None  # the iteration ``last`` was measured at
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not (hasattr(pl_module, "encode") and hasattr(pl_module, "reconstruct")):
@@ -80,13 +83,27 @@ class EncoderProbe(L.Callback):
                               "has none")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not measures_now(trainer, self.every_n_epochs):
             return
         if signal_pending(trainer):  # the run saves and stops at the next iteration: do not delay it
             rank_zero_info("EncoderProbe: skipped, a preemption signal is pending")
             return
-        if not trainer.is_global_zero:
+        if trainer.is_global_zero:
+            pl_module.log_dict({f"{self.split}/{k}": v for k, v in self.measure(trainer, pl_module).items()},
+                               **GLOBAL_VALUE)  # rank 0 alone
+            rank_zero_info("  ".join(f"{k} {v:.4f}" for k, v in self.last.items()))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final encoder's probes, when the last validation did not measure them."""
+        if self.last_iteration == getattr(pl_module, "iteration", trainer.global_step) or signal_pending(trainer):
             return
+        if not trainer.is_global_zero or trainer.datamodule is None or not hasattr(trainer.datamodule, "splits"):
+            return
+        log_after_fit(trainer, pl_module, {f"{self.split}/{k}": v for k, v in self.measure(trainer, pl_module).items()})
+        rank_zero_info("EncoderProbe at the end of fit: " + "  ".join(f"{k} {v:.4f}" for k, v in self.last.items()))
+
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """The probes of the encoder now (the raw pixels' baselines scored at the first probe only)."""
         scores = model_probe_scores(pl_module, trainer.datamodule, self.n_train, self.n_test,
                                     pixels=self._pixels is None, linear=self.linear, penultimate=self.penultimate,
                                     # the pixels are scored at the first probe alone, so no paired test: `evaluate`
@@ -95,5 +112,5 @@ class EncoderProbe(L.Callback):
         if self._pixels is None:
             self._pixels = {k: v for k, v in scores.items() if k.endswith("_pixels")}
         self.last = {**scores, **self._pixels}
-        pl_module.log_dict({f"{self.split}/{k}": v for k, v in self.last.items()}, **GLOBAL_VALUE)  # rank 0 alone
-        rank_zero_info("  ".join(f"{k} {v:.4f}" for k, v in self.last.items()))
+        self.last_iteration = getattr(pl_module, "iteration", trainer.global_step)
+        return self.last

@@ -73,8 +73,10 @@ class RunSummary(L.Callback):
     def _evaluation_start(self, trainer: L.Trainer, pl_module: L.LightningModule, command: str) -> None:
         """``validate``, ``test`` and ``predict``: which weights, and where their outputs go."""
         weights = f"the checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else "the config's untrained weights"
+        logs = [f"  {name:<11} -> {path}" for name, path in self._folders(trainer) if name in ("logs", "wandb")]
         rank_zero_info("\n".join([f"gan_lightning: {command} {type(pl_module).__name__} at iteration "
-                                  f"{getattr(pl_module, 'iteration', '?')} ({weights})", *self._outputs(trainer)]))
+                                  f"{getattr(pl_module, 'iteration', '?')} ({weights})",
+                                  *(logs if command != "predict" else [])]))  # predict says what it wrote
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:

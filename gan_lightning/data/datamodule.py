@@ -4,9 +4,9 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset, random_split
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, random_split
 
-from gan_lightning.data.loader import Batches, DeviceTensorLoader, ResumableDataLoader
+from gan_lightning.data.loader import Batches, DeviceTensorLoader, ResumableDataLoader, ResumableSampler
 from gan_lightning.data.sources import SOURCES, DatasetName, image_dataset, load_tensors
 from gan_lightning.data.toy import sample_mixture
 
@@ -27,6 +27,19 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Model-range images in [-1, 1] -> uint8 [0, 255], rounding like the real data's own quantisation."""
     return to_unit_range(x.float()).mul(255).round().to(torch.uint8)
+
+
+class _WithIndex(Dataset):
+    """A dataset's items with their positions appended: ``(*item, i)`` (``predict_dataloader``)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return (*self.dataset[i], i)
 
 
 class GANDataModule(L.LightningDataModule):
@@ -218,6 +231,20 @@ class GANDataModule(L.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader("test", train=False)
+
+    def predict_dataloader(self):
+        """``predict``'s data: the test split (as ``test``: the official test set, or the images carved out for
+        testing), in file order, each batch ``(x, y, index)`` with the examples' positions in the split. Sharded
+        as val and test: rank r of W takes positions r, r + W, ... (the first ``len // W`` of them)."""
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        tensors = self._tensors("test")
+        dataset = TensorDataset(*tensors, torch.arange(len(tensors[0]))) if tensors is not None \
+            else _WithIndex(self.splits["test"])  # a lazily read image dataset: its items with their positions
+        sampler = ResumableSampler(len(dataset), self.hparams.batch_size, shuffle=False, drop_last=False, rank=rank,
+                                   world_size=world)
+        # A plain DataLoader (also with on_device: one pass), which Lightning rebuilds to record the batches' indices.
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
+                          num_workers=self.hparams.num_workers)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Lightning's move, skipped for batches already on the device (``on_device``: gathered there)."""

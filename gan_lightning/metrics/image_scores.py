@@ -32,7 +32,6 @@ from torchmetrics.image import FrechetInceptionDistance, InceptionScore, KernelI
 from torchmetrics.image.fid import _compute_fid
 from torchmetrics.utilities import dim_zero_cat
 
-from gan_lightning.data import to_uint8
 from gan_lightning.errors import ConfigError
 from gan_lightning.metrics.features import SCORE_NAMES, ExtractorName, extractor_fingerprint
 from gan_lightning.metrics.precision_recall import PrecisionRecall
@@ -48,6 +47,30 @@ class NonFiniteSamplesError(FloatingPointError, ValueError):
 
     A ``FloatingPointError`` like the training's own non-finite checks, and a ``ValueError`` so that every
     command reports it in one line."""
+
+
+class NoBar:
+    """What a progress-bar factory gives when no one watches: tqdm's interface (``tqdm(total=, desc=, unit=)`` as a
+    context manager with ``update`` and ``set_postfix_str``), doing nothing. The training callbacks use it; the
+    ``evaluate`` command passes tqdm, writing to stderr."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self) -> "NoBar":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str = "", refresh: bool = True) -> None:
+        pass
+
+
+Bar = Callable[..., Any]  # tqdm, a functools.partial of it, or NoBar
 
 
 class PassThrough(nn.Module):
@@ -241,11 +264,13 @@ class ImageScores:
             a fixed random subset of the real features as large as the generated set).
         kid_subsets, kid_subset_size: KID's subsets (torchmetrics' defaults, 100 of 1,000).
         is_splits: the Inception score's splits (10, as in the papers).
+        bar: a progress-bar factory (``NoBar`` or tqdm): one bar for the generated samples and their features
+            (``add_generator``), one for precision and recall (``compute``).
     """
 
     def __init__(self, extractor: nn.Module, extractor_name: ExtractorName,
                  metrics: Sequence[MetricName] = ("fid", "is", "kid"), kid_subsets: int = 100,
-                 kid_subset_size: int = 1000, is_splits: int = 10, dist: Dist | None = None):
+                 kid_subset_size: int = 1000, is_splits: int = 10, dist: Dist | None = None, bar: Bar = NoBar):
         unknown = set(metrics) - {"fid", "is", "kid", "prc"}
         if unknown or not metrics:
             raise ValueError(f"metrics must be a non-empty subset of fid, is, kid, prc; got {list(metrics)}")
@@ -255,6 +280,7 @@ class ImageScores:
         self.extractor, self.extractor_name, self.metrics = extractor, extractor_name, tuple(metrics)
         self.kid_subsets, self.kid_subset_size, self.is_splits = kid_subsets, kid_subset_size, is_splits
         self.dist = dist or Dist()
+        self.bar = bar
         self.num_logits = _num_logits(extractor)
         if self.dist.world_size > 1 and self.num_logits is None:
             raise ValueError(f"{type(extractor).__name__} declares no num_logits (nor has a Linear `head`): a rank "
@@ -411,14 +437,21 @@ class ImageScores:
 
         Samples holding NaN or Inf (a diverged generator) are counted, on the device, with no host sync; they
         would otherwise become black images with a finite score. ``compute()`` then gives NaN scores."""
+        from gan_lightning.data import to_uint8  # here: the module imports no Lightning (evaluate --help)
+
         if self._nonfinite is None:
             raise RuntimeError("load_real() or set_real() first")
         self._n_fake = n
-        for b in chunk(range(math.ceil(n / batch_size)), self.dist.rank, self.dist.world_size):
-            noise = torch.Generator(self.device).manual_seed(seed * 1_000_003 + b)
-            images = generate(min(batch_size, n - b * batch_size), noise)
-            self._nonfinite.update(images.flatten(1).isfinite().all(1).logical_not().sum())
-            self.add_fake(to_uint8(images))
+        batches = chunk(range(math.ceil(n / batch_size)), self.dist.rank, self.dist.world_size)
+        mine = sum(min(batch_size, n - b * batch_size) for b in batches)
+        with self.bar(total=mine, desc=f"generating {n:,} samples and their {self.extractor_name} features",
+                      unit="samples") as bar:
+            for b in batches:
+                noise = torch.Generator(self.device).manual_seed(seed * 1_000_003 + b)
+                images = generate(min(batch_size, n - b * batch_size), noise)
+                self._nonfinite.update(images.flatten(1).isfinite().all(1).logical_not().sum())
+                self.add_fake(to_uint8(images))
+                bar.update(len(images))
 
     def compute(self) -> dict[str, float]:
         """The scores over every rank's samples (a collective: every rank must call it), then a reset.
@@ -448,13 +481,20 @@ class ImageScores:
                 torch.manual_seed(0)  # KID's subsets from the global RNG, seeded for it alone (IS has its own)
                 kid = self._metrics["kid"]
                 kid.subset_size = min(self.kid_subset_size, self.real.n, self._n_fake or self._n_added)
-                mean, std = kid.compute()
+                with self.bar(total=1, desc=f"kid: {self.kid_subsets} subsets of {kid.subset_size:,} samples",
+                              unit="metric") as bar:  # float64 kernels: seconds to minutes, whatever the count
+                    mean, std = kid.compute()
+                    bar.update()
                 out[self.names["kid"]], out[self.names["kid"] + "_std"] = float(mean), float(std)
             if "is" in self._metrics:
                 mean, std = self._metrics["is"].compute()
                 out[self.names["is"]], out[self.names["is"] + "_std"] = float(mean), float(std)
-            if "prc" in self._metrics:
-                out[self.names["precision"]], out[self.names["recall"]] = self._metrics["prc"].compute()
+            if "prc" in self._metrics:  # k-NN radii of both sets: quadratic in the number of samples
+                n = self._n_fake or self._n_added
+                with self.bar(total=1, desc=f"precision/recall ({n:,} generated vs as many real features)",
+                              unit="metric") as bar:
+                    out[self.names["precision"]], out[self.names["recall"]] = self._metrics["prc"].compute()
+                    bar.update()
         for m in self._metrics.values():
             m.reset()
         self._n_fake, self._n_added = None, 0

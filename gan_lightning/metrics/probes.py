@@ -13,6 +13,7 @@
 """
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -105,9 +106,13 @@ def penultimate_features(encoder: nn.Module) -> Callable[[torch.Tensor], torch.T
     return features
 
 
+LABELS = {"": "E(x)", "_penultimate": "penultimate layer", "_pixels": "pixels"}  # the bars' names of the feature sets
+
+
 def probe_scores(encode: Callable, reconstruct: Callable, train: tuple[torch.Tensor, torch.Tensor],
                  test: tuple[torch.Tensor, torch.Tensor], device: torch.device, pixels: bool = True,
-                 linear: bool = True, penultimate: Callable | None = None, paired: bool = True) -> dict[str, float]:
+                 linear: bool = True, penultimate: Callable | None = None, paired: bool = True,
+                 bar: Callable[..., Any] | None = None) -> dict[str, float]:
     """Probe accuracies of ``encode`` (images in [-1, 1] -> features), of ``penultimate`` (the encoder's
     penultimate layer, when given: ``*_penultimate``) and of raw pixels, and the test MSE of
     ``reconstruct(images, labels)``.
@@ -116,28 +121,48 @@ def probe_scores(encode: Callable, reconstruct: Callable, train: tuple[torch.Ten
     same test images (``paired_comparison``): ``probe_1nn{,_penultimate}_vs_pixels_p`` is McNemar's exact two-sided
     p-value and ``..._discordant`` the number of test images on which the two disagree in being right.
 
-    ``train`` and ``test`` are (images in [-1, 1], labels) on the CPU.
+    ``train`` and ``test`` are (images in [-1, 1], labels) on the CPU. ``bar``: a progress-bar factory (tqdm's
+    signature; none by default): one bar for the 1-NN probes (the features of both sets included) and the
+    reconstructions, one for the linear probes (the slow part: a logistic regression per feature set).
     """
+    from gan_lightning.metrics.image_scores import NoBar
+
+    bar = bar or NoBar
     (x_train, y_train), (x_test, y_test) = train, test
-    scores, correct = {}, {}
-    for suffix, features in (("", encode), ("_penultimate", penultimate)):
-        if features is None:
-            continue
-        f_train, f_test = batched(features, x_train, device), batched(features, x_test, device)
-        correct[suffix] = one_nn_predictions(f_train, y_train, f_test) == y_test
-        scores[f"probe_1nn{suffix}"] = fraction(correct[suffix])
-        if linear:
-            scores[f"probe_linear{suffix}"] = linear_probe_accuracy(f_train, y_train, f_test, y_test)
+    scores, correct, sets = {}, {}, {}
+    named = [(suffix, features) for suffix, features in (("", encode), ("_penultimate", penultimate))
+             if features is not None]
+    with bar(total=len(named) + pixels + 1, desc=f"probes: 1-NN ({len(x_train):,} training vs {len(x_test):,} test "
+             "images) and reconstruction", unit="steps") as progress:
+        for suffix, features in named:
+            progress.set_postfix_str(LABELS[suffix])
+            sets[suffix] = batched(features, x_train, device), batched(features, x_test, device)
+            correct[suffix] = one_nn_predictions(sets[suffix][0], y_train, sets[suffix][1]) == y_test
+            scores[f"probe_1nn{suffix}"] = fraction(correct[suffix])
+            progress.update()
+        if pixels:
+            progress.set_postfix_str("pixels")
+            sets["_pixels"] = x_train, x_test
+            pixels_correct = one_nn_predictions(x_train, y_train, x_test) == y_test
+            scores["probe_1nn_pixels"] = fraction(pixels_correct)
+            progress.update()
+        progress.set_postfix_str("reconstruction MSE")
+        # Labels reach reconstruct for models that decode with them (the supervised AAE); the others ignore them.
+        x_hat = batched(reconstruct, x_test, device, labels=y_test)
+        scores["reconstruction_mse"] = float(((x_hat - x_test.float()) ** 2).mean())
+        progress.update()
+    if linear:
+        with bar(total=len(sets), desc=f"probes: linear (logistic regression on {len(x_train):,} training images)",
+                 unit="feature sets") as progress:
+            for suffix, (f_train, f_test) in sets.items():
+                progress.set_postfix_str(f"{LABELS[suffix]}, {f_train.flatten(1).shape[1]} features")
+                scores[f"probe_linear{suffix}"] = linear_probe_accuracy(f_train, y_train, f_test, y_test)
+                progress.update()
     if pixels:
-        pixels_correct = one_nn_predictions(x_train, y_train, x_test) == y_test
-        scores["probe_1nn_pixels"] = fraction(pixels_correct)
-        if linear:
-            scores["probe_linear_pixels"] = linear_probe_accuracy(x_train, y_train, x_test, y_test)
         for suffix, features_correct in correct.items() if paired else ():
             test = paired_comparison(features_correct, pixels_correct)
             scores[f"probe_1nn{suffix}_vs_pixels_p"] = test["p_value"]
             scores[f"probe_1nn{suffix}_vs_pixels_discordant"] = float(test["a_only"] + test["b_only"])
-    # Labels reach reconstruct for models that decode with them (the supervised AAE); the others ignore them.
-    x_hat = batched(reconstruct, x_test, device, labels=y_test)
-    scores["reconstruction_mse"] = float(((x_hat - x_test.float()) ** 2).mean())
-    return scores
+    order = [f"probe_{kind}{suffix}" for suffix in ("", "_penultimate", "_pixels") for kind in ("1nn", "linear")]
+    mse = scores.pop("reconstruction_mse")  # each set's 1-NN, then its linear, the paired tests, the MSE last
+    return {**{key: scores[key] for key in order if key in scores}, **scores, "reconstruction_mse": mse}

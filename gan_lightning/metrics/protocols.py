@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from gan_lightning.errors import ConfigError
-from gan_lightning.metrics.image_scores import ImageScores, RealStatistics, chunk
+from gan_lightning.metrics.image_scores import Bar, ImageScores, NoBar, RealStatistics, chunk
 
 ProtocolName = Literal["train50k", "test10k", "trainsplit10k", "val10k"]
 Reference = Literal["train_full", "train", "val", "test"]
@@ -139,12 +139,21 @@ def protocol_images(datamodule, protocol: Protocol, floor: bool = True) -> tuple
 
 
 def load_statistics(scores: ImageScores, images: RealImages, cache_dir: Path | None, batch_size: int,
-                    hold: bool = True) -> RealStatistics:
+                    hold: bool = True, bar: Bar = NoBar) -> RealStatistics:
     """``images``' real statistics, from the cache or computed on every rank; held as the metrics' real half
-    unless ``hold`` is off. A cache file that counts other than ``images.size`` images is refused."""
+    unless ``hold`` is off. A cache file that counts other than ``images.size`` images is refused. ``bar``: a
+    progress-bar factory (tqdm), shown only when the statistics are computed."""
     dist = scores.dist
+
+    def shard() -> Iterator[torch.Tensor]:  # called on a cache miss alone
+        with bar(total=images.size if dist.world_size == 1 else None, unit="images",
+                 desc=f"real statistics: {images.size:,} {images.reference} images (not cached)") as progress:
+            for batch in images.shard(dist.rank, dist.world_size, batch_size):
+                yield batch
+                progress.update(len(batch))
+
     load = scores.load_real if hold else scores.real_statistics
-    stats = load(lambda: images.shard(dist.rank, dist.world_size, batch_size), images.key, cache_dir)
+    stats = load(shard, images.key, cache_dir)
     if stats.n != images.size:
         where = scores.cache_path(images.key, cache_dir)
         raise ValueError(f"real statistics {where or ''} hold {stats.n} images where the {images.reference} set has "

@@ -14,6 +14,7 @@ advances the iteration counter and the moving averages after, so that a checkpoi
 iteration boundary resumes bit for bit (see ``docs/scaling.md``).
 """
 import contextlib
+import inspect
 from collections.abc import Iterator
 from typing import Literal
 
@@ -22,10 +23,11 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from gan_lightning.checkpoints import CheckpointError, SafeCheckpointIO
+from gan_lightning.console import say
 from gan_lightning.data.loader import Batches
 from gan_lightning.distributed import GLOBAL_VALUE, PlayerDDPStrategy
 from gan_lightning.errors import ConfigError
@@ -319,9 +321,8 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
                 "edited or written by another program; resume from another checkpoint or start a new run")
         if self.iteration:  # says where a resumed run starts, so that a user (and a test) can see it did resume
             rates = sorted({group["lr"] for opt in self.trainer.optimizers for group in opt.param_groups})
-            rank_zero_info(f"gan_lightning: resuming at iteration {self.iteration}, epoch {epoch}"
-                           f"{' (its end)' if batches_done else ''}, learning rate "
-                           f"{', '.join(f'{r:.4g}' for r in rates)}")
+            say(self.trainer, f"gan_lightning: resuming at iteration {self.iteration}, epoch {epoch}"
+                f"{' (its end)' if batches_done else ''}, learning rate {', '.join(f'{r:.4g}' for r in rates)}")
 
     # --- evaluation --------------------------------------------------------------------------
 
@@ -370,6 +371,77 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
             f"out of {device} memory in a {stage} step of {type(self).__name__} with {n} examples per "
             f"device ({setting}; {torch_says}): lower it, e.g. --data.batch_size "
             f"{max(n // 2, 1)}{amp}; checkpoints already written are intact")
+
+    # --- predict: samples, and the encoder's codes and reconstructions (callbacks/predictions.py) ------------
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """``predict`` writes its files with ``callbacks.PredictionWriter``: one with the defaults when the config
+        names no prediction writer."""
+        from lightning.pytorch.callbacks import BasePredictionWriter
+
+        from gan_lightning.callbacks.predictions import PredictionWriter
+
+        if self._trainer is None or self.trainer.state.fn != "predict" or \
+                any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+            return []
+        return [PredictionWriter()]
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """One batch of the predict split (``GANDataModule.predict_dataloader``: ``(x, y, index)``, index the examples'
+        positions in the split): a sample per example ``x`` from the draws ``z_prior`` (``prediction_noise``), and
+        with an encoder (``encode`` and ``reconstruct``) the examples ``x_real``, their codes ``z`` and
+        ``reconstruction``; ``y`` (labels) and ``index``. Model-range tensors; ``PredictionWriter`` writes them."""
+        from gan_lightning.callbacks.predictions import PredictionWriter
+
+        x, y, index = self._predict_batch(batch, batch_idx)
+        writers = [cb for cb in self.trainer.callbacks if isinstance(cb, PredictionWriter)]
+        with self.explain_out_of_memory((x,), "predict"), torch.no_grad():
+            noise = self.prediction_noise(index, writers[0].seed if writers else 0)  # the writer's seed (default 0)
+            out = {"index": index, "x": self.sample(**noise), "z_prior": noise["z"]}
+            if "labels" in noise:
+                out["y_prior"] = noise["labels"]
+            if hasattr(self, "encode") and hasattr(self, "reconstruct"):
+                out.update(x_real=x, z=self.encode(x), reconstruction=self.reconstruct(x, y))
+                if y is not None:
+                    out["y"] = y
+        return out
+
+    def _predict_batch(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(x, labels or None, positions) of a predict batch: ``predict_dataloader``'s (x, y, index), or another
+        loader's x, (x,) or (x, y), whose positions are counted on this process."""
+        if isinstance(batch, torch.Tensor):
+            batch = (batch,)
+        if len(batch) == 3:
+            return batch[0], batch[1], batch[2].to(torch.long)
+        start = 0 if batch_idx == 0 else self.__dict__.get("_predicted", 0)
+        self.__dict__["_predicted"] = start + len(batch[0])
+        index = torch.arange(start, start + len(batch[0]), device=batch[0].device)
+        return batch[0], batch[1] if len(batch) > 1 else None, index
+
+    # Example i of the predict split draws its noise from block i // PREDICT_BLOCK's generator.
+    PREDICT_BLOCK = 1024
+
+    def prediction_noise(self, index: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+        """``sample``'s inputs for the examples at positions ``index``: ``{"z": (n, Z)}``, and ``"labels"`` for a
+        decoder that takes classes (the supervised AAE). Example i's are row i % 1024 of 1024 draws with a CPU
+        generator seeded with (seed, i // 1024): the same whatever the batch size, the ranks or the device. The
+        flow's draws are scaled by its ``temperature``, as its ``sample`` does."""
+        index = index.cpu()
+        blocks = index.div(self.PREDICT_BLOCK, rounding_mode="floor")
+        rows: dict[str, list[torch.Tensor]] = {}
+        picked = torch.empty(0, dtype=torch.long)
+        for block in blocks.unique().tolist():
+            g = torch.Generator().manual_seed(hash((seed, block, -1)) & (2**63 - 1))
+            draws = {"z": self.draw_prior(self.PREDICT_BLOCK, g) * getattr(self, "temperature", 1.0)}
+            if getattr(self, "class_conditional", False) and "labels" in inspect.signature(self.sample).parameters:
+                draws["labels"] = torch.randint(self.n_classes, (self.PREDICT_BLOCK,), generator=g)
+            mine = (blocks == block).nonzero().flatten()
+            picked = torch.cat([picked, mine])
+            for name, value in draws.items():
+                rows.setdefault(name, []).append(value[(index[mine] % self.PREDICT_BLOCK).to(value.device)])
+        back = torch.empty_like(picked)
+        back[picked] = torch.arange(len(picked))  # the rows in the order of index
+        return {name: torch.cat(values)[back.to(values[0].device)].to(self.device) for name, values in rows.items()}
 
     # --- the public API that callbacks and users call ----------------------------------------
 
