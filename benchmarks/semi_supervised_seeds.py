@@ -37,9 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def logged(run_dir: Path, key: str) -> dict[int, float]:
-    """``key`` by epoch over every CSV log in ``run_dir`` (a resume or a test starts a new version; later wins)."""
+    """``key`` by epoch over every CSV log in ``run_dir`` (a resume starts a new version, and `test` of a checkpoint
+    logs into ``test/<its name>/logs``; later wins)."""
     values = {}
-    for log in sorted(run_dir.glob("logs/*/metrics.csv"), key=lambda f: f.stat().st_mtime):
+    logs = [*run_dir.glob("logs/*/metrics.csv"), *run_dir.glob("test/*/logs/*/metrics.csv")]
+    for log in sorted(logs, key=lambda f: f.stat().st_mtime):
         for row in csv.DictReader(open(log)):
             if row.get(key):
                 values[int(row["epoch"])] = float(row[key])

@@ -173,13 +173,21 @@ def test_image_metrics_skip_their_samples_while_a_signal_is_pending():
     preemption, metrics = Preemption(requeue=False), ImageMetrics(feature_extractor="fashion_classifier")
     measured = []
     metrics.evaluate = lambda trainer, pl_module: measured.append(1) or {}
-    trainer = SimpleNamespace(sanity_checking=False, current_epoch=0, callbacks=[preemption, metrics], world_size=1)
-    pl_module = SimpleNamespace(log_dict=lambda *args, **kwargs: None)
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=0, callbacks=[preemption, metrics], world_size=1,
+                              state=SimpleNamespace(fn=TrainerFn.FITTING), max_epochs=10, max_steps=-1,
+                              should_stop=False, global_step=0, loggers=[], callback_metrics={},
+                              datamodule=SimpleNamespace(splits={}))
+    pl_module = SimpleNamespace(log_dict=lambda *args, **kwargs: None, iteration=1)
+    metrics.scores = SimpleNamespace()  # as after setup
     metrics.on_validation_epoch_end(trainer, pl_module)
     assert measured == [1]
     preemption._record(signal.SIGUSR1, None)
     metrics.on_validation_epoch_end(trainer, pl_module)
     assert measured == [1], "ImageMetrics generated its samples with a signal pending"
+    metrics.on_train_end(trainer, pl_module)   # nor at the end of fit: saving comes first
+    assert measured == [1], "ImageMetrics measured the final weights with a signal pending"
 
 
 def test_after_preempted_the_signal_handlers_are_restored(tmp_path):
