@@ -26,7 +26,7 @@ from gan_lightning.errors import ConfigError, Preempted
 from gan_lightning.metrics.features import WeightsNotFoundError
 from gan_lightning.metrics.image_scores import CacheFileError
 from gan_lightning.models.registry import checked_model, model_class
-from gan_lightning.run_folders import CHECKPOINT_CALLBACKS, checkpoint_file
+from gan_lightning.run_folders import CHECKPOINT_CALLBACKS, checkpoint_file, moved
 from gan_lightning.tracking import SaveAndLogConfig, WandbLogger, WandbSettings, quiet_wandb_init
 
 LIGHTNING_CHOICES = "{" + ",".join(LIGHTNING) + "}"  # the commands LightningCLI's parser lists
@@ -186,11 +186,10 @@ def relocate(config: Namespace, old_root: str | None, new_root: str) -> None:
     """Replace the prefix ``old_root`` of every path-like string in ``config`` with ``new_root``, in place."""
     if not old_root:
         raise ConfigError("--run_dir needs trainer.default_root_dir in the config: the folder whose outputs it moves")
-    old = os.path.normpath(old_root)
 
     def move(value):
-        if isinstance(value, str) and (os.path.normpath(value) == old or value.startswith(old.rstrip("/") + "/")):
-            return os.path.join(new_root, os.path.relpath(os.path.normpath(value), old)).rstrip("/.") or new_root
+        if isinstance(value, str):
+            return moved(value, old_root, new_root)  # the one rule, shared with evaluate's --config/--run_dir
         if isinstance(value, Namespace):
             for key in value.keys():
                 value[key] = move(value[key])
