@@ -33,7 +33,8 @@ def test_toy_mode_benchmark_writes_the_table_over_seeds(tmp_path):
     assert [r["config"] for r in report["results"]] == ["ali_ring"] * 2 + ["ali_ring_su[su_full]"] * 2
     assert [r["loss"] for r in report["results"]] == ["non_saturating"] * 2 + ["su_full"] * 2  # the override ran
     table = out.with_suffix(".md").read_text()
-    assert "| ALI | ring |" in table and "ALI 6.6 / 97.6" in table  # our row beside PacGAN's anchor
+    assert "| ALI | ring | 5 | 2 |" in table and "ALI 6.6 / 97.6 / 0.36" in table  # our row, its budget, the anchor
+    assert [r["encoder"] for r in report["results"]] == ["change_of_variables"] * 2 + ["gaussian"] * 2
     assert "| ALI + Su, eq. 40 | ring |" in table
 
 

@@ -20,13 +20,20 @@ from gan_lightning.errors import ConfigError
 from gan_lightning.losses import JointLoss, bigan_encoder_generator_loss, discriminator_loss
 from gan_lightning.models.base import AdversarialModule, Prior, Update, batch_statistics_only, eval_mode
 from gan_lightning.nets import ARCHITECTURES, ArchitectureName
+from gan_lightning.nets.packing import pack, packed_shape
 
-EncoderKind = Literal["gaussian", "deterministic"]
+EncoderKind = Literal["gaussian", "deterministic", "change_of_variables"]
 
 
 class ALI(AdversarialModule):
     # The paper's optimiser (Adam 1e-4, beta1 0.5), used when the config names none.
     default_optimizer = functools.partial(torch.optim.Adam, lr=1e-4, betas=(0.5, 0.999))
+    # ALI's code scores both kinds of pair in one batch through D (``get_predictions`` in ``ali/bricks.py``
+    # concatenates [x; G(z)] and [E(x); z]), so D's batch norm normalises them together; BiGAN's calls D on each.
+    one_discriminator_batch = True
+    # The factor on both players' losses: BiGAN's ``train_gan.py`` averages the two terms (``weight = 1.0 /
+    # num_loss_terms``), which its coupled weight decay feels; ALI's code sums them.
+    loss_weight = 1.0
 
     def __init__(
         self,
@@ -40,6 +47,7 @@ class ALI(AdversarialModule):
         dropout: float = 0.2,
         squash_encoder: bool = False,
         update: Update = "simultaneous",
+        pack: int = 1,
         optimizer_d: OptimizerCallable | None = None,
         optimizer_ge: OptimizerCallable | None = None,
         scheduler_d: LRSchedulerCallable | None = None,
@@ -54,17 +62,21 @@ class ALI(AdversarialModule):
             architecture: network family: ``mlp`` (BiGAN's MNIST MLPs), ``dcgan`` (28/32/64 px),
                 ``ali`` (the ALI paper's networks: 32x32 CIFAR-10/SVHN, 64x64 CelebA), ``toy`` (2-D mixtures).
             width: hidden units (mlp, toy) or channels at the finest resolution (dcgan, ali).
-            encoder: ``gaussian`` q(z|x) with the reparameterisation trick (ALI) or ``deterministic`` (BiGAN).
+            encoder: ``gaussian`` q(z|x) with the reparameterisation trick (ALI's image experiments),
+                ``deterministic`` (BiGAN) or ``change_of_variables``: z = E(x, eps) on x concatenated with
+                eps ~ N(0, I) of x's size (ALI's and PacGAN's toy experiments, ``COVConditional``; vector data only).
             prior: p(z): ``gaussian`` or ``uniform`` on [-1, 1]^Z.
             loss: the G/E loss: ``non_saturating`` (official code), ``minimax`` (the paper's game) or
                 ``su`` (Su 2018, eq. 41: both pairs pushed towards the encoder label) or ``su_full`` (eq. 40:
                 eq. 41 plus the encoder's term, ``latent_nll``, that eq. 41 drops).
-            dropout: dropout rate of the discriminator (the ALI paper: 0.2 on its first layer, 0.5 after).
+            dropout: dropout rate of the discriminator (architecture ``ali``: on the input of every D layer, x and z
+                included, as ALI's SVHN and CelebA code: 0.2; ``ali_cifar10``: 0.5 where its code drops).
             squash_encoder: a deterministic encoder with the uniform prior ends in E(x) = 2 sigmoid(a) - 1, inside
                 the prior's support [-1, 1]^Z, as in BiGAN's official code; the probes then use the pre-squash
                 activations a (``features``), the official code's 1-NN features. False: E(x) = a.
             update: ``simultaneous`` (ALI's and BiGAN's released code: D's loss and G/E's loss from one forward
                 pass through D, then both steps) or ``alternating`` (D steps, then G/E against the updated D).
+            pack: PacGAN's packing: D scores m pairs of one kind concatenated (``nets/packing.py``); 1: unpacked.
             optimizer_d: optimizer of D (default: Adam 1e-4, betas (0.5, 0.999)).
             optimizer_ge: optimizer of G and E together (same default).
             scheduler_d: optional learning-rate schedule of D, stepped once per epoch.
@@ -73,11 +85,17 @@ class ALI(AdversarialModule):
                 ema_decay, gradient_clip_val, seed, on_nonfinite, compile).
         """
         super().__init__(latent_dim=latent_dim, prior=prior, **kwargs)
-        if width < 1 or not 0 <= dropout < 1:
-            raise ValueError(f"model.width must be >= 1 and model.dropout in [0, 1); got {width}, {dropout}")
+        if width < 1 or not 0 <= dropout < 1 or pack < 1:
+            raise ValueError(f"model.width and model.pack must be >= 1 and model.dropout in [0, 1); got {width}, "
+                             f"{pack}, {dropout}")
         self.save_hyperparameters(ignore=["optimizer_d", "optimizer_ge", "scheduler_d", "scheduler_ge"])
         self.loss, self.gaussian_encoder = loss, encoder == "gaussian"
-        if squash_encoder and (self.gaussian_encoder or prior != "uniform"):
+        self.noise_input, self.pack = encoder == "change_of_variables", pack
+        if self.noise_input and (len(data_shape) != 1 or loss == "su_full"):
+            raise ConfigError(f"model.encoder change_of_variables concatenates noise to vector data (the toy mixtures) "
+                              f"and has no density for loss su_full; got data shape {tuple(data_shape)}, loss {loss}: "
+                              f"set model.encoder gaussian or deterministic")
+        if squash_encoder and (encoder != "deterministic" or prior != "uniform"):
             raise ConfigError(f"model.squash_encoder maps E(x) into the uniform prior's support [-1, 1]^Z; it needs "
                               f"encoder: deterministic and prior: uniform, not encoder: {encoder}, prior: {prior}. "
                               f"Set model.squash_encoder false")
@@ -85,15 +103,21 @@ class ALI(AdversarialModule):
         self.update = self.check_update(update)
         nets = ARCHITECTURES[architecture]
         self.generator = nets.generator(latent_dim, data_shape, width)
-        self.encoder = nets.encoder(2 * latent_dim if self.gaussian_encoder else latent_dim, data_shape, width)
-        self.discriminator = nets.joint_discriminator(latent_dim, data_shape, width, dropout)
+        encoder_input = (2 * data_shape[0],) if self.noise_input else data_shape  # [x; eps]
+        self.encoder = nets.encoder(2 * latent_dim if self.gaussian_encoder else latent_dim, encoder_input, width)
+        self.discriminator = nets.joint_discriminator(pack * latent_dim, packed_shape(data_shape, pack), width,
+                                                      dropout)
         self.add_player("discriminator", ["discriminator"], optimizer_d or self.default_optimizer, scheduler_d)
         self.add_player("generator_encoder", ["generator", "encoder"], optimizer_ge or self.default_optimizer,
                         scheduler_ge)
         self.add_ema("generator", "encoder")
 
     def infer(self, x: torch.Tensor, encoder: torch.nn.Module | None = None) -> torch.Tensor:
-        """z ~ q(z|x): mu + sigma * eps for the Gaussian encoder (eps from the training noise), else E(x)."""
+        """z ~ q(z|x): mu + sigma * eps for the Gaussian encoder, E(x, eps) for the change of variables (eps from
+        the training noise), else E(x)."""
+        if self.noise_input:
+            eps = self.draw_training_normal(x.shape) if self.noise is not None else torch.randn_like(x)
+            return (encoder or self.encoder)(torch.cat([x, eps], dim=1))  # (B, 2 * X) -> (B, Z)
         h = (encoder or self.encoder)(x)  # (B, Z) or (B, 2Z)
         if not self.gaussian_encoder:
             return self.squash(h)
@@ -113,15 +137,15 @@ class ALI(AdversarialModule):
         if self.update == "simultaneous" and self.generator_turn:
             # The released code's one gradient step over both costs: D scores each kind of pair once, and D's loss
             # (w.r.t. D) and G/E's loss (w.r.t. G and E) both see D as it was before either player steps.
-            d_real, d_fake = self.discriminator(x, z_enc), self.discriminator(x_fake, z)
-            d_loss = discriminator_loss(d_real, d_fake)
+            d_real, d_fake = self.score_pairs(x, z_enc, x_fake, z)
+            d_loss = self.loss_weight * discriminator_loss(d_real, d_fake)
             ge_loss = self.encoder_generator_loss(x, z, x_fake, z_enc, scores=(d_real, d_fake))
             self.step_together((opt_d, d_loss, "discriminator"), (opt_ge, ge_loss, "generator_encoder"))
             return {"train/d_loss": d_loss.detach(), "train/ge_loss": ge_loss.detach()}
 
         # 1. Discriminator: tell data pairs (x, E(x)) from generated pairs (G(z), z).
         with self.toggled_optimizer(opt_d):
-            d_loss = discriminator_loss(self.discriminator(x, z_enc.detach()), self.discriminator(x_fake.detach(), z))
+            d_loss = self.loss_weight * discriminator_loss(*self.score_pairs(x, z_enc.detach(), x_fake.detach(), z))
             self.step(opt_d, d_loss, player="discriminator")
         logs = {"train/d_loss": d_loss.detach()}
         if not self.generator_turn:
@@ -139,11 +163,21 @@ class ALI(AdversarialModule):
         """The G/E loss of ``self.loss`` on data pairs (x, E(x)) and generated pairs (G(z), z); for ``su_full``
         also the encoder's term of Su's eq. 40 (``latent_nll``). ``scores``: D's logits of the two kinds of pairs
         when already computed (simultaneous updates), else D scores them now."""
-        d_real, d_fake = scores or (self.discriminator(x, z_enc), self.discriminator(x_fake, z))
-        loss = bigan_encoder_generator_loss(d_real, d_fake, self.loss)
+        d_real, d_fake = scores or self.score_pairs(x, z_enc, x_fake, z)
+        loss = self.loss_weight * bigan_encoder_generator_loss(d_real, d_fake, self.loss)
         if self.loss == "su_full":
             loss = loss + self.latent_nll(z, x_fake.detach())
         return loss
+
+    def score_pairs(self, x: torch.Tensor, z_enc: torch.Tensor, x_fake: torch.Tensor,
+                    z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's logits of the data pairs (x, E(x)) and of the generated pairs (G(z), z), packed ``pack`` at a time:
+        in one call over both kinds (ALI) or one call per kind (BiGAN; ``one_discriminator_batch``)."""
+        x, z_enc, x_fake, z = (pack(t, self.pack) for t in (x, z_enc, x_fake, z))
+        if not self.one_discriminator_batch:
+            return self.discriminator(x, z_enc), self.discriminator(x_fake, z)
+        scores = self.discriminator(torch.cat([x, x_fake]), torch.cat([z_enc, z]))  # [x; G(z)], [E(x); z]
+        return scores[: len(x)], scores[len(x):]
 
     def latent_nll(self, z: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
         """E_z[-log p(z | G(z))]: the encoder's term that Su's eq. 41 drops from eq. 40 (seed 001).
@@ -168,7 +202,7 @@ class ALI(AdversarialModule):
         """Reconstruction error of G(E(x)) and D's loss on held-out pairs, with the same z at every call."""
         z = self.draw_prior(len(x), generator=torch.Generator().manual_seed(batch_idx))
         with eval_mode(self.discriminator):
-            d_loss = discriminator_loss(self.discriminator(x, self.encode(x)), self.discriminator(self.sample(z=z), z))
+            d_loss = self.loss_weight * discriminator_loss(*self.score_pairs(x, self.encode(x), self.sample(z=z), z))
         return {f"{stage}/recon_mse": F.mse_loss(self.reconstruct(x), x), f"{stage}/d_loss": d_loss}
 
     # --- the public API that callbacks and users call --------------------------------------
@@ -180,11 +214,11 @@ class ALI(AdversarialModule):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's output layer before any squashing, the probes' E(x) features: (n, ...) -> (n, Z).
 
-        The posterior mean for the Gaussian encoder; the official BiGAN code's 1-NN features ``a`` with
-        ``squash_encoder``."""
-        encoder = self.net("encoder")
+        The posterior mean for the Gaussian encoder; E(x, 0), at the noise's mode, for the change of variables;
+        the official BiGAN code's 1-NN features ``a`` with ``squash_encoder``."""
+        encoder, x = self.net("encoder"), x.to(self.device)
         with eval_mode(encoder):
-            h = encoder(x.to(self.device))
+            h = encoder(torch.cat([x, torch.zeros_like(x)], dim=1) if self.noise_input else x)
         return h[:, : self.latent_dim]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,6 +233,8 @@ class ALI(AdversarialModule):
 class BiGAN(ALI):
     # The official code's optimiser (Adam 2e-4, beta1 0.5, weight decay 2.5e-5), used when the config names none.
     default_optimizer = functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999), weight_decay=2.5e-5)
+    one_discriminator_batch = False  # train_gan.py without --cat_inputs: D(x, E(x)) and D(G(z), z) in two calls
+    loss_weight = 0.5                # each player's loss is the mean of its two terms (train_gan.py, lines 454-459)
 
     def __init__(
         self,

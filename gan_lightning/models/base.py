@@ -109,6 +109,11 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
         generator_steps: generator updates per discriminator update, on the same z (Su used 2; the
             regulariser is zero on the first).
         compile: compile every network with ``torch.compile`` (in place: checkpoints keep their keys).
+        init_std: start every player's network as the papers' Theano code does: weights ~ N(0, init_std), biases 0,
+            batch-norm scale 1 and shift 0 (ALI's image experiments 0.01; PacGAN's toy experiments and BiGAN 0.02;
+            see ``nets/init.py``). None: torch's default initialisation.
+        bn_momentum: the weight of each batch in batch norm's population statistics, which eval-mode samples
+            use (ALI's and PacGAN's code: 0.05). None: torch's 0.1.
     """
 
     # The order of the players' updates (see ``Update``); GAN, ALI and BiGAN take it as an option, the other
@@ -129,6 +134,8 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
         su_lambda: float = 0.0,
         generator_steps: int = 1,
         compile: bool = False,
+        init_std: float | None = None,
+        bn_momentum: float | None = None,
     ):
         super().__init__()
         if latent_dim < 1:
@@ -138,6 +145,9 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
         if generator_steps < 1 or su_lambda < 0:
             raise ValueError(f"model.generator_steps must be >= 1 and model.su_lambda >= 0, got {generator_steps}, "
                              f"{su_lambda}")
+        if (init_std is not None and not init_std > 0) or (bn_momentum is not None and not 0 < bn_momentum <= 1):
+            raise ValueError(f"model.init_std must be > 0 or null and model.bn_momentum in (0, 1] or null; got "
+                             f"{init_std}, {bn_momentum}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
         self.automatic_optimization = False
@@ -147,6 +157,7 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
             raise ValueError(f"model.on_nonfinite must be stop, skip or ignore, got {on_nonfinite!r}")
         self.seed, self.on_nonfinite, self.compile_networks = seed, on_nonfinite, compile
         self.su_lambda, self.generator_steps = su_lambda, generator_steps
+        self.init_std, self.bn_momentum = init_std, bn_momentum
         self.iteration = 0
         self.images_seen = 0
         self._players: dict[str, tuple[list[str], OptimizerCallable | None, LRSchedulerCallable | None]] = {}

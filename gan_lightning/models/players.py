@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from gan_lightning.errors import ConfigError
 from gan_lightning.losses import su_regulariser
 from gan_lightning.models.direct_steps import FitParameters
+from gan_lightning.nets.init import initialise
 
 
 class Players:
@@ -21,7 +22,11 @@ class Players:
 
     def add_player(self, name: str, networks: list[str], optimizer: OptimizerCallable,
                    scheduler: LRSchedulerCallable | None = None) -> None:
-        """Declare a player: the attribute names of its networks, its optimizer and optional scheduler."""
+        """Declare a player: the attribute names of its networks, its optimizer and optional scheduler. Networks
+        not declared before start as the model's ``init_std`` and ``bn_momentum`` say (``nets/init.py``)."""
+        for network in networks:
+            if network not in self.player_networks():
+                initialise(getattr(self, network), self.init_std, self.bn_momentum)
         self._players[name] = (networks, optimizer, scheduler)
 
     def player_networks(self) -> list[str]:

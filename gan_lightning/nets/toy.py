@@ -1,7 +1,11 @@
-"""Networks of the 2-D mixture experiments (ALI's toy task; PacGAN's setup).
+"""Networks of the 2-D mixture experiments, as PacGAN's ``synthetic_data_experiments/*/pacgan_task.py`` (and
+ALI's ``experiments/ali_mixture.py``) build them.
 
 G: 4 hidden layers of 400 units with BN+ReLU, linear output (the mixtures are not bounded to [-1, 1]).
-E: 2 hidden layers of 400 units. D: 3 maxout layers of 200 units x 5 pieces (Goodfellow et al. 2013).
+E: 2 hidden layers of 400 units with BN+ReLU. Layers followed by batch norm have no bias (``use_bias=False``);
+the output layers have one. D: 3 maxout layers of 200 units x 5 pieces (Goodfellow et al. 2013) and a
+linear logit, no batch norm. ALI's toy encoder is a change of variables, E(x, eps) with eps ~ N(0, I) of
+x's size concatenated to x (``COVConditional``): build it with ``data_shape`` of twice x's size.
 """
 from collections.abc import Sequence
 
@@ -24,7 +28,8 @@ class Maxout(nn.Module):
 def _mlp(n_in: int, width: int, depth: int, batch_norm: bool) -> list[nn.Module]:
     layers = []
     for i in range(depth):
-        layers += [nn.Linear(n_in if i == 0 else width, width), *([nn.BatchNorm1d(width)] if batch_norm else []),
+        layers += [nn.Linear(n_in if i == 0 else width, width, bias=not batch_norm),
+                   *([nn.BatchNorm1d(width)] if batch_norm else []),
                    nn.ReLU()]
     return layers
 
@@ -41,7 +46,8 @@ class ToyGenerator(nn.Module):
 
 
 class ToyEncoder(nn.Module):
-    """E: x -> z, or x -> (mu, log sigma) when ``out_dim`` is twice the latent size.  (B, 2) -> (B, out_dim)."""
+    """E: x -> z, or x -> (mu, log sigma) when ``out_dim`` is twice the latent size: (B, 2) -> (B, out_dim); or
+    ALI's change of variables E(x, eps) on their concatenation, (B, 4) -> (B, Z), with ``data_shape`` (4,)."""
 
     def __init__(self, out_dim: int, data_shape: Sequence[int], width: int = 400):
         super().__init__()
@@ -52,7 +58,8 @@ class ToyEncoder(nn.Module):
 
 
 class MaxoutDiscriminator(nn.Module):
-    """D(x), or D(x, z) on the concatenation when ``latent_dim`` > 0.  -> (B,) logits."""
+    """D(x), or D(x, z) on the concatenation when ``latent_dim`` > 0.  -> (B,) logits. Packed inputs (PacGAN)
+    are built with ``data_shape`` and ``latent_dim`` m times larger."""
 
     def __init__(self, data_shape: Sequence[int], latent_dim: int = 0, width: int = 200, pieces: int = 5,
                  dropout: float = 0.0):
