@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
@@ -138,14 +138,14 @@ def main() -> None:
             for m in args.models for d in args.datasets for v in args.variants if not (m == "gan" and v == "su_full")]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         limit = ["--trainer.limit_train_batches", str(args.limit_train_batches)] if args.limit_train_batches else []
-        futures = [pool.submit(run, c, s, args.epochs * VARIANTS[v][3], Path(tmp),
+        # seed by seed, so that a stopped benchmark leaves whole seeds in its log
+        futures = {pool.submit(run, c, s, args.epochs * VARIANTS[v][3], Path(tmp),
                                recipe_args(args.recipe, args.epochs, c.stem.split("_")[0]) + limit + VARIANTS[v][1],
-                               v if VARIANTS[v][1] else "")  # named when the config alone does not say it
-                   for c, v in runs for s in args.seeds]
-        results = []
-        for f in futures:
-            results.append(f.result())
-            print(json.dumps(results[-1]), flush=True)
+                               v if VARIANTS[v][1] else ""): (i, s)  # named when the config alone does not say it
+                   for s in args.seeds for i, (c, v) in enumerate(runs)}
+        for f in as_completed(futures):
+            print(json.dumps(f.result()), flush=True)
+        results = [f.result() for f in sorted(futures, key=futures.get)]
 
     header = (f"Command: python benchmarks/toy_modes.py {' '.join(sys.argv[1:])}\nDate {datetime.date.today()}, "
               f"commit {revision}, {os.cpu_count()} CPU cores, one thread per run; {args.epochs} epochs of "
