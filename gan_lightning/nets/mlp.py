@@ -1,7 +1,10 @@
 """Fully connected G, E and joint D(x, z): the BiGAN paper's MNIST networks (Donahue et al. 2017).
 
 Official setting: G 1024-1024-out with BN+ReLU; E and D 1024-1024 with LeakyReLU(0.2) and batch norm
-on the second layer. Data live in [-1, 1], so G ends in tanh.
+on the second layer; the joint D takes z in its second layer (``JointDiscriminator``). Data live in [-1, 1],
+so G ends in tanh. G and E keep affine batch norm and G takes z only at its input, where the official
+``deconvnet_mnist_mlp`` adds z again before its second batch norm and drops batch norm's scale and shift
+(configs/bigan.yaml names these differences).
 """
 import math
 from collections.abc import Sequence
@@ -66,25 +69,24 @@ class MLPDiscriminator(nn.Module):
 
 
 class JointDiscriminator(nn.Module):
-    """D(x, z): an x-branch and a z-branch, concatenated, then a joint branch to one logit.
+    """D(x, z) of BiGAN's official MNIST model (``net.py``: the ``mnist_mlp`` featurizer with z as its condition,
+    ``apply_cond``; ``train_mnist.sh``: ``--nobias --nogain``):
 
-    Batch norm only on the x-branch's second layer, never on layers that see z (ALI/BiGAN practice).
+        h1 = LeakyReLU(W1 x)
+        h2 = LeakyReLU(BN(W2 h1 + Wz z))       # z enters the second layer, added before batch norm
+        D(x, z) = w . h2 + b
+
+    No biases and no batch-norm scale or shift; only the logit has a bias. (B, C, H, W), (B, Z) -> (B,) logits.
     """
 
     def __init__(self, latent_dim: int, data_shape: Sequence[int], hidden_dim: int = 1024, dropout: float = 0.0):
         super().__init__()
-        act = nn.LeakyReLU(0.2)
-        self.x_branch = nn.Sequential(
-            nn.Flatten(),
-            *_hidden(math.prod(data_shape), hidden_dim, act, batch_norm=False),
-            *_hidden(hidden_dim, hidden_dim, act, batch_norm=True),
-            nn.Dropout(dropout),
-        )
-        self.z_branch = nn.Sequential(*_hidden(latent_dim, hidden_dim, act, batch_norm=False), nn.Dropout(dropout))
-        self.joint = nn.Sequential(
-            *_hidden(2 * hidden_dim, hidden_dim, act, batch_norm=False), nn.Dropout(dropout), nn.Linear(hidden_dim, 1)
-        )
+        self.x_layer = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(data_shape), hidden_dim, bias=False),
+                                     nn.LeakyReLU(0.2))
+        self.hidden = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.z_in = nn.Linear(latent_dim, hidden_dim, bias=False)
+        self.joint = nn.Sequential(nn.BatchNorm1d(hidden_dim, affine=False), nn.LeakyReLU(0.2), nn.Dropout(dropout),
+                                   nn.Linear(hidden_dim, 1))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (B, C, H, W), (B, Z) -> (B,)
-        h = torch.cat([self.x_branch(x), self.z_branch(z)], dim=1)  # (B, 2 * hidden)
-        return self.joint(h).squeeze(1)
+        return self.joint(self.hidden(self.x_layer(x)) + self.z_in(z)).squeeze(1)
