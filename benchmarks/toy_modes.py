@@ -93,7 +93,8 @@ def run(config: Path, seed: int, epochs: int, workdir: Path, extra: list[str] = 
     resolved = yaml.safe_load((logs / "config.yaml").read_text())["model"]["init_args"]  # as the run resolved it
     return {"config": label, "seed": seed, "epochs": epochs, "iterations": int(float(final["iteration"])),
             "loss": resolved["loss"], "update": resolved.get("update"), "pack": resolved.get("pack", 1),
-            "encoder": resolved.get("encoder"), "init_std": resolved.get("init_std"), "modes": float(final["val/modes"]),
+            "encoder": resolved.get("encoder"), "init_std": resolved.get("init_std"),
+            "modes": float(final["val/modes"]),
             "high_quality": float(final["val/high_quality"]), "reverse_kl": float(final["val/reverse_kl"])}
 
 
@@ -131,9 +132,17 @@ def main() -> None:
     parser.add_argument("--recipe", default="paper", choices=["paper", "fast"],
                         help="paper: the configs' settings (Adam 1e-4); fast: lr 1e-3 with a cosine decay and an EMA")
     parser.add_argument("--out", default="benchmarks/results/toy_modes")
+    parser.add_argument("--from_log", default=None,
+                        help="write the table of the runs a stopped benchmark printed to this log (its JSON lines)")
     args = parser.parse_args()
 
     revision = commit()
+    if args.from_log:
+        lines = Path(args.from_log).read_text().splitlines()
+        results = sorted((json.loads(line) for line in lines if line.startswith("{")),
+                         key=lambda r: (r["config"], r["seed"]))
+        args.seeds = sorted({r["seed"] for r in results})
+        return write(args, revision, results, f"the runs printed to {args.from_log} ({len(results)} finished)")
     runs = [(REPO / "configs" / "toy" / f"{m}_{d}{VARIANTS[v][0]}.yaml", v)
             for m in args.models for d in args.datasets for v in args.variants if not (m == "gan" and v == "su_full")]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
@@ -146,8 +155,13 @@ def main() -> None:
         for f in as_completed(futures):
             print(json.dumps(f.result()), flush=True)
         results = [f.result() for f in sorted(futures, key=futures.get)]
+    write(args, revision, results, "every run finished")
 
-    header = (f"Command: python benchmarks/toy_modes.py {' '.join(sys.argv[1:])}\nDate {datetime.date.today()}, "
+
+def write(args: argparse.Namespace, revision: str, results: list[dict], runs: str) -> None:
+    """The raw runs as JSON and the Markdown table, both under ``args.out``."""
+    header = (f"Command: python benchmarks/toy_modes.py {' '.join(sys.argv[1:])} ({runs})\n"
+              f"Date {datetime.date.today()}, "
               f"commit {revision}, {os.cpu_count()} CPU cores, one thread per run; {args.epochs} epochs of "
               f"1,000 iterations (100 inputs of D each; the configs' budget is 400); seeds {args.seeds}; "
               f"recipe {args.recipe}; PacGAN's protocol: 2,500 samples per measurement, high quality within 3 std, "

@@ -70,6 +70,30 @@ def test_scores_equal_torch_fidelity_on_the_same_features():
     assert ours["fd_fashion_classifier"] > 1e-3  # the fake set really differs
 
 
+def test_kid_draws_its_subsets_as_torch_fidelity_and_equals_it():
+    """100 subsets of 50 from 300 real and 200 generated images: the draws (RandomState(2020), generated rows first)
+    decide the value, so only the same draws give torch-fidelity's KID."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    g = torch.Generator().manual_seed(2)
+    real = torch.randint(0, 256, (300, 1, 28, 28), generator=g, dtype=torch.uint8)
+    fake = torch.randint(30, 220, (200, 1, 28, 28), generator=g, dtype=torch.uint8)
+    extractor = SmallExtractor()
+    scores = ImageScores(extractor, "fashion_classifier", ["kid"], kid_subsets=100, kid_subset_size=50)
+    scores.load_real(lambda: real.split(64), {"dataset": "test"}, cache_dir=None)
+    for batch in fake.split(64):
+        scores.add_fake(batch)
+    ours = scores.compute()
+    with torch.no_grad():
+        f_real, f_fake = extractor(real)[0].double(), extractor(fake)[0].double()
+    theirs = kid_features_to_metric(f_fake, f_real, kid_subsets=100, kid_subset_size=50, verbose=False)
+    assert ours["kid_fashion_classifier"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-6)
+    assert ours["kid_fashion_classifier_std"] == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-6)
+    swapped = kid_features_to_metric(f_real, f_fake, kid_subsets=100, kid_subset_size=50, verbose=False)
+    assert abs(swapped["kernel_inception_distance_mean"] - ours["kid_fashion_classifier"]) > 1e-6 * abs(
+        ours["kid_fashion_classifier"])  # other draws, another value: the test can tell
+
+
 def test_real_statistics_are_cached_and_reused_and_a_new_preprocessing_misses(tmp_path):
     real = torch.randint(0, 256, (100, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     calls = []

@@ -37,7 +37,8 @@ def pacgan_metric_logger(samples, means, std, dis_thre=3):
     """PacGAN's MetricLogger.do (synthetic_data_experiments/PacGAN/pacgan/extensions.py), its loops kept."""
     detail_of_coverage = [0] * len(means)
     for point in samples.tolist():
-        dis = [math.sqrt(sum((p - m) ** 2 / std ** 2 for p, m in zip(point, mean))) for mean in means.tolist()]
+        dis = [math.sqrt(sum((p - m) ** 2 / std ** 2 for p, m in zip(point, mean, strict=True)))
+               for mean in means.tolist()]
         j = min(range(len(means)), key=dis.__getitem__)
         if dis[j] < dis_thre:
             detail_of_coverage[j] += 1

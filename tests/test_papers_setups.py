@@ -184,7 +184,7 @@ def test_ali_svhn_and_celeba_drop_0_2_before_every_discriminator_layer_inputs_in
 def test_toy_layers_before_batch_norm_have_no_bias():
     model = model_of("configs/toy/gan_ring.yaml")
     net = list(model.generator.net)
-    for layer, following in zip(net, net[1:]):
+    for layer, following in zip(net, net[1:], strict=False):
         if isinstance(following, nn.BatchNorm1d):
             assert layer.bias is None
     assert net[-1].bias is not None and math.prod(net[-1].weight.shape) == 400 * 2

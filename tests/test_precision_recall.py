@@ -6,7 +6,7 @@ import torch
 from torch_fidelity.metric_prc import prc_features_to_metric
 
 from gan_lightning.metrics.image_scores import Dist, ImageScores, chunk
-from gan_lightning.metrics.precision_recall import PrecisionRecall, equal_size_subset, precision_recall
+from gan_lightning.metrics.precision_recall import PrecisionRecall, first_real, precision_recall
 from tests.helpers import measure_on_ranks
 
 
@@ -46,17 +46,17 @@ def test_fakes_inside_one_mode_have_high_precision_and_low_recall_as_torch_fidel
     assert precision < 0.25 and recall > 0.9, (precision, recall)
 
 
-def test_the_real_set_is_cut_to_the_generated_size_the_same_way_every_time():
+def test_the_real_set_is_the_first_real_features_as_many_as_generated_as_stylegan2_adas_pr50k3():
+    """pr50k3: 50k generated against the real features of ``max_items=50000`` in the dataset's order."""
     real, fake = modes(1000, list(range(8)), seed=0), modes(200, list(range(8)), seed=1)
     metric = PrecisionRecall()
     metric.update(real[:600], real=True)
     metric.update(real[600:], real=True)
     metric.update(fake, real=False)
-    subset = equal_size_subset(real, 200)
-    assert len(subset) == 200 and len({tuple(row.tolist()) for row in subset}) == 200
-    assert torch.equal(subset, equal_size_subset(real, 200))
-    assert metric.compute() == torch_fidelity_prc(fake, subset)
-    assert torch_fidelity_prc(fake, real) != torch_fidelity_prc(fake, subset)  # the size matters: radii shrink
+    assert torch.equal(first_real(real, 200), real[:200])
+    assert metric.compute() == torch_fidelity_prc(fake, real[:200])
+    assert torch_fidelity_prc(fake, real) != torch_fidelity_prc(fake, real[:200])  # the size matters: radii shrink
+    assert torch_fidelity_prc(fake, real[-200:]) != torch_fidelity_prc(fake, real[:200])  # and which rows
 
 
 def test_reset_keeps_the_real_features_when_asked():
@@ -96,7 +96,7 @@ def test_precision_and_recall_on_the_offline_classifier_name_it_and_match_torch_
                                                                "recall_fashion_classifier"]
         with torch.no_grad():
             fake_features = extractor(fake)[0]
-        expected = torch_fidelity_prc(fake_features, equal_size_subset(extractor(real)[0].detach(), len(fake)))
+        expected = torch_fidelity_prc(fake_features, extractor(real)[0].detach()[: len(fake)])
         assert (results[name]["precision_fashion_classifier"], results[name]["recall_fashion_classifier"]) == \
             pytest.approx(expected, abs=1 / len(fake))  # features batched differently: at most a sample flips
     good, collapsed = results["good"], results["collapsed"]

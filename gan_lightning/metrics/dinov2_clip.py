@@ -39,7 +39,7 @@ from torch_fidelity.feature_extractor_dinov2 import MODEL_METADATA as DINOV2_HUB
 from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
 
 from gan_lightning.errors import ConfigError
-from gan_lightning.metrics.features import WeightsNotFoundError, hub_checkpoint_dir
+from gan_lightning.metrics.weights import WeightsNotFoundError, hub_checkpoint_dir
 
 DINOV2_REPO = "https://github.com/facebookresearch/dinov2"
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/{hub}/{hub}_pretrain.pth"  # what its hubconf downloads

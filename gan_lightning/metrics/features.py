@@ -21,6 +21,10 @@ from torch import nn
 
 from gan_lightning.errors import ConfigError
 from gan_lightning.metrics.classifier import load_classifier
+from gan_lightning.metrics.weights import WeightsNotFoundError, hub_checkpoint_dir
+
+__all__ = ["SCORE_NAMES", "ExtractorName", "WeightsNotFoundError", "build_extractor", "extractor_fingerprint",
+           "hub_checkpoint_dir", "resolve_inception_weights"]
 
 # DINOv2 and CLIP: torch-fidelity's names with '_' for '-' (a test checks these against its tables)
 DINOV2_EXTRACTORS = ("dinov2_vit_s_14", "dinov2_vit_b_14", "dinov2_vit_l_14", "dinov2_vit_g_14")
@@ -48,14 +52,6 @@ SCORE_NAMES = {
                            "recall": "recall_fashion_classifier"},
     **{name: {"fid": f"fd_{name}", "kid": f"kid_{name}", "precision": f"precision_{name}",
               "recall": f"recall_{name}"} for name in DINOV2_EXTRACTORS + CLIP_EXTRACTORS}}
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """The feature extractor's weights are neither at the given path nor in the cache nor downloadable."""
-
-
-def hub_checkpoint_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def inception_fix() -> str:

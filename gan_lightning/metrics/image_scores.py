@@ -252,6 +252,19 @@ def read_cached(path: Path, num_features: int, parts: dict | None = None) -> Rea
                           saved["features"].float(), tuple(score), meta)
 
 
+def kid_as_torch_fidelity(kid: KernelInceptionDistance, subsets: int, subset_size: int) -> tuple[float, float]:
+    """KID's mean and standard deviation over ``subsets`` random subsets, drawn as torch-fidelity draws them:
+    ``RandomState(2020).choice`` over the generated features, then over the real ones, for each subset (its
+    ``kid_features_to_metric``, whose ``input1`` is the generator). The features are every rank's, gathered."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    with kid.sync_context():
+        real, fake = dim_zero_cat(kid.real_features), dim_zero_cat(kid.fake_features)
+    result = kid_features_to_metric(fake.double(), real.double(), kid_subsets=subsets, kid_subset_size=subset_size,
+                                    verbose=False)  # torch-fidelity's defaults: cubic kernel, rng_seed 2020
+    return result["kernel_inception_distance_mean"], result["kernel_inception_distance_std"]
+
+
 class ImageScores:
     """FID, IS, KID and precision/recall (any subset) with one feature extractor, on ``dist.world_size`` processes.
 
@@ -261,7 +274,7 @@ class ImageScores:
             CLIP model (``dinov2_vit_l_14``, ``clip_vit_b_32``, ...: no logits, so no ``is``); it names
             every score.
         metrics: which of ``fid``, ``is``, ``kid``, ``prc`` (precision and recall, Kynkaanniemi et al. 2019, against
-            a fixed random subset of the real features as large as the generated set).
+            the first real features, as many as generated: StyleGAN2-ADA's pr50k3 rule).
         kid_subsets, kid_subset_size: KID's subsets (torchmetrics' defaults, 100 of 1,000).
         is_splits: the Inception score's splits (10, as in the papers).
         bar: a progress-bar factory (``NoBar`` or tqdm): one bar for the generated samples and their features
@@ -478,14 +491,13 @@ class ImageScores:
             if "fid" in self._metrics:
                 out[self.names["fid"]] = float(self._metrics["fid"].compute())
             if "kid" in self._metrics:
-                torch.manual_seed(0)  # KID's subsets from the global RNG, seeded for it alone (IS has its own)
                 kid = self._metrics["kid"]
-                kid.subset_size = min(self.kid_subset_size, self.real.n, self._n_fake or self._n_added)
-                with self.bar(total=1, desc=f"kid: {self.kid_subsets} subsets of {kid.subset_size:,} samples",
+                size = min(self.kid_subset_size, self.real.n, self._n_fake or self._n_added)
+                with self.bar(total=1, desc=f"kid: {self.kid_subsets} subsets of {size:,} samples",
                               unit="metric") as bar:  # float64 kernels: seconds to minutes, whatever the count
-                    mean, std = kid.compute()
+                    mean, std = kid_as_torch_fidelity(kid, self.kid_subsets, size)
                     bar.update()
-                out[self.names["kid"]], out[self.names["kid"] + "_std"] = float(mean), float(std)
+                out[self.names["kid"]], out[self.names["kid"] + "_std"] = mean, std
             if "is" in self._metrics:
                 mean, std = self._metrics["is"].compute()
                 out[self.names["is"]], out[self.names["is"] + "_std"] = float(mean), float(std)

@@ -12,8 +12,9 @@ like KID's, and the real features survive ``reset()``.
 
 The radii shrink as a set grows, so the two sets must be of the same size for the scores to mean what the
 paper means (it and StyleGAN2-ADA's ``pr50k3`` use 50,000 of each). torch-fidelity has no option for this
-(its ``prc`` takes every sample of both inputs); here the real set is a fixed random subset of the held real
-features, as large as the generated set.
+(its ``prc`` takes every sample of both inputs). Here the real set is StyleGAN2-ADA's: ``pr50k3`` computes
+the real features with ``max_items=50000`` over the dataset in order, that is the *first* real images, as
+many as the generated ones (``first_real``).
 """
 import torch
 from torch_fidelity.metric_prc import calculate_precision_recall_part
@@ -21,12 +22,10 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 
-def equal_size_subset(real: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    """``min(n, len(real))`` rows of ``real`` (N, F), the same rows on every rank and at every call."""
-    if len(real) <= n:
-        return real
-    rows = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]
-    return real[rows.sort().values.to(real.device)]
+def first_real(real: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``min(n, len(real))`` rows of ``real`` (N, F), in the dataset's order: StyleGAN2-ADA's ``pr50k3``
+    real set (``max_items`` of its in-order feature pass) for ``n`` generated samples."""
+    return real[:n]
 
 
 def precision_recall(fake: torch.Tensor, real: torch.Tensor, neighborhood: int = 3,
@@ -41,7 +40,7 @@ def precision_recall(fake: torch.Tensor, real: torch.Tensor, neighborhood: int =
 
 
 class PrecisionRecall(Metric):
-    """``compute()`` -> (precision, recall) of the generated features against as many of the real ones.
+    """``compute()`` -> (precision, recall) of the generated features against as many of the first real ones.
 
     Args:
         neighborhood: k of the k-th nearest neighbour that sets each ball's radius (3, as the paper).
@@ -64,7 +63,7 @@ class PrecisionRecall(Metric):
 
     def compute(self) -> tuple[float, float]:
         fake, real = dim_zero_cat(self.fake_features), dim_zero_cat(self.real_features)
-        return precision_recall(fake, equal_size_subset(real, len(fake)), self.neighborhood, self.batch_size)
+        return precision_recall(fake, first_real(real, len(fake)), self.neighborhood, self.batch_size)
 
     def reset(self) -> None:
         if self.reset_real_features:

@@ -171,7 +171,11 @@ def describe(protocol: Protocol, reference: RealImages, floor: RealImages | None
             "extractor": scores.extractor_digest,
             "extractor_resize": getattr(scores.extractor, "resize", None) or "none (it takes the data's size)",
             "data_resize": reference.key["resize"] or "none (images at their stored size)",
-            "preprocessing": PREPROCESSING}
+            "preprocessing": PREPROCESSING,
+            **({"kid_subsets": f"{scores.kid_subsets} of {scores.kid_subset_size} (torch-fidelity's RandomState(2020))"}
+               if "kid" in scores.metrics else {}),
+            **({"prc_real": f"the first {protocol.n_samples:,} reference images, k = 3 (StyleGAN2-ADA's pr50k3 rule)"}
+               if "prc" in scores.metrics else {})}
 
 
 def one_line(info: dict) -> str:

@@ -1,4 +1,5 @@
-"""Exponential moving averages of a model's networks (``model.ema_decay``), as StyleGAN2-ADA's ``G_ema``."""
+"""Exponential moving averages of a model's networks (``model.ema_decay``): StyleGAN2-ADA's ``G_ema`` for the
+buffers (copied, not averaged), TensorFlow's ``ExponentialMovingAverage(num_updates)`` for the warm-up."""
 from collections.abc import Callable
 
 import torch
@@ -26,8 +27,10 @@ class MovingAverages:
     def add_ema(self, *networks: str) -> None:
         """Keep an exponential moving average of these networks' weights when ``ema_decay`` is set.
 
-        As StyleGAN2-ADA's ``G_ema``: the weights are averaged, with a warm-up (``ema_with_warmup``), and the
-        buffers (batch-norm running statistics) are copied from the live network at every update, not averaged:
+        The weights are averaged with TensorFlow's warm-up (``ema_with_warmup``; StyleGAN2-ADA ramps its half-life
+        over images seen instead, ``ema_kimg`` and ``ema_rampup``, which this does not follow). The buffers
+        (batch-norm running statistics) are copied from the live network at every update, as StyleGAN2-ADA's
+        ``G_ema`` does, not averaged:
         an average of running statistics that starts from their initial values (variance 1) keeps a share
         ``decay ** n`` of them, and normalises the averaged network's activations to a flat grey output."""
         if self.ema_decay is None:

@@ -51,5 +51,6 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 __all__ = ["ARCHITECTURES", "Architecture", "ArchitectureName", "MLPGenerator", "MLPEncoder", "MLPDiscriminator",
            "JointDiscriminator", "DCGANGenerator", "DCGANEncoder", "DCGANDiscriminator", "DCGANJointDiscriminator",
-           "ALIGenerator", "ALIEncoder", "ALIJointDiscriminator", "ALIMaxoutJointDiscriminator", "ToyGenerator", "ToyEncoder",
+           "ALIGenerator", "ALIEncoder", "ALIJointDiscriminator", "ALIMaxoutJointDiscriminator", "ToyGenerator",
+           "ToyEncoder",
            "MaxoutDiscriminator", "LatentDiscriminator"]

@@ -130,7 +130,7 @@ class ALIJointDiscriminator(nn.Module):
 
 
 class Maxout(nn.Module):
-    """Max over groups of ``pieces`` consecutive channels (Blocks' ``ConvMaxout``): (B, pieces * C, ...) -> (B, C, ...)."""
+    """The max of each ``pieces`` consecutive channels (Blocks' ``ConvMaxout``): (B, pieces C, ...) -> (B, C, ...)."""
 
     def __init__(self, pieces: int = 2):
         super().__init__()
