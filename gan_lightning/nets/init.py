@@ -16,18 +16,6 @@ from torch import nn
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
 
 
-def radford_init(module: nn.Module) -> None:
-    """DCGAN's initialisation (Radford et al. 2016; also InfoGAN's released code): conv and linear weights
-    ~ N(0, 0.02), batch-norm scales ~ N(1, 0.02), biases 0."""
-    if isinstance(module, LAYERS):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
-
-
 def isotropic_gaussian_init(module: nn.Module, std: float) -> None:
     """Blocks' ``IsotropicGaussian(std)`` weights and ``Constant(0)`` biases; batch norm: scale 1, shift 0."""
     if isinstance(module, LAYERS):
@@ -37,6 +25,14 @@ def isotropic_gaussian_init(module: nn.Module, std: float) -> None:
     elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def radford_init(module: nn.Module) -> None:
+    """DCGAN's initialisation (Radford et al. 2016; also InfoGAN's released code): the isotropic N(0, 0.02) start
+    with zero biases, and batch-norm scales ~ N(1, 0.02)."""
+    isotropic_gaussian_init(module, 0.02)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+        nn.init.normal_(module.weight, 1.0, 0.02)
 
 
 def initialise(network: nn.Module, std: float | None = None, bn_momentum: float | None = None) -> None:
