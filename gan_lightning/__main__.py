@@ -21,14 +21,15 @@ LIGHTNING = {  # LightningCLI's subcommands (gan_lightning.cli)
 OWN = {
     "evaluate": "score a checkpoint: FID, IS, KID, precision and recall, encoder probes (--ckpt_path CKPT)",
     "sample": "write a checkpoint's samples: an .npz and a PNG grid (--ckpt_path CKPT)",
+    "export": "write a checkpoint as a Hugging Face model folder: safetensors, config.json, model card (--out DIR)",
     "compare": "table and plot the metrics of runs (RUN_DIR ...)",
     "submit": "check a config as fit would, then send it to SLURM (--config CONFIG [-- fit options])",
 }
 COMMANDS = {**LIGHTNING, **OWN}
 CHOICES = "{" + ",".join(COMMANDS) + "}"
 DESCRIPTION = ("gan_lightning: GANs, ALI/BiGAN, AAEs, VAEs and flows on Lightning. fit, validate, test and predict "
-               "run Lightning's loops on a config; evaluate and sample use a checkpoint; compare reads runs; submit "
-               "sends a config to SLURM.")
+               "run Lightning's loops on a config; evaluate and sample use a checkpoint or an exported folder; export "
+               "shares one; compare reads runs; submit sends a config to SLURM.")
 # LightningCLI's own options before a command: a config whose keys are the commands (-c), --print_config.
 LIGHTNING_FIRST = ("-c", "--config", "--print_config")
 
@@ -98,7 +99,7 @@ def _dispatch(args: list[str] | None) -> None:
             return compare.main(argv[1:])
         except (OSError, ValueError) as err:
             sys.exit(f"gan_lightning: error: {err}")
-    if command in ("evaluate", "sample"):
+    if command in ("evaluate", "sample", "export"):
         from gan_lightning.commands import run
 
         try:

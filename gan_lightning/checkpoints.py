@@ -232,8 +232,9 @@ def check_settings(cls: type, settings: dict, file: str | Path, group: str = "mo
         parser.parse_object({group: typed}, defaults=False)
     except Exception as err:  # jsonargparse's ArgumentError: "Parser key "model.width": Expected ..."
         said = " ".join(" ".join(str(err).split()).split("Given value type")[0].split())
-        raise CheckpointError(f"checkpoint {file}: its {group} settings do not fit {cls.__name__} ({_short(said, 240)}"
-                              "): it was not written by this version of gan_lightning, or was edited") from None
+        raise CheckpointError(f"{source_name(file)}: its {group} settings do not fit {cls.__name__} "
+                              f"({_short(said, 240)}): it was not written by this version of gan_lightning, or was "
+                              "edited") from None
 
 
 def check_weights(cls: type, settings: dict, state_dict: dict, file: str | Path) -> None:
@@ -277,6 +278,14 @@ def plain(value: object) -> bool:
         builds = {"class_path", "_class_path", "_instantiator"} & set(value)
         return not builds and all(isinstance(key, str) and plain(item) for key, item in value.items())
     return False
+
+
+def source_name(file: str | Path) -> str:
+    """How an error names a file of settings: ``checkpoint PATH``, or ``model folder PATH`` for an exported folder
+    (``pretrained.py``: the folder, or its config.json)."""
+    path = Path(file)
+    return f"model folder {path.parent}" if path.name == "config.json" else \
+        f"model folder {path}" if path.is_dir() else f"checkpoint {path}"
 
 
 def _short(value: object, limit: int) -> str:

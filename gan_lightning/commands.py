@@ -1,9 +1,12 @@
-"""``evaluate`` and ``sample``: what a trained checkpoint is worth, and its samples for other tools.
+"""``evaluate``, ``sample`` and ``export``: what a trained checkpoint is worth, its samples for other tools, and the
+checkpoint as a model folder to share.
 
     python -m gan_lightning evaluate --ckpt_path runs/bigan/checkpoints/last.ckpt [--protocol train50k] \\
         [--metrics fid is kid probes] [--quiet]
     python -m gan_lightning evaluate --ckpt_path runs/toy/gan_ring/checkpoints/last.ckpt   # PacGAN's modes
     python -m gan_lightning sample --ckpt_path runs/bigan/checkpoints/last.ckpt --n 10000 --out samples.npz
+    python -m gan_lightning export --ckpt_path runs/bigan/checkpoints/last.ckpt --out exported/bigan
+    python -m gan_lightning evaluate --ckpt_path exported/bigan     # evaluate and sample take an exported folder
 
 evaluate prints its plan first (each phase and about how long it takes), a progress bar per phase on stderr, then
 the table; a toy mixture's checkpoint is scored by PacGAN's mode coverage. Both rebuild the model and its data
@@ -43,8 +46,13 @@ def load_model(path: str, device: str = "cpu", data_dir: str | None = None, chos
     from gan_lightning.data import GANDataModule
     from gan_lightning.models.registry import checked_model
 
+    if Path(path).expanduser().is_dir():  # a folder written by `export` (gan_lightning/pretrained.py)
+        return load_folder_and_data(path, device, data_dir, chosen_class, download)
     ckpt = read_checkpoint(path)
     hp = dict(ckpt.get("hyper_parameters", {}))
+    named = ckpt.get("gan_lightning", {}).get("model")  # the class name our models write (also when trained from
+    if not hp.get("_class_path") and isinstance(named, str) and named.isidentifier():  # Python, without the CLI)
+        hp["_class_path"] = f"gan_lightning.models.{named}"
     if not hp.get("_class_path") or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {path} has no model class or weights: it was not written by "
                               "`python -m gan_lightning fit`")
@@ -73,6 +81,28 @@ def load_model(path: str, device: str = "cpu", data_dir: str | None = None, chos
     return model.to(device).eval(), datamodule
 
 
+def load_folder_and_data(path: str, device: str, data_dir: str | None, chosen_class: str | None, download: bool):
+    """``load_model`` for an exported model folder: its model, and the data module its config.json's data
+    settings describe (checked as a checkpoint's are)."""
+    from gan_lightning.checkpoints import check_settings
+    from gan_lightning.data import GANDataModule
+    from gan_lightning.pretrained import PretrainedError, load_folder
+
+    model, config = load_folder(path, chosen_class)
+    data_hp = data_settings(config["data"], path)
+    datamodule = None
+    if data_hp:
+        check_settings(GANDataModule, data_hp, path, group="data")
+        datamodule = GANDataModule(**{**data_hp, "on_device": False, "num_workers": 0, "download": download,
+                                      **({"data_dir": data_dir} if data_dir else {})})
+        trained = tuple(model.hparams.get("data_shape") or datamodule.data_shape)
+        if tuple(datamodule.data_shape) != trained:
+            raise PretrainedError(f"model folder {path}: its data settings give examples of shape "
+                                  f"{tuple(datamodule.data_shape)}, its model was trained on {trained}: it was edited; "
+                                  "export the checkpoint again")
+    return model.to(device).eval(), datamodule
+
+
 # Data settings a checkpoint does not choose: where files are read and written, and whether anything is downloaded,
 # are the command's own options and defaults (``--data_dir``), never the text of a file from elsewhere.
 NOT_FROM_CHECKPOINTS = ("data_dir", "download")
@@ -82,14 +112,14 @@ def data_settings(hparams: dict, path: str) -> dict:
     """The checkpoint's data settings that ``GANDataModule`` accepts, each a plain value, less those that say
     where files go (``NOT_FROM_CHECKPOINTS``); its ``_class_path`` is ignored (the data module is always ours),
     and anything else is refused as in ``model_settings``."""
-    from gan_lightning.checkpoints import CheckpointError, plain
+    from gan_lightning.checkpoints import CheckpointError, plain, source_name
     from gan_lightning.data import GANDataModule
 
     accepted = set(inspect.signature(GANDataModule.__init__).parameters) - {"self", *NOT_FROM_CHECKPOINTS}
     settings = {key: value for key, value in dict(hparams).items() if key in accepted}
     for key, value in settings.items():
         if not plain(value):
-            raise CheckpointError(f"checkpoint {path}: data setting {key!r} is not a plain value; it was not "
+            raise CheckpointError(f"{source_name(path)}: data setting {key!r} is not a plain value; it was not "
                                   "written by `python -m gan_lightning fit` and is not loaded")
     return settings
 
@@ -470,7 +500,7 @@ def parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--ckpt_path", required=True,
                    help="a checkpoint written by `python -m gan_lightning fit`, or `best` / `last` with --config: "
                         "the best.ckpt (the config's headline figure) or newest last.ckpt in the config's checkpoint "
-                        "folder")
+                        "folder" + ("" if command == "export" else "; or a model folder written by `export`"))
     p.add_argument("--config", action="append", default=[],
                    help="with --ckpt_path best or last: the run's config (repeatable, as in fit: overlays stack)")
     p.add_argument("--run_dir", default=None, help="with --ckpt_path best or last: the run's --run_dir, as in fit")
@@ -478,6 +508,11 @@ def parser(command: str) -> argparse.ArgumentParser:
                    help="your own model class (pkg.module.Class, a subclass of gan_lightning.models.AdversarialModule) "
                         "when the checkpoint names one outside gan_lightning.models; it is imported, so name only "
                         "code you trust (a checkpoint's own class names are never imported)")
+    if command == "export":
+        p.add_argument("--out", required=True,
+                       help="the model folder to write (new or empty): model.safetensors, config.json, README.md (the "
+                            "model card) and samples.png; upload it with `huggingface-cli upload USER/REPO DIR .`")
+        return p
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples' noise")
     p.add_argument("--batch_size", type=_positive, default=500)
@@ -547,6 +582,13 @@ def run(command: str, argv: list[str]) -> dict:
         args.ckpt_path = checkpoint_file(folders_of_configs(args.config, args.run_dir), args.ckpt_path, command)
     elif args.config or args.run_dir:
         raise ValueError("--config and --run_dir only find --ckpt_path best or last; a checkpoint's path needs neither")
+    if command == "export":
+        from gan_lightning.pretrained import UPLOAD, export
+
+        folder = export(args.ckpt_path, args.out, args.model_class)
+        print(f"wrote {folder}: model.safetensors, config.json, README.md, samples.png. Load it with "
+              f"gan_lightning.load_pretrained({str(folder)!r}); upload it with {UPLOAD.format(folder=folder)}")
+        return {"folder": str(folder)}
     if command == "sample" and args.n < 1:
         sys.exit(f"gan_lightning: error: --n must be >= 1, got {args.n}")
     # Everything the options say is checked before any work: an hour of scoring must not end in a bad --out.

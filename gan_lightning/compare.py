@@ -8,6 +8,11 @@ last value; a figure without a better direction (a GAN's adversarial losses, ref
 shown with its last value and never ranked, and each block says which it is. It draws every
 metric's curves against training iterations on one PNG. A run is a folder holding ``metrics.csv`` files
 (every ``version_N`` of a resumed run, in order) or one CSV file.
+
+Scores are comparable only under one evaluation protocol: ``ImageMetrics`` records its protocol (extractor and
+weights digest, sample count, reference split and size, resizes) in the ``hparams.yaml`` beside each
+``metrics.csv``. Runs whose records of a score differ are shown in separate blocks, one per protocol, each ranked on
+its own, and the table says what differs; a run without a record is a block of its own ("protocol not recorded").
 """
 import argparse
 import csv
@@ -18,6 +23,15 @@ import stat
 from pathlib import Path
 
 from gan_lightning.errors import first_line
+
+# The scores an evaluation protocol defines (ImageMetrics' figures and their floors): compared only within one.
+PROTOCOL_BOUND = re.compile(r"(^|/)(fd|fid|kid|is|precision|recall)_")
+# The parts of a protocol record (``metrics.protocols.describe``) that change a score: two records that differ in
+# any of them measure different things.
+PROTOCOL_FIELDS = ("name", "extractor", "n_samples", "dataset", "reference", "reference_size", "extractor_resize",
+                   "data_resize", "kid_subsets", "prc_real")
+NOT_RECORDED = "protocol not recorded"
+HPARAMS_LIMIT = 1 << 20  # bytes: Lightning's hparams.yaml of a run is a few kB
 
 # Which way each figure is better, by its name. A GAN's adversarial losses have no better direction (a lower D loss
 # means a stronger discriminator, not a better model), nor have references (``_floor``, ``_real``, ``_pixels``),
@@ -57,6 +71,57 @@ def metrics_files(run: Path) -> list[Path]:
                                 "folder (trainer.default_root_dir) or a metrics.csv")
     files = [Path(root) / "metrics.csv" for root, _, names in os.walk(run, followlinks=False) if "metrics.csv" in names]
     return sorted((f for f in files if stat.S_ISREG(f.lstat().st_mode)), key=_version)
+
+
+def protocol_record(metrics_csv: Path) -> dict | None:
+    """The evaluation protocol that ``ImageMetrics`` recorded beside ``metrics_csv`` (``eval_protocol`` in the
+    ``hparams.yaml`` of the same folder), its ``PROTOCOL_FIELDS`` only; None where there is none. The file is
+    someone else's text: read with YAML's safe loader (any tag it does not know builds nothing), a file too large,
+    unreadable or of another shape counts as no record."""
+    import yaml
+
+    class PlainLoader(yaml.SafeLoader):
+        """YAML's safe loader, with Lightning's tuples as lists and any other tag as nothing (never built)."""
+
+    PlainLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
+    PlainLoader.add_multi_constructor("", lambda loader, suffix, node: None)
+    file = metrics_csv.with_name("hparams.yaml")
+    try:
+        if not file.is_file() or file.is_symlink() or file.stat().st_size > HPARAMS_LIMIT:
+            return None
+        hparams = yaml.load(file.read_text(encoding="utf-8"), PlainLoader)  # noqa: S506 (the safe loader above)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, TypeError, RecursionError):
+        return None
+    record = hparams.get("eval_protocol") if isinstance(hparams, dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+        return None
+    return {key: record[key] for key in PROTOCOL_FIELDS
+            if key in record and isinstance(record[key], (str, int, float, type(None)))}
+
+
+def protocol_label(record: dict | None) -> str:
+    """How a table names a protocol: its name and extractor, e.g. ``trainsplit10k, fashion_classifier (sha256
+    1a2b...)``."""
+    if record is None:
+        return NOT_RECORDED
+    return f"{record['name']}, {record.get('extractor', 'extractor not recorded')}"
+
+
+def read_protocols(run: Path) -> dict[str, dict | None]:
+    """{metric: protocol record} of a run's protocol-bound scores, from the record beside the last metrics.csv that
+    logged each (a resumed run measures with its last configuration)."""
+    found: dict[str, dict | None] = {}
+    for file in metrics_files(run):
+        record = protocol_record(file)
+        try:
+            with open(file, newline="", encoding="utf-8") as handle:
+                header = next(csv.reader(handle), [])
+        except (csv.Error, UnicodeDecodeError, OSError):
+            continue
+        for metric in header:
+            if PROTOCOL_BOUND.search(metric or ""):
+                found[metric] = record
+    return found
 
 
 def read_run(run: Path) -> dict[str, list[tuple[float, float]]]:
@@ -105,28 +170,69 @@ def default_metrics(runs: dict[str, dict]) -> list[str]:
     return held_out or sorted(m for m in shared if m.startswith("train/"))
 
 
-def table(runs: dict[str, dict], metrics: list[str]) -> str:
-    """A plain-text table: one block per metric, one line per run; only metrics with a better direction are ranked."""
+def protocol_groups(names: list[str], protocols: dict[str, dict], metric: str) -> list[tuple[dict | None, list[str]]]:
+    """The runs in ``names`` grouped by the protocol their ``metric`` was measured under, in first-seen order: one
+    group for a figure no protocol defines. ``protocols``: {run: {metric: record}} (``read_protocols``)."""
+    if not PROTOCOL_BOUND.search(metric):
+        return [(None, list(names))]
+    groups: list[tuple[dict | None, list[str]]] = []
+    for name in names:
+        record = protocols.get(name, {}).get(metric)
+        for held, members in groups:
+            if held == record:
+                members.append(name)
+                break
+        else:
+            groups.append((record, [name]))
+    return groups
+
+
+def _differences(records: list[dict | None]) -> str:
+    """The fields in which protocol records differ, for the line that says why their scores are not ranked together."""
+    if any(record is None for record in records):
+        return "a run did not record its protocol"
+    fields = [key for key in PROTOCOL_FIELDS if len({str(record.get(key)) for record in records}) > 1]
+    return "they differ in " + ", ".join(fields)
+
+
+def table(runs: dict[str, dict], metrics: list[str], protocols: dict[str, dict] | None = None) -> str:
+    """A plain-text table: one block per metric, one line per run; only metrics with a better direction are ranked,
+    and a protocol-bound score only among the runs measured under the same protocol (one block per protocol).
+    The best run of each ranked block is marked ``<- best``."""
+    protocols = protocols or {}
     name_width = max(len(name) for name in runs)
     lines = []
     for metric in metrics:
         better = direction(metric)
-        lines.append(f"{metric}  ({better} is better)" if better else
-                     f"{metric}  (no better direction: last values, not ranked)")
-        for name, series in runs.items():
-            if metric not in series:
+        logged = [name for name in runs if metric in runs[name]]
+        groups = protocol_groups(logged, protocols, metric)
+        if len(groups) > 1:
+            lines.append(f"{metric}  measured under {len(groups)} protocols, not ranked against each other "
+                         f"({_differences([record for record, _ in groups])}): a score is comparable only under "
+                         "one protocol")
+        for record, members in groups:
+            said = f" [{protocol_label(record)}]" if PROTOCOL_BOUND.search(metric) else ""
+            lines.append(f"{metric}{said}  ({better} is better)" if better else
+                         f"{metric}{said}  (no better direction: last values, not ranked)")
+            summaries = {name: summarise(runs[name][metric], metric) for name in members}
+            ranked = [name for name in members if better and math.isfinite(summaries[name]["best"])]
+            winner = ((max if better == "higher" else min)(ranked, key=lambda n: summaries[n]["best"])
+                      if len(ranked) > 1 else None)
+            for name in members:
+                s = summaries[name]
+                if better:
+                    lines.append(f"  {name:<{name_width}}  best {s['best']:.4g} at iteration {s['at']:.0f}   "
+                                 f"last {s['last']:.4g}" + ("   <- best" if name == winner else ""))
+                else:
+                    lines.append(f"  {name:<{name_width}}  last {s['last']:.4g} at iteration "
+                                 f"{runs[name][metric][-1][0]:.0f}")
+        for name in runs:
+            if metric not in runs[name]:
                 lines.append(f"  {name:<{name_width}}  (not logged)")
-                continue
-            s = summarise(series[metric], metric)
-            if better:
-                lines.append(f"  {name:<{name_width}}  best {s['best']:.4g} at iteration {s['at']:.0f}   "
-                             f"last {s['last']:.4g}")
-            else:
-                lines.append(f"  {name:<{name_width}}  last {s['last']:.4g} at iteration {series[metric][-1][0]:.0f}")
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, dict], metrics: list[str], out: Path) -> None:
+def plot(runs: dict[str, dict], metrics: list[str], out: Path, protocols: dict[str, dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,10 +242,12 @@ def plot(runs: dict[str, dict], metrics: list[str], out: Path) -> None:
     rows = math.ceil(len(metrics) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
     for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
+        several = len(protocol_groups([n for n in runs if metric in runs[n]], protocols or {}, metric)) > 1
         for name, series in runs.items():
             if metric in series:
                 x, y = zip(*series[metric], strict=True)
-                ax.plot(x, y, label=name, marker="." if len(x) < 50 else None)
+                label = f"{name} [{protocol_label((protocols or {}).get(name, {}).get(metric))}]" if several else name
+                ax.plot(x, y, label=label, marker="." if len(x) < 50 else None)
         ax.set_title(metric)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
@@ -171,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("compare.png"), help="the PNG of the curves")
     args = parser.parse_args(argv)
     runs = {name: read_run(path) for name, path in zip(run_names(args.runs), args.runs, strict=True)}
+    protocols = {name: read_protocols(path) for name, path in zip(run_names(args.runs), args.runs, strict=True)}
     metrics = args.metrics or default_metrics(runs)
     if not metrics:
         raise ValueError("these runs logged no metric in common; name some with --metrics")
@@ -181,6 +290,6 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out if args.out.suffix.lower() == ".png" else args.out.with_name(args.out.name + ".png")
     if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
         raise ValueError(f"--out {args.out}: cannot write the PNG {out} there; name a .png file in a folder")
-    print(table(runs, metrics))
-    plot(runs, metrics, out)
+    print(table(runs, metrics, protocols))
+    plot(runs, metrics, out, protocols)
     print(f"wrote {out}")

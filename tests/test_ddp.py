@@ -419,13 +419,13 @@ def test_ranks_whose_parameters_differ_are_stopped_at_the_next_validation_naming
 
 @pytest.mark.ddp
 def test_ranks_whose_parameters_differ_are_stopped_before_the_next_checkpoint_is_written(tmp_path):
-    # Two optimizer steps per iteration: a checkpoint after every iteration, named by its step.
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=2, save_top_k=-1,
+    # A checkpoint after every iteration, named by its step (an iteration, whatever the players).
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1, save_top_k=-1,
                                  filename="{step}")
     with pytest.raises(Exception, match=r"encoder differ between rank 0 and rank 1 .*checkpoint"):
         fit_two_ranks(tmp_path, tiny_bigan(seed=3), PerturbRank(rank=1, iteration=2, network="encoder"), checkpoint,
                       enable_checkpointing=True)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step=2.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step=1.ckpt"]
 
 
 class RecordDropout(L.Callback):
@@ -467,13 +467,13 @@ def test_two_ranks_draw_different_dropout_masks_in_the_same_iteration(tmp_path):
 
 def checkpoint_after_two_iterations(root, devices):
     """Fit a BiGAN for 5 iterations on ``devices`` processes with 16 examples each, saving after iteration 2
-    (mid-epoch; two optimizer steps per iteration): the path of that checkpoint."""
-    checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    (mid-epoch): the path of that checkpoint."""
+    checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", every_n_train_steps=2, save_top_k=-1, filename="{step}")
     strategy = player_ddp() if devices > 1 else "auto"
     trainer = tiny_trainer(root, devices=devices, strategy=strategy, limit_train_batches=5, enable_checkpointing=True,
                            callbacks=[checkpoint])
     trainer.fit(tiny_bigan(seed=3), digits(batch_size=16, on_device=True))
-    return root / "checkpoints" / "step=4.ckpt"
+    return root / "checkpoints" / "step=2.ckpt"
 
 
 @pytest.mark.ddp

@@ -196,7 +196,7 @@ def test_a_one_epoch_run_logs_its_headline_scores_and_keeps_its_best_checkpoint(
 def test_a_run_stopped_by_max_steps_inside_an_epoch_is_scored_at_its_last_iteration(small_bigan_config, data_dir,
                                                                                     tmp_path):
     run = tmp_path / "run"
-    main(bigan_args(small_bigan_config, run, data_dir, "--trainer.max_steps", "4"))   # 2 iterations, no validation
+    main(bigan_args(small_bigan_config, run, data_dir, "--trainer.max_steps", "2"))   # 2 iterations, no validation
     assert [it for it, _ in logged(run, "val/fd_fashion_classifier")] == [2]
     assert [it for it, _ in logged(run, "val/probe_1nn")] == [2]
 
@@ -239,11 +239,11 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_a_max_steps_stop_shows_the_bar_at_its_batches_and_the_resume_line_stands_alone(tmp_path):
     args = ["fit", "--config", str(REPO / "configs/toy/bigan_ring.yaml"), "--model.init_args.width", "16",
             "--run_dir", str(tmp_path / "run"), "--wandb.mode", "off", "--trainer.limit_val_batches", "0"]
-    first = run_cli(*args, "--trainer.max_steps", "10")        # 5 iterations; the bar refreshes every 50
+    first = run_cli(*args, "--trainer.max_steps", "5")        # 5 iterations; the bar refreshes every 50
     assert first.returncode == 0, first.stdout[-2000:]
     bars = [part for part in re.split(r"[\r\n]", first.stdout) if "/1000 [" in part]
     assert bars and " 5/1000 [" in bars[-1], bars[-3:]
-    second = run_cli(*args, "--trainer.max_steps", "20", "--ckpt_path", "last")
+    second = run_cli(*args, "--trainer.max_steps", "10", "--ckpt_path", "last")
     assert second.returncode == 0, second.stdout[-2000:]
     lines = re.split(r"[\r\n]", second.stdout)
     [resumed] = [line for line in lines if "resuming at iteration" in line]

@@ -1,10 +1,11 @@
 """Property-based fuzzing of every file the framework reads from elsewhere (docs/failures.md, "Fuzzing").
 
-A real checkpoint, a real run folder and a real cache file are mutated by ``hypothesis``: entries deleted,
-replaced by values of other types (huge and negative numbers, NaN, paths with ``..``, class paths, tensors of other
-shapes), keys added, files truncated. Each mutant is fed to the commands that read it: ``sample``, ``evaluate``,
-``fit --ckpt_path``, ``validate`` and ``test`` for checkpoints, ``compare`` for run folders, the real-statistics
-reader for caches. Each outcome must be one of two:
+A real checkpoint, a real run folder, a real model folder (``export``) and a real cache file are mutated by
+``hypothesis``: entries deleted, replaced by values of other types (huge and negative numbers, NaN, paths with
+``..``, class paths, tensors of other shapes), keys added, files truncated. Each mutant is fed to the commands that
+read it: ``sample``, ``evaluate``, ``fit --ckpt_path``, ``validate`` and ``test`` for checkpoints, ``compare`` for
+run folders (their ``metrics.csv`` and ``hparams.yaml``), ``sample`` for model folders, the real-statistics reader
+for caches. Each outcome must be one of two:
 
 - success, or
 - a nonzero exit with one line (``gan_lightning: error: ...``, or jsonargparse's ``gan_lightning: config error``),
@@ -253,7 +254,10 @@ def test_compare_reads_a_mutated_run_folder_or_refuses_it_in_one_line(toy_run, t
     csv = next(run.rglob("metrics.csv"))
     raw = csv.read_text()
     change = data.draw(st.sampled_from(["truncate", "long field", "text", "binary", "folder named metrics.csv",
-                                        "symlink loop", "symlink outside", "empty", "header only"]), label="change")
+                                        "symlink loop", "symlink outside", "empty", "header only",
+                                        "hparams.yaml text", "hparams.yaml tags", "hparams.yaml binary"]),
+                        label="change")
+    hparams = csv.with_name("hparams.yaml")  # compare reads the protocol record beside each metrics.csv
     if change == "truncate":
         csv.write_text(raw[: data.draw(st.integers(0, len(raw)), label="cut at")])
     elif change == "long field":
@@ -270,6 +274,15 @@ def test_compare_reads_a_mutated_run_folder_or_refuses_it_in_one_line(toy_run, t
         (run / "elsewhere").symlink_to(sandbox.outside)
     elif change == "empty":
         csv.write_text("")
+    elif change == "hparams.yaml text":
+        hparams.write_text("eval_protocol:\n  name: " + data.draw(st.text(max_size=200), label="yaml"))
+    elif change == "hparams.yaml tags":  # a tag that would build an object or run code under an unsafe loader
+        hparams.write_text(data.draw(st.sampled_from([
+            "eval_protocol: !!python/object/apply:os.system ['touch " + str(sandbox.outside / "ran") + "']\n",
+            "eval_protocol: !!python/name:os.system\n", "eval_protocol: &a [*a]\n",
+            "eval_protocol: {name: x, extractor: !!python/tuple [1, 2]}\n"]), label="yaml"))
+    elif change == "hparams.yaml binary":
+        hparams.write_bytes(data.draw(st.binary(max_size=300), label="bytes"))
     else:
         csv.write_text(raw.splitlines()[0] + "\n")
     target = data.draw(st.sampled_from(["run", "csv"]), label="target")
@@ -277,6 +290,78 @@ def test_compare_reads_a_mutated_run_folder_or_refuses_it_in_one_line(toy_run, t
     result = outcome(["compare", str(run if target == "run" else csv), "--out", str(out)], sandbox, capsys)
     OUTCOMES.setdefault("compare", {}).setdefault(result, 0)
     OUTCOMES["compare"][result] += 1
+
+
+# --- a model folder written by export ----------------------------------------------------------------------------
+
+def json_values(outside: Path):
+    """``hostile_values`` that JSON can hold (a forged config.json holds no tensors)."""
+    return st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1), st.sampled_from([10**7, 10**12, -1, 0]),
+                     st.floats(allow_nan=False), st.text(max_size=12),
+                     st.sampled_from([str(outside / "precious"), "../outside", "os.system", "subprocess.run",
+                                      "builtins.eval", "gan_lightning.models.VAE", "GAN", "VAE", "RealNVP",
+                                      "tests.helpers.tiny_gan"]),
+                     st.lists(st.integers(-3, 10**6), max_size=4), st.dictionaries(st.text(max_size=4), st.integers(),
+                                                                                    max_size=2))
+
+
+@fuzz(60)
+@given(data=st.data())
+def test_a_mutated_model_folder_is_loaded_or_refused_in_one_line(toy_run, tmp_path, capsys, data):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from gan_lightning.pretrained import export
+
+    exported = tmp_path / "exported"
+    if not exported.exists():  # once per test: export reads the run's checkpoint
+        export(toy_run / "checkpoints" / "last.ckpt", exported)
+    sandbox = Sandbox(tmp_path)
+    folder = sandbox.work / "folder"
+    shutil.copytree(exported, folder)
+    config = json.loads((folder / "config.json").read_text())
+    changes = []
+    for _ in range(data.draw(st.integers(0, 3), label="config mutations")):
+        path = data.draw(st.sampled_from(key_paths(config)), label="path")
+        parent = config
+        for key in path[:-1]:
+            parent = parent[key]
+        kind = data.draw(st.sampled_from(["delete", "replace", "add"]), label="kind")
+        if kind == "delete":
+            del parent[path[-1]]
+        elif kind == "add" and isinstance(parent, dict):
+            parent[data.draw(st.sampled_from(["width", "pack", "latent_dim", "_class_path", "class_path", "extra"]),
+                             label="key")] = data.draw(json_values(sandbox.outside), label="value")
+        else:
+            parent[path[-1]] = data.draw(json_values(sandbox.outside), label="value")
+        changes.append(f"{kind} {path}")
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = folder / "model.safetensors"
+    damage = data.draw(st.sampled_from(["none", "none", "truncate", "flip", "reshape", "drop", "text config"]),
+                       label="damage")
+    raw = weights.read_bytes()
+    if damage == "truncate":
+        weights.write_bytes(raw[: data.draw(st.integers(0, len(raw) - 1), label="cut at")])
+    elif damage == "flip":  # mostly in the JSON header, where a flip changes names, shapes and offsets
+        at = data.draw(st.integers(0, min(len(raw) - 1, 4096)), label="flip at")
+        weights.write_bytes(raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1:])
+    elif damage in ("reshape", "drop"):
+        tensors = load_file(weights)
+        key = data.draw(st.sampled_from(sorted(tensors)), label="tensor")
+        if damage == "drop":
+            del tensors[key]
+        else:
+            tensors[key] = torch.zeros(tensors[key].numel() * 2 + 1)
+        save_file(tensors, weights)
+    elif damage == "text config":
+        (folder / "config.json").write_bytes(data.draw(st.binary(max_size=300), label="bytes"))
+    args = ["sample", "--ckpt_path", str(folder), "--n", "10", "--out", str(sandbox.work / "samples.npz")]
+    result = outcome(args, sandbox, capsys)
+    assert result == "ok" or changes or damage != "none", "sample refused the real export"
+    OUTCOMES.setdefault("model folder", {}).setdefault(result, 0)
+    OUTCOMES["model folder"][result] += 1
+    shutil.rmtree(sandbox.root, ignore_errors=True)
 
 
 # --- a cache file of real statistics ----------------------------------------------------------------------------
@@ -308,7 +393,7 @@ def test_a_mutated_cache_file_is_read_or_refused_with_cache_file_error(tmp_path,
 
 def test_the_fuzzing_tried_every_reader(request):
     """Last in the file: the counts of outcomes per reader, written for docs/failures.md."""
-    if len(OUTCOMES) < len(COMMANDS) + 2:
+    if len(OUTCOMES) < len(COMMANDS) + 3:
         pytest.skip("run with the rest of this file")
     lines = [f"{name}: {sum(counts.values())} cases, " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
              for name, counts in OUTCOMES.items()]

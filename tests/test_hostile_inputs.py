@@ -211,7 +211,7 @@ def test_a_mid_epoch_resume_with_another_data_order_is_refused_in_one_line(tmp_p
                                **kwargs)
         trainer.fit(tiny_bigan(), digits(seed=seed), ckpt_path="last" if "max_epochs" in kwargs else None)
 
-    fit(0, max_steps=6)  # 3 iterations: inside the first epoch
+    fit(0, max_steps=3)  # 3 iterations: inside the first epoch
     with pytest.raises(CheckpointError, match=r"another order of the data \(dataset digits, seed 0.*this run: "
                                               r"dataset digits, seed 1"):
         fit(1, max_epochs=2)

@@ -99,7 +99,7 @@ def test_the_toy_journey_fit_stop_resume_validate_test_predict_evaluate_sample_c
     stopped_at = int(re.search(r"saved .*iteration (\d+)", out)[1])
     assert stopped_at > 4, out[-2000:]
     assert "--ckpt_path last" in out          # it says how to resume
-    out = run("fit", *longer, "--trainer.max_steps", str(2 * stopped_at + 2), "--ckpt_path", "last")
+    out = run("fit", *longer, "--trainer.max_steps", str(stopped_at + 1), "--ckpt_path", "last")
     assert f"resuming at iteration {stopped_at}, epoch 1" in out      # where the resumed run started
     assert "finished at iteration " + str(stopped_at + 1) in out
 

@@ -233,22 +233,22 @@ def test_a_second_ctrl_c_quits_at_once_without_saving(tmp_path):
 
 
 def test_a_crash_between_checkpoints_resumes_from_the_newest_periodic_one(tmp_path, uninterrupted):
-    # every_n_train_steps counts optimizer steps: 2 per iteration here, so a checkpoint every 4 iterations.
+    # every_n_train_steps counts iterations (2 optimizer steps each here): a checkpoint every 4 iterations.
     with pytest.raises(SystemExit):
-        fit(tmp_path, CrashAt(7), every_n_train_steps=8)
+        fit(tmp_path, CrashAt(7), every_n_train_steps=4)
     assert saved_iteration(tmp_path) == 4
-    resumed, started = resume(tmp_path, every_n_train_steps=8)
+    resumed, started = resume(tmp_path, every_n_train_steps=4)
     assert_started_at(started, iteration=4, epoch=0)
     assert_identical(resumed, uninterrupted[True])
 
 
 def test_a_periodic_checkpoint_on_an_epochs_last_batch_keeps_the_schedulers_step(tmp_path, uninterrupted):
-    """A checkpoint every epoch's worth of optimizer steps is written after the epoch's last batch, before the
+    """A checkpoint every epoch's worth of iterations is written after the epoch's last batch, before the
     epoch's end; resuming from it starts the next epoch, so the schedulers must already have stepped."""
     with pytest.raises(SystemExit):
-        fit(tmp_path, CrashAt(BATCHES + 2), every_n_train_steps=2 * BATCHES)  # 2 optimizer steps per iteration
+        fit(tmp_path, CrashAt(BATCHES + 2), every_n_train_steps=BATCHES)
     assert saved_iteration(tmp_path) == BATCHES
-    resumed, started = resume(tmp_path, every_n_train_steps=2 * BATCHES)
+    resumed, started = resume(tmp_path, every_n_train_steps=BATCHES)
     assert_started_at(started, iteration=BATCHES, epoch=1)
     assert_identical(resumed, uninterrupted[True])
 
@@ -287,13 +287,13 @@ def test_sigkill_between_periodic_checkpoints_loses_only_the_iterations_since_th
 
     repo = Path(__file__).resolve().parents[1]
 
-    def command(run_dir):  # the toy config, plus a checkpoint every 20 iterations (2 optimizer steps each)
+    def command(run_dir):  # the toy config, plus a checkpoint every 20 iterations
         return [sys.executable, "-m", "gan_lightning", "fit", "--config", "configs/toy/bigan_ring.yaml",
                 "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "120", "--trainer.limit_val_batches", "0",
                 "--model.init_args.width", "64", "--run_dir", str(run_dir), "--ckpt_path", "last",
                 "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                 "--trainer.callbacks.dirpath", str(run_dir / "periodic"),
-                "--trainer.callbacks.every_n_train_steps", "40",
+                "--trainer.callbacks.every_n_train_steps", "20",
                 "--trainer.callbacks.save_last", "true", "--trainer.callbacks.save_top_k", "0"]
 
     subprocess.run(command(tmp_path / "whole"), cwd=repo, check=True, capture_output=True, timeout=300)

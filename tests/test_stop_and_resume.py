@@ -171,9 +171,7 @@ def fit(root, family: str, schedule: bool, k: int, validation: str, stop: Stop |
     callbacks = [StopAt(stop)] if stop else []
     checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=1,
                                  enable_version_counter=False)
-    stop_args = dict(stop.trainer) if stop else {}
-    if "max_steps" in stop_args:  # given in iterations; Lightning counts optimizer steps: one per player per iteration
-        stop_args["max_steps"] *= len(model.configure_optimizers()[0])
+    stop_args = dict(stop.trainer) if stop else {}  # max_steps: iterations, whatever the players (count_iterations)
     trainer_args = {"max_epochs": EPOCHS, "limit_train_batches": PER_EPOCH // k, "enable_checkpointing": True,
                     "num_sanity_val_steps": 0, "callbacks": [*callbacks, recorder, Preemption(requeue=False),
                                                              checkpoint],
@@ -247,7 +245,7 @@ def test_a_checkpoint_saved_after_fit_returned_on_max_steps_resumes_in_its_epoch
     to the next epoch; the reopened epoch takes them back, so the resumed run replays the cut epoch's order."""
     torch.manual_seed(0)
     model = FAMILIES["gan"](True)
-    trainer = tiny_trainer(tmp_path, max_epochs=EPOCHS, max_steps=6 * len(model.configure_optimizers()[0]),
+    trainer = tiny_trainer(tmp_path, max_epochs=EPOCHS, max_steps=6,
                            limit_train_batches=PER_EPOCH, limit_val_batches=1, num_sanity_val_steps=0)
     trainer.fit(model, digits(batch_size=16, on_device=True))
     trainer.save_checkpoint(tmp_path / "after.ckpt")

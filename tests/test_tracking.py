@@ -290,3 +290,48 @@ def test_compare_tables_each_runs_best_and_last_and_plots_their_curves(tmp_path,
         compare_main([str(tmp_path / "a"), "--metrics", "val/fid"])
     with pytest.raises(FileNotFoundError, match="no metrics.csv"):
         compare_main([str(tmp_path / "missing")])
+
+
+def write_protocol(run: Path, **record) -> None:
+    """The record ImageMetrics writes beside a run's metrics.csv (``eval_protocol`` in ``hparams.yaml``)."""
+    import yaml
+
+    base = {"name": "trainsplit10k", "n_samples": 10000, "dataset": "fashion_mnist", "reference": "train",
+            "reference_size": 10000, "extractor": "fashion_classifier (sha256 1a2b3c)", "data_resize": "none",
+            "extractor_resize": "none"}
+    (run / "logs/version_0/hparams.yaml").write_text(yaml.dump({"latent_dim": 64, "data_shape": (1, 28, 28),
+                                                                 "eval_protocol": {**base, **record}}))
+
+
+def test_compare_never_ranks_scores_of_different_protocols_together(tmp_path, capsys):
+    """trainsplit10k (10,000 samples against 10,000 training images) and train50k (50,000 against the whole
+    training set) measure different things: a lower FD under one is not a better model than under the other."""
+    for name, fd in (("small", 30.0), ("full", 20.0), ("small_too", 25.0)):
+        write_csv(tmp_path / name / "logs/version_0/metrics.csv",
+                  [{"epoch": 0, "iteration": 10, "val/fd_fashion_classifier": fd, "val/error": fd / 100}])
+    write_protocol(tmp_path / "small")
+    write_protocol(tmp_path / "small_too")
+    write_protocol(tmp_path / "full", name="train50k", n_samples=50000, reference="train_full", reference_size=60000)
+    compare_main([str(tmp_path / n) for n in ("small", "full", "small_too")] + ["--out", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out
+    error, fd = out.split("val/fd_fashion_classifier", 1)
+    assert fd.startswith("  measured under 2 protocols, not ranked against each other (they differ in name, "
+                         "n_samples, reference, reference_size)")
+    small, full = fd.split("[trainsplit10k, fashion_classifier (sha256 1a2b3c)]")[1].split("[train50k")
+    # within trainsplit10k the better of its two runs is marked; the train50k run (lower FD) is alone in its block
+    assert "small_too  best 25" in small and "<- best" in small.split("small_too")[1]
+    assert "full       best 20" in full and "<- best" not in full
+    # a figure no protocol defines is ranked across all runs, as before
+    assert "<- best" in error.split("full")[1].split("\n")[0]
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_a_run_without_a_protocol_record_is_not_ranked_with_recorded_ones(tmp_path, capsys):
+    for name in ("recorded", "unrecorded"):
+        write_csv(tmp_path / name / "logs/version_0/metrics.csv",
+                  [{"epoch": 0, "iteration": 10, "val/fid_inception": 12.0}])
+    write_protocol(tmp_path / "recorded", name="train50k")
+    compare_main([str(tmp_path / "recorded"), str(tmp_path / "unrecorded"), "--out", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out
+    assert "not ranked against each other (a run did not record its protocol)" in out
+    assert "val/fid_inception [protocol not recorded]" in out and "<- best" not in out

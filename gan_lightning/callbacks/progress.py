@@ -1,4 +1,7 @@
-"""A progress bar with the iteration counter, images seen, images per second and the latest losses."""
+"""A progress bar with the iteration counter, images seen, images per second and the latest losses.
+
+The bar counts iterations, as ``max_steps`` and the logs do (``AdversarialModule.count_iterations``): with
+``data.iterations_per_batch`` k, each of Lightning's batches moves it k iterations on."""
 import time
 
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -30,6 +33,26 @@ class GANProgressBar(TQDMProgressBar):
                 metrics["img/s"] = int(self._rate)
         return metrics
 
+    @staticmethod
+    def iterations_per_batch(trainer) -> int:
+        """Iterations in each of Lightning's training batches (``data.iterations_per_batch``; 1 without it)."""
+        hparams = getattr(getattr(trainer, "datamodule", None), "hparams", None) or {}
+        return int(hparams.get("iterations_per_batch", 1))
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Iterations in an epoch (Lightning's batches times ``iterations_per_batch``), or those left before
+        ``max_steps`` when the run is bounded by steps only."""
+        trainer = self.trainer
+        total = trainer.num_training_batches * self.iterations_per_batch(trainer)
+        if trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0:
+            total = min(total, trainer.max_steps - trainer.global_step)
+        return total
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        k = self.iterations_per_batch(trainer)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, (batch_idx + 1) * k - 1)
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._show_done(trainer)
         super().on_train_epoch_end(trainer, pl_module)
@@ -42,7 +65,7 @@ class GANProgressBar(TQDMProgressBar):
         """The bar at the batches this epoch processed: a stop by ``max_steps`` or ``max_time`` between two of the
         bar's refreshes would leave it at an earlier count (``0/421`` after 5 iterations with ``refresh_rate`` 20)."""
         bar = self._train_progress_bar
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.iterations_per_batch(trainer)
         if bar is not None and not bar.disable and done and bar.n != done:
             bar.n = done
             bar.refresh()

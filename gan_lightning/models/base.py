@@ -189,6 +189,13 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
             raise ConfigError("model.update simultaneous steps two players after one loss scale, which fp16's "
                               "scaler may change between their steps: set trainer.precision bf16-mixed (or 32), or "
                               "model.update alternating")
+        hparams = getattr(getattr(self.trainer, "datamodule", None), "hparams", None) or {}
+        per_batch, max_steps = int(hparams.get("iterations_per_batch", 1)), self.trainer.max_steps
+        if stage == "fit" and per_batch > 1 and max_steps is not None and max_steps > 0 and max_steps % per_batch:
+            raise ConfigError(f"trainer.max_steps {max_steps} is not a multiple of data.iterations_per_batch "
+                              f"{per_batch}: a run stops between Lightning's batches, each {per_batch} iterations; "
+                              f"set trainer.max_steps {max_steps // per_batch * per_batch or per_batch} or "
+                              f"{-(-max_steps // per_batch) * per_batch}, or data.iterations_per_batch 1")
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # atomic writes, weights-only reads
             strategy.checkpoint_io = SafeCheckpointIO()
         guard_restore(self.trainer)  # any failure restoring a checkpoint: one line naming it
@@ -248,7 +255,24 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
             logs = self.train_iteration(one)
         if batch_idx + 1 == self.trainer.num_training_batches:  # the epoch's last batch: see _resume_schedulers
             self._step_schedulers()
+        self.count_iterations()
         return logs
+
+    def count_iterations(self) -> None:
+        """Lightning's step is our iteration: ``trainer.global_step`` (``max_steps``, ``every_n_train_steps``, the
+        ``step`` of checkpoint names and W&B's x-axis) and the logged rows' ``step`` count iterations, whatever the
+        number of players, ``n_critic`` and ``data.iterations_per_batch``.
+
+        Lightning counts one step per optimizer step under manual optimisation (Lightning issue #17958): BiGAN's
+        two players would end ``max_steps 20`` at iteration 10. Its counters are set here, after the batch's
+        iterations and before its callbacks, to ``self.iteration``; checkpoints save them, and
+        ``count_steps_in_iterations`` sets those of older checkpoints as they load."""
+        epoch_loop = self.trainer.fit_loop.epoch_loop
+        steps = epoch_loop.manual_optimization.optim_step_progress.total
+        steps.ready = steps.completed = self.iteration
+        # Lightning adds 1 after the batch's logs are written, which are then at step iteration - 1 (as with one
+        # iteration per batch before), and writes them when (that step + 1) % log_every_n_steps == 0.
+        epoch_loop._batches_that_stepped = self.iteration - 1
 
     def train_iteration(self, batch) -> dict[str, torch.Tensor]:
         """One iteration of the paper's algorithm on one batch, between the counters it advances."""
@@ -455,6 +479,22 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
         return {name: torch.cat(values)[back.to(values[0].device)].to(self.device) for name, values in rows.items()}
 
     # --- the public API that callbacks and users call ----------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, folder: str, revision: str | None = None) -> "AdversarialModule":
+        """The model of a folder written by ``python -m gan_lightning export``, or of a Hub repository id holding one
+        (``gan_lightning/pretrained.py``), in eval mode on the CPU; refused in one line when it holds another
+        model class. ``gan_lightning.load_pretrained(folder)`` loads whichever class the folder holds."""
+        from gan_lightning.models.registry import LOADABLE
+        from gan_lightning.pretrained import ModelFolder, PretrainedError
+
+        ours = cls is AdversarialModule or LOADABLE.get(cls.__name__) is cls
+        model = ModelFolder.from_pretrained(folder, revision=revision,
+                                            model_class=None if ours else f"{cls.__module__}.{cls.__qualname__}")
+        if not isinstance(model, cls):
+            raise PretrainedError(f"model folder {folder} holds a {type(model).__name__}, not a {cls.__name__}: load "
+                                  f"it with {type(model).__name__}.from_pretrained or gan_lightning.load_pretrained")
+        return model
 
     def draw_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws from p(z) with the caller's generator (the global RNG when None): (n, Z)."""

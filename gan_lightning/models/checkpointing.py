@@ -51,6 +51,23 @@ def reopen_cut_epoch(checkpoint: dict) -> None:
                 position["epoch"] = current["completed"]
 
 
+def count_steps_in_iterations(checkpoint: dict, iteration: int) -> None:
+    """Lightning's step counters in a checkpoint set to its iterations (``AdversarialModule.count_iterations``).
+
+    Checkpoints written before the step was an iteration counted one step per player update (BiGAN's
+    ``global_step`` 24,000 at iteration 12,000): resumed as they are, ``max_steps`` would stop them early and their
+    step-based intervals would be off. Their iteration count (``gan_lightning.iteration``) says where they are."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {}) if isinstance(checkpoint.get("loops"), dict) else {}
+    steps = loop.get("epoch_loop.manual_optimization.optim_step_progress") if isinstance(loop, dict) else None
+    if isinstance(steps, dict) and isinstance(steps.get("total"), dict):
+        steps["total"]["ready"] = steps["total"]["completed"] = iteration
+    if isinstance(loop, dict) and isinstance(loop.get("epoch_loop.state_dict"), dict) \
+            and "_batches_that_stepped" in loop["epoch_loop.state_dict"]:
+        loop["epoch_loop.state_dict"]["_batches_that_stepped"] = iteration
+    if "global_step" in checkpoint:
+        checkpoint["global_step"] = iteration
+
+
 def guard_restore(trainer) -> None:
     """Whatever else goes wrong while Lightning restores a checkpoint (``fit``, ``validate``, ``test`` with
     ``--ckpt_path``) becomes one ``CheckpointError`` line naming the file: the checks above name the common
@@ -103,6 +120,7 @@ class CheckpointState:
         self._refuse_unresumable(checkpoint)
         self._confine_callback_paths(checkpoint)
         self.iteration = saved.get("iteration", 0)
+        count_steps_in_iterations(checkpoint, self.iteration)  # also in files that counted one step per player
         self.images_seen = saved.get("images_seen", 0)
         self.skipped = dict(saved.get("skipped", {}))
         self.scheduler_epochs = saved.get("scheduler_epochs", -1)  # -1: an older checkpoint, which did not count

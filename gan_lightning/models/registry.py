@@ -10,7 +10,7 @@ import inspect
 import re
 from pathlib import Path
 
-from gan_lightning.checkpoints import CheckpointError, _short, check_settings, check_weights, plain
+from gan_lightning.checkpoints import CheckpointError, _short, check_settings, check_weights, plain, source_name
 from gan_lightning.errors import first_line
 from gan_lightning.models.aae import AAE
 from gan_lightning.models.ali import ALI, BiGAN
@@ -47,7 +47,7 @@ def model_class(class_path: object, file: str | Path, chosen: str | None = None)
         return LOADABLE[ours[1]]
     named = isinstance(class_path, str) and re.fullmatch(r"[\w.]{1,200}", class_path)
     raise CheckpointError(
-        f"checkpoint {file} names the model class {_short(class_path, 200)}, which is not one of "
+        f"{source_name(file)} names the model class {_short(class_path, 200)}, which is not one of "
         f"gan_lightning.models ({', '.join(LOADABLE)}): it is neither imported nor called, since a checkpoint from "
         "elsewhere can name any code. If it is a model class of your own and you trust it, name it yourself: "
         f"--model_class {class_path if named else 'pkg.module.Class'} (evaluate, sample) or model.class_path in the "
@@ -64,7 +64,7 @@ def model_settings(cls: type, hparams: dict, file: str | Path) -> dict:
     settings = {key: value for key, value in hparams.items() if key in accepted}
     for key, value in settings.items():
         if not plain(value):
-            raise CheckpointError(f"checkpoint {file}: model setting {key!r} holds {_short(value, 120)}, where a "
+            raise CheckpointError(f"{source_name(file)}: model setting {key!r} holds {_short(value, 120)}, where a "
                                   "plain value (a number, a string, a list of them) belongs; it was not written by "
                                   "`python -m gan_lightning fit` and is not loaded")
     return settings
