@@ -179,6 +179,47 @@ def sample(args: argparse.Namespace) -> dict:
     return {"npz": str(out), "png": str(picture)}
 
 
+# --- export ------------------------------------------------------------------------------------------------------
+
+def export(checkpoint: str | Path, out: str | Path, chosen_class: str | None = None) -> Path:
+    """The model folder of a checkpoint (``gan_lightning/pretrained.py``), written to ``out``, which must be new or
+    empty: the networks that sample and encode (their moving averages where the run kept them), the settings that
+    build them, and a model card with the scores recorded at the checkpoint's iteration."""
+    import gan_lightning.pretrained as pretrained
+    from gan_lightning.checkpoints import plain, read_checkpoint
+    from gan_lightning.data import to_unit_range
+
+    checkpoint, out = Path(checkpoint).expanduser(), Path(out).expanduser()
+    if checkpoint.is_dir():
+        raise ValueError(f"--ckpt_path {checkpoint} is a folder (an export already?): export takes a checkpoint "
+                         "written by fit")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} already exists and is not an empty folder: name a new folder (export never "
+                         "overwrites)")
+    model, _ = load_model(str(checkpoint), "cpu", chosen_class=chosen_class)
+    data = data_settings(read_checkpoint(checkpoint).get("datamodule_hyper_parameters", {}), str(checkpoint))
+    settings = {key: value for key, value in dict(model.hparams).items() if not key.startswith("_") and plain(value)}
+    name = type(model).__name__
+    kept = pretrained.exported_state(model)
+    unsaved = [key for key, _ in model.named_buffers()
+               if key.split(".")[0] not in pretrained.left_out(model) | {"ema"} and key not in model.state_dict()]
+    if unsaved:
+        raise ValueError(f"{name} holds buffers that are not saved with its weights ({', '.join(unsaved[:3])}): "
+                         "register them as persistent to export it")
+    config = {"library": "gan_lightning", "format": pretrained.FORMAT, "model_class": name, "settings": settings,
+              "data": data, "iteration": int(model.iteration), "images_seen": int(model.images_seen),
+              "networks": sorted({key.split(".")[0] for key in kept}),
+              "weights": "moving average" if len(model.ema) else "trained"}
+    grid = None
+    if len(settings.get("data_shape") or ()) == 3:
+        with torch.no_grad():
+            grid = to_unit_range(model.sample(64, generator=torch.Generator().manual_seed(0)).float())
+    card = {"paper": pretrained.PAPERS.get(name, "see the model class's docstring"), "grid": grid,
+            "scores": pretrained.run_scores(checkpoint, model.iteration), "checkpoint": checkpoint.name,
+            "config": pretrained.training_config(checkpoint)}
+    return pretrained.write_folder(model, config, card, out)
+
+
 # --- evaluate ----------------------------------------------------------------------------------------------------
 
 IMAGE_METRICS = ("fid", "is", "kid", "prc")  # prc: precision and recall
@@ -583,7 +624,7 @@ def run(command: str, argv: list[str]) -> dict:
     elif args.config or args.run_dir:
         raise ValueError("--config and --run_dir only find --ckpt_path best or last; a checkpoint's path needs neither")
     if command == "export":
-        from gan_lightning.pretrained import UPLOAD, export
+        from gan_lightning.pretrained import UPLOAD
 
         folder = export(args.ckpt_path, args.out, args.model_class)
         print(f"wrote {folder}: model.safetensors, config.json, README.md, samples.png. Load it with "

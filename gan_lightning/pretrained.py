@@ -2,7 +2,7 @@
 model card, loaded without the training code's pickles.
 
     python -m gan_lightning export --ckpt_path runs/bigan/checkpoints/last.ckpt --out exported/bigan
-    model = gan_lightning.load_pretrained("exported/bigan")       # or BiGAN.from_pretrained(...), a Hub repo id
+    model = gan_lightning.load_pretrained("exported/bigan")  # or ModelFolder.from_pretrained, or a Hub repo id
     x = model.sample(16); z = model.encode(x); x_hat = model.reconstruct(x)
 
 The folder, written by ``huggingface_hub``'s ``PyTorchModelHubMixin.save_pretrained``:
@@ -203,6 +203,9 @@ def load_folder(folder: str | Path, chosen_class: str | None = None):
     source = f"model folder {folder}"
     cls = model_class(f"gan_lightning.models.{config['model_class']}" if config["model_class"].isidentifier()
                       else config["model_class"], folder / CONFIG, chosen_class)
+    if chosen_class is not None and cls.__name__ != config["model_class"]:
+        raise PretrainedError(f"{source} holds a {config['model_class'][:60]}, not the {cls.__name__} named "
+                              f"by --model_class {chosen_class}: name the class it holds, or none")
     settings = model_settings(cls, config["settings"], folder / CONFIG)
     check_settings(cls, settings, folder / CONFIG)
     settings = {**settings, "ema_decay": None, "compile": False}  # the averaged weights are the folder's own
@@ -253,7 +256,7 @@ def run_scores(checkpoint: Path, iteration: int) -> list[dict]:
     """The scores recorded for the checkpoint's weights: ``evaluate``'s JSON beside it (``<ckpt>.eval.json``), and
     the held-out figures its run logged at its iteration (the run folder: the checkpoint folder's parent), each
     with its protocol record where one defines it (``compare.read_protocols``)."""
-    from gan_lightning import compare
+    import gan_lightning.compare as compare
 
     scores = []
     evaluated = checkpoint.with_suffix(".eval.json")
@@ -294,43 +297,12 @@ def training_config(checkpoint: Path) -> str | None:
     return None
 
 
-def export(checkpoint: str | Path, out: str | Path, chosen_class: str | None = None) -> Path:
-    """Write the model folder of a checkpoint to ``out`` (which must not hold anything yet): the weights through
-    ``save_pretrained``, written in a temporary folder beside ``out`` and renamed into place, so that a failure
-    leaves no half folder."""
+def write_folder(model: nn.Module, config: dict, card: dict, out: Path) -> Path:
+    """``save_pretrained`` into a temporary folder beside ``out``, then renamed into place: a failure leaves no half
+    folder. ``out`` must not exist or be an empty folder."""
     import shutil
     import tempfile
 
-    from gan_lightning.checkpoints import read_checkpoint
-    from gan_lightning.commands import data_settings, load_model
-    from gan_lightning.data import to_unit_range
-
-    checkpoint, out = Path(checkpoint).expanduser(), Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {out} already exists and is not an empty folder: name a new folder (export never "
-                         "overwrites)")
-    model, _ = load_model(str(checkpoint), "cpu", chosen_class=chosen_class)
-    saved = read_checkpoint(checkpoint)
-    data = data_settings(saved.get("datamodule_hyper_parameters", {}), str(checkpoint))
-    settings = {key: value for key, value in dict(model.hparams).items()
-                if not key.startswith("_") and plain(value)}
-    name = type(model).__name__
-    config = {"library": "gan_lightning", "format": FORMAT, "model_class": name, "settings": settings, "data": data,
-              "iteration": int(model.iteration), "images_seen": int(model.images_seen),
-              "networks": sorted({key.split(".")[0] for key in exported_state(model)}),
-              "weights": "moving average" if len(model.ema) else "trained"}
-    buffers = [key for key, _ in model.named_buffers() if key.split(".")[0] not in left_out(model) | {"ema"}
-               and key not in model.state_dict()]
-    if buffers:
-        raise ValueError(f"{name} holds buffers that are not saved with its weights ({', '.join(buffers[:3])}): "
-                         "register them as persistent to export it")
-    grid = None
-    data_shape = settings.get("data_shape")
-    if isinstance(data_shape, (list, tuple)) and len(data_shape) == 3:
-        with torch.no_grad():
-            grid = to_unit_range(model.sample(64, generator=torch.Generator().manual_seed(0)).float())
-    card = {"paper": PAPERS.get(name, "see the model class's docstring"), "scores": run_scores(checkpoint,
-            model.iteration), "config": training_config(checkpoint), "grid": grid, "checkpoint": checkpoint.name}
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -312,7 +312,7 @@ def test_a_mutated_model_folder_is_loaded_or_refused_in_one_line(toy_run, tmp_pa
 
     from safetensors.torch import load_file, save_file
 
-    from gan_lightning.pretrained import export
+    from gan_lightning.commands import export
 
     exported = tmp_path / "exported"
     if not exported.exists():  # once per test: export reads the run's checkpoint

@@ -52,3 +52,13 @@ def test_the_feature_extractors_import_one_way():
     assert "gan_lightning.metrics.weights" in graph["gan_lightning.metrics.dinov2_clip"]
     assert cycles_through(graph, "gan_lightning.metrics.features") == []
     assert cycles_through(graph, "gan_lightning.metrics.dinov2_clip") == []
+
+
+def test_the_model_folder_format_and_the_commands_import_one_way():
+    """commands.py (export, evaluate, sample) imports pretrained.py (the folder's format), never the reverse: the
+    format reads folders with the model registry alone."""
+    graph = import_graph()
+    assert "gan_lightning.pretrained" in graph["gan_lightning.commands"]
+    assert "gan_lightning.commands" not in graph["gan_lightning.pretrained"]
+    for module in ("gan_lightning.pretrained", "gan_lightning.commands", "gan_lightning.models.base"):
+        assert cycles_through(graph, module) == [], module

@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 
 import gan_lightning
 from gan_lightning.cli import main
-from gan_lightning.commands import load_model
+from gan_lightning.commands import export, load_model
 from gan_lightning.models import AAE, VAE, BiGAN, RealNVP, SemiSupervisedAAE
-from gan_lightning.pretrained import FOLDER_FILES, PretrainedError, export, load_folder
+from gan_lightning.pretrained import FOLDER_FILES, ModelFolder, PretrainedError, load_folder
 from tests.helpers import digits, tiny_ali, tiny_bigan, tiny_gan, tiny_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +89,8 @@ def test_a_shipped_config_round_trips_through_the_commands_and_the_folder_holds_
     assert "| val/fd_fashion_classifier |" in card and "extractor fashion_classifier:" in card
     assert "reference_size 1000" in card and "## Training config" in card and "class_path: gan_lightning" in card
 
-    loaded = BiGAN.from_pretrained(str(folder))
+    loaded = ModelFolder.from_pretrained(str(folder))  # the Hub mixin's class method: load_pretrained's
+    assert type(loaded) is BiGAN
     original, _ = load_model(str(ckpt))
     assert_same_outputs(loaded, original)
     # sample and evaluate take the folder where they take a checkpoint
@@ -191,12 +192,10 @@ def test_a_config_that_is_not_an_exports_is_refused(exported, tmp_path):
     refused(folder, "has no config.json")
 
 
-def test_the_model_class_must_match_the_class_that_loads(exported):
-    from gan_lightning.models import GAN
-
-    assert type(GAN.from_pretrained(str(exported[1]))) is GAN
-    with pytest.raises(PretrainedError, match="holds a GAN, not a VAE: load it with GAN.from_pretrained"):
-        VAE.from_pretrained(str(exported[1]))
+def test_a_model_class_named_by_the_user_must_be_the_one_the_folder_holds(exported):
+    assert type(load_folder(exported[1], "gan_lightning.models.GAN")[0]).__name__ == "GAN"
+    with pytest.raises(PretrainedError, match="holds a GAN, not the VAE named by --model_class"):
+        gan_lightning.load_pretrained(exported[1], model_class="gan_lightning.models.VAE")
 
 
 def test_the_left_out_discriminator_says_where_it_is(exported):
@@ -228,8 +227,6 @@ def test_push_to_hub_uploads_the_folder_export_writes_and_a_hub_id_loads(exporte
     folder it would fetch."""
     import huggingface_hub
     from huggingface_hub import hub_mixin
-
-    from gan_lightning.pretrained import ModelFolder
 
     uploaded = {}
 

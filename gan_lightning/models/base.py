@@ -480,22 +480,6 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
 
     # --- the public API that callbacks and users call ----------------------------------------
 
-    @classmethod
-    def from_pretrained(cls, folder: str, revision: str | None = None) -> "AdversarialModule":
-        """The model of a folder written by ``python -m gan_lightning export``, or of a Hub repository id holding one
-        (``gan_lightning/pretrained.py``), in eval mode on the CPU; refused in one line when it holds another
-        model class. ``gan_lightning.load_pretrained(folder)`` loads whichever class the folder holds."""
-        from gan_lightning.models.registry import LOADABLE
-        from gan_lightning.pretrained import ModelFolder, PretrainedError
-
-        ours = cls is AdversarialModule or LOADABLE.get(cls.__name__) is cls
-        model = ModelFolder.from_pretrained(folder, revision=revision,
-                                            model_class=None if ours else f"{cls.__module__}.{cls.__qualname__}")
-        if not isinstance(model, cls):
-            raise PretrainedError(f"model folder {folder} holds a {type(model).__name__}, not a {cls.__name__}: load "
-                                  f"it with {type(model).__name__}.from_pretrained or gan_lightning.load_pretrained")
-        return model
-
     def draw_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws from p(z) with the caller's generator (the global RNG when None): (n, Z)."""
         device = generator.device if generator is not None else self.device
