@@ -166,6 +166,20 @@ def test_the_image_journey_fit_predict_evaluate_sample_on_fashion_mnist(tmp_path
     assert_printed_paths_exist(out, run_dir)
     with np.load(run_dir / "s.npz") as sampled:
         assert sampled["x"].shape == (64, 28, 28, 1) and sampled["x"].dtype == np.uint8
+    # export (its card holds evaluate's scores beside the checkpoint), then the folder where a checkpoint goes
+    out = run("evaluate", "--ckpt_path", ckpt, "--protocol", "trainsplit10k", "--n_samples", "500", "--metrics",
+              "fid")
+    folder = run_dir / "exported"
+    out = run("export", "--ckpt_path", ckpt, "--out", str(folder))
+    assert f"gan_lightning.load_pretrained('{folder}')" in out
+    assert "| fd_fashion_classifier |" in (folder / "README.md").read_text()  # evaluate's, with its protocol
+    out = run("sample", "--ckpt_path", str(folder), "--n", "64", "--out", str(run_dir / "from_folder.npz"))
+    with np.load(run_dir / "s.npz") as sampled, np.load(run_dir / "from_folder.npz") as again:
+        assert np.array_equal(sampled["x"], again["x"])  # the same samples as the checkpoint's
+    loaded = subprocess.run([sys.executable, "-c", f"import gan_lightning; m = gan_lightning.load_pretrained("
+                             f"{str(folder)!r}); x = m.sample(4); print(tuple(m.reconstruct(x).shape))"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert loaded.stdout.strip() == "(4, 1, 28, 28)", loaded.stderr[-2000:]
 
 
 def test_the_infogan_example_journey_as_docs_extending_gives_it(tmp_path, data_dir, untouched_repository):
