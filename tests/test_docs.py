@@ -35,7 +35,7 @@ from gan_lightning.cli import main
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LIGHTNING = {"fit", "validate", "test", "predict"}
-OWN = {"evaluate", "sample", "compare", "submit"}
+OWN = {"evaluate", "sample", "export", "compare", "submit"}
 
 FENCE = re.compile(r"^ {0,3}(```|~~~)")
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
