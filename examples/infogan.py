@@ -98,6 +98,8 @@ class InfoGAN(AdversarialModule):
     # The released code's optimisers (run_mnist_exp.py), used when the config names none.
     default_optimizer_d = functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))
     default_optimizer_g = functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.5, 0.999))
+    # An exported folder keeps D: Q, which ``encode`` reads codes with, shares its body (gan_lightning/pretrained.py).
+    export_leaves_out = ()
 
     def __init__(
         self,

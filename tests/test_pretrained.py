@@ -248,3 +248,20 @@ def test_push_to_hub_uploads_the_folder_export_writes_and_a_hub_id_loads(exporte
     assert uploaded["model.safetensors"] == (exported[1] / "model.safetensors").read_bytes()
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: str(exported[1]))
     assert gan_lightning.load_pretrained("user/tiny-gan").iteration == 3
+
+
+def test_a_model_class_of_your_own_exports_and_loads_when_you_name_it(tmp_path):
+    """InfoGAN (examples/, outside the package) keeps its discriminator in the folder (``export_leaves_out``): Q,
+    which ``encode`` reads, shares its body. Its class is imported only because the user names it."""
+    from examples.infogan import InfoGAN
+
+    ckpt = trained_checkpoint(tmp_path, InfoGAN(data_shape=(1, 8, 8), noise_dim=4, n_categories=3, n_continuous=1,
+                                                width=4))
+    with pytest.raises(PretrainedError.__mro__[1], match="not one of gan_lightning.models"):
+        export(ckpt, tmp_path / "refused")
+    folder = export(ckpt, tmp_path / "exported", "examples.infogan.InfoGAN")
+    with pytest.raises(PretrainedError.__mro__[1], match="names the model class 'gan_lightning.models.InfoGAN'"):
+        gan_lightning.load_pretrained(folder)
+    loaded = gan_lightning.load_pretrained(folder, model_class="examples.infogan.InfoGAN")
+    original, _ = load_model(str(ckpt), chosen_class="examples.infogan.InfoGAN")
+    assert_same_outputs(loaded, original)
