@@ -23,11 +23,12 @@ signature declares (``check_settings``) and build, on the ``meta`` device, the w
 (``check_weights``); paths in its callbacks' states stay in the run (``confine_checkpoint_state``). This module
 knows files and schemas only: it imports no model.
 """
+import contextlib
 import math
 import os
 import pickle
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -237,13 +238,43 @@ def check_settings(cls: type, settings: dict, file: str | Path, group: str = "mo
                               "edited") from None
 
 
-def check_weights(cls: type, settings: dict, state_dict: dict, file: str | Path) -> None:
-    """Build ``cls(**settings)`` on the ``meta`` device (no memory) and compare its weights' names, shapes and
-    kinds with the checkpoint's before anything is allocated: a setting that would build other or larger
-    networks than the file holds (``width: 10**7``) is refused in one line, and nothing is built for real."""
+@contextlib.contextmanager
+def modules_bounded(limit: int, source: str) -> Iterator[None]:
+    """Inside, building more than ``limit`` modules raises ``CheckpointError``: a meta-device build allocates no
+    tensor memory, but each module is a real Python object, and a forged depth (``steps_per_level: 10**7``) would
+    exhaust memory and hours before any weight is compared. ``limit``: a few modules per tensor the file holds."""
+    count = 0
+
+    def counted(module, name, submodule):
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise CheckpointError(f"{source}: its settings build more than {limit:,} modules, several times what the "
+                                  "weights it holds need: they were edited; use a file written by gan_lightning")
+
+    handle = torch.nn.modules.module.register_module_module_registration_hook(counted)
     try:
-        with torch.device("meta"):
+        yield
+    finally:
+        handle.remove()
+
+
+def module_limit(tensors: int) -> int:
+    """The modules a model whose file holds ``tensors`` tensors may build (``modules_bounded``): the shipped
+    models build fewer than 2 per tensor, containers and activations included."""
+    return 8 * tensors + 1000
+
+
+def check_weights(cls: type, settings: dict, state_dict: dict, file: str | Path) -> None:
+    """Build ``cls(**settings)`` on the ``meta`` device (no memory, and a bounded number of modules) and compare its
+    weights' names, shapes and kinds with the checkpoint's before anything is allocated: a setting that would build
+    other or larger networks than the file holds (``width: 10**7``, ``steps_per_level: 10**7``) is refused in one
+    line, and nothing is built for real."""
+    try:
+        with torch.device("meta"), modules_bounded(module_limit(len(state_dict)), f"checkpoint {file}"):
             model = cls(**settings)
+    except CheckpointError:
+        raise
     except Exception as err:
         raise CheckpointError(f"checkpoint {file}: its settings do not build a {cls.__name__} "
                               f"({type(err).__name__}: {first_line(err)}): it was not written by this version of "

@@ -104,13 +104,16 @@ def protocol_label(record: dict | None) -> str:
     1a2b...)``."""
     if record is None:
         return NOT_RECORDED
+    if record.get("mixed"):
+        return record["name"]
     return f"{record['name']}, {record.get('extractor', 'extractor not recorded')}"
 
 
 def read_protocols(run: Path) -> dict[str, dict | None]:
-    """{metric: protocol record} of a run's protocol-bound scores, from the record beside the last metrics.csv that
-    logged each (a resumed run measures with its last configuration)."""
-    found: dict[str, dict | None] = {}
+    """{metric: protocol record} of a run's protocol-bound scores, from the records beside the metrics.csv files
+    that logged each. A run resumed under another protocol has logged a score under two: its record is then
+    ``{"name": "changed during the run: A, then B", "mixed": True}``, which ``compare`` never ranks."""
+    seen: dict[str, list[dict | None]] = {}
     for file in metrics_files(run):
         record = protocol_record(file)
         try:
@@ -119,9 +122,11 @@ def read_protocols(run: Path) -> dict[str, dict | None]:
         except (csv.Error, UnicodeDecodeError, OSError):
             continue
         for metric in header:
-            if PROTOCOL_BOUND.search(metric or ""):
-                found[metric] = record
-    return found
+            if PROTOCOL_BOUND.search(metric or "") and record not in seen.setdefault(metric, []):
+                seen[metric].append(record)
+    return {metric: records[0] if len(records) == 1 else
+            {"name": "changed during the run: " + ", then ".join(protocol_label(r) for r in records), "mixed": True}
+            for metric, records in seen.items()}
 
 
 def read_run(run: Path) -> dict[str, list[tuple[float, float]]]:
@@ -179,7 +184,7 @@ def protocol_groups(names: list[str], protocols: dict[str, dict], metric: str) -
     for name in names:
         record = protocols.get(name, {}).get(metric)
         for held, members in groups:
-            if held == record:
+            if held == record and comparable(record):
                 members.append(name)
                 break
         else:
@@ -187,10 +192,18 @@ def protocol_groups(names: list[str], protocols: dict[str, dict], metric: str) -
     return groups
 
 
+def comparable(record: dict | None) -> bool:
+    """Whether scores under ``record`` may be ranked with others under the same: not when it is unknown (no record:
+    two such runs may have used any two protocols) or changed during the run."""
+    return record is not None and not record.get("mixed")
+
+
 def _differences(records: list[dict | None]) -> str:
     """The fields in which protocol records differ, for the line that says why their scores are not ranked together."""
     if any(record is None for record in records):
         return "a run did not record its protocol"
+    if any(record.get("mixed") for record in records):
+        return "a run changed its protocol while it ran"
     fields = [key for key in PROTOCOL_FIELDS if len({str(record.get(key)) for record in records}) > 1]
     return "they differ in " + ", ".join(fields)
 
@@ -207,7 +220,7 @@ def table(runs: dict[str, dict], metrics: list[str], protocols: dict[str, dict] 
         logged = [name for name in runs if metric in runs[name]]
         groups = protocol_groups(logged, protocols, metric)
         if len(groups) > 1:
-            lines.append(f"{metric}  measured under {len(groups)} protocols, not ranked against each other "
+            lines.append(f"{metric}  {len(groups)} blocks, one per protocol, not ranked against each other "
                          f"({_differences([record for record, _ in groups])}): a score is comparable only under "
                          "one protocol")
         for record, members in groups:

@@ -28,7 +28,15 @@ import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
-from gan_lightning.checkpoints import CheckpointError, _short, check_settings, plain, refuse_other_weights
+from gan_lightning.checkpoints import (
+    CheckpointError,
+    _short,
+    check_settings,
+    module_limit,
+    modules_bounded,
+    plain,
+    refuse_other_weights,
+)
 from gan_lightning.errors import first_line
 
 FORMAT = 1                       # config.json's "format": the layout this module writes and reads
@@ -124,8 +132,14 @@ class ModelFolder(nn.Module, PyTorchModelHubMixin, library_name="gan_lightning",
                                       "gan_lightning export`, or a Hub repository id (user/name)")
             from huggingface_hub import snapshot_download
 
-            folder = Path(snapshot_download(str(pretrained_model_name_or_path), revision=revision,
-                                            allow_patterns=[CONFIG, WEIGHTS, "README.md", GRID], **hub_kwargs))
+            try:
+                folder = Path(snapshot_download(str(pretrained_model_name_or_path), revision=revision,
+                                                allow_patterns=[CONFIG, WEIGHTS, "README.md", GRID], **hub_kwargs))
+            except Exception as err:  # offline, no such repository, no access: the Hub's errors, in one line
+                raise PretrainedError(f"{pretrained_model_name_or_path} is neither a folder here nor a Hub repository "
+                                      f"that could be downloaded ({type(err).__name__}: {first_line(err, 160)}): pass "
+                                      "a folder written by `python -m gan_lightning export`, or USER/REPO on the "
+                                      "Hub") from None
         return load_folder(folder, model_class)[0]
 
 
@@ -173,20 +187,23 @@ def weights_header(file: Path) -> dict[str, torch.Tensor]:
             found = {}
             for key in handle.keys():
                 part = handle.get_slice(key)
-                found[key] = torch.empty(part.get_shape(), dtype=_dtype(part.get_dtype()), device="meta")
-    except (OSError, ValueError, TypeError, RuntimeError, Exception) as err:  # SafetensorError, a cut file
+                kind = part.get_dtype()
+                if kind not in DTYPES:
+                    raise PretrainedError(f"{file}: tensor {_short(key, 80)} is of type {_short(kind, 20)}, which "
+                                          "no model's state holds: it was not written by `python -m gan_lightning "
+                                          "export`")
+                found[key] = torch.empty(part.get_shape(), dtype=DTYPES[kind], device="meta")
+    except PretrainedError:
+        raise
+    except Exception as err:  # safetensors' SafetensorError: a cut file, a header that does not cover it
         raise PretrainedError(f"{file} cannot be read ({type(err).__name__}: {first_line(err, 160)}): it is "
                               "truncated or not a safetensors file; export the checkpoint again") from None
     return found
 
 
-def _dtype(name: str) -> torch.dtype:
-    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-    if name not in dtypes:
-        raise ValueError(f"tensor type {name} is not one a model's state holds")
-    return dtypes[name]
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,  # safetensors'
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}                                                                   # names of them
 
 
 def load_folder(folder: str | Path, chosen_class: str | None = None):
@@ -211,8 +228,10 @@ def load_folder(folder: str | Path, chosen_class: str | None = None):
     settings = {**settings, "ema_decay": None, "compile": False}  # the averaged weights are the folder's own
     header = weights_header(folder / WEIGHTS)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), modules_bounded(module_limit(len(header)), source):
             meta = cls(**settings)
+    except CheckpointError:
+        raise
     except Exception as err:
         raise PretrainedError(f"{source}: its settings do not build a {cls.__name__} ({type(err).__name__}: "
                               f"{first_line(err)}): it was edited; export the checkpoint again") from None
@@ -252,10 +271,16 @@ def load_pretrained(folder: str | Path, model_class: str | None = None, revision
 
 # --- export ------------------------------------------------------------------------------------------------------
 
+def run_folder(checkpoint: Path) -> Path | None:
+    """The run a checkpoint belongs to: the parent of its ``checkpoints`` folder (the layout every shipped config
+    writes); None for a checkpoint elsewhere, whose neighbours may be anything."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
 def run_scores(checkpoint: Path, iteration: int) -> list[dict]:
     """The scores recorded for the checkpoint's weights: ``evaluate``'s JSON beside it (``<ckpt>.eval.json``), and
-    the held-out figures its run logged at its iteration (the run folder: the checkpoint folder's parent), each
-    with its protocol record where one defines it (``compare.read_protocols``)."""
+    the held-out figures its run logged at its iteration (``run_folder``'s ``logs/``), each with its protocol
+    record where one defines it (``compare.read_protocols``)."""
     import gan_lightning.compare as compare
 
     scores = []
@@ -272,10 +297,12 @@ def run_scores(checkpoint: Path, iteration: int) -> list[dict]:
                         "iteration", "n_samples", "n_modes", "seconds") and math.isfinite(value):
                     scores.append({"metric": key, "value": value, "source": f"evaluate ({evaluated.name})",
                                    "protocol": {k: v for k, v in (protocol or {}).items() if plain(v)}})
-    run = checkpoint.parent.parent
+    run = run_folder(checkpoint)
+    if run is None or not (run / "logs").is_dir():
+        return scores
     try:
-        logged = compare.read_run(run)
-        protocols = compare.read_protocols(run)
+        logged = compare.read_run(run / "logs")
+        protocols = compare.read_protocols(run / "logs")
     except (OSError, ValueError):
         return scores
     for metric, series in sorted(logged.items()):
@@ -289,7 +316,9 @@ def run_scores(checkpoint: Path, iteration: int) -> list[dict]:
 
 def training_config(checkpoint: Path) -> str | None:
     """The config the run was trained with: LightningCLI's ``config.yaml`` in the run's newest log folder."""
-    run = checkpoint.parent.parent
+    run = run_folder(checkpoint)
+    if run is None:
+        return None
     configs = sorted((p for p in run.glob("logs/version_*/config.yaml") if p.is_file() and not p.is_symlink()),
                      key=lambda p: int(p.parent.name.split("_")[-1]) if p.parent.name.split("_")[-1].isdigit() else -1)
     if configs and configs[-1].stat().st_size < CONFIG_LIMIT:

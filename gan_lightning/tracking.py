@@ -184,7 +184,7 @@ class WandbLogger(LightningWandbLogger):
         if fresh and hasattr(run, "define_metric"):
             for axis in X_AXES:
                 run.define_metric(axis)
-            for prefix in ("train", "val", "test"):  # Lightning's default axis counts optimizer steps
+            for prefix in ("train", "val", "test"):  # the iteration, also where Lightning's step axis is absent
                 run.define_metric(f"{prefix}/*", step_metric="iteration", step_sync=True)
         return run
 

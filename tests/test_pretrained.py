@@ -265,3 +265,48 @@ def test_a_model_class_of_your_own_exports_and_loads_when_you_name_it(tmp_path):
     loaded = gan_lightning.load_pretrained(folder, model_class="examples.infogan.InfoGAN")
     original, _ = load_model(str(ckpt), chosen_class="examples.infogan.InfoGAN")
     assert_same_outputs(loaded, original)
+
+
+def test_settings_that_would_build_millions_of_modules_are_refused_before_they_are_built(tmp_path):
+    """The meta device allocates no tensor, but every module is a Python object: a forged depth is refused when the
+    build passes a few modules per tensor the file holds, in a second, not after hours and hundreds of GB."""
+    import time
+
+    from gan_lightning.checkpoints import check_weights
+
+    ckpt = trained_checkpoint(tmp_path, FAMILIES["flow"]())
+    folder = export(ckpt, tmp_path / "exported")
+    edit_config(folder, lambda c: c["settings"].update(steps_per_level=10**7))
+    start = time.perf_counter()
+    refused(folder, r"its settings build more than [\d,]+ modules")
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    with pytest.raises(PretrainedError.__mro__[1], match=r"checkpoint .* build more than [\d,]+ modules"):
+        check_weights(RealNVP, {"data_shape": (1, 8, 8), "levels": 2, "steps_per_level": 10**7, "hidden": 8}, state,
+                      ckpt)
+    assert time.perf_counter() - start < 30
+
+
+def test_a_hub_id_that_cannot_be_downloaded_is_one_line(monkeypatch):
+    import huggingface_hub
+
+    def offline(repo_id, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(PretrainedError, match=r"exported/bigan is neither a folder here nor a Hub repository that "
+                                              r"could be downloaded \(OSError: We couldn't connect"):
+        gan_lightning.load_pretrained("exported/bigan")
+
+
+def test_the_card_takes_scores_only_from_the_checkpoints_own_run(exported, tmp_path):
+    """A checkpoint outside a run's checkpoints/ folder: its neighbours' logs are not its scores."""
+    import shutil
+
+    elsewhere = tmp_path / "downloads" / "model.ckpt"
+    elsewhere.parent.mkdir()
+    shutil.copy(exported[0], elsewhere)
+    (tmp_path / "downloads" / "logs" / "version_0").mkdir(parents=True)  # another run's log beside it, at iteration 3
+    (tmp_path / "downloads" / "logs" / "version_0" / "metrics.csv").write_text("epoch,iteration,val/fid_inception\n"
+                                                                               "0,3,1.5\n")
+    card = (export(elsewhere, tmp_path / "out") / "README.md").read_text()
+    assert "No score was recorded at this iteration" in card and "fid_inception" not in card

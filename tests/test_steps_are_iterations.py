@@ -6,6 +6,7 @@ step: BiGAN would stop at half its ``max_steps``, a three-player AAE at a third.
 Tiny widths on 8x8 digits; budget: about 30 s of CI."""
 import csv
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -25,12 +26,12 @@ FAMILIES = {
 }
 
 
-def fit(root, model, ckpt_path=None, **trainer_args):
+def fit(root, model, *callbacks, ckpt_path=None, **trainer_args):
     checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", filename="{step}", every_n_train_steps=3,
                                   save_top_k=-1, save_last=True, enable_version_counter=False)
-    trainer = tiny_trainer(root, max_epochs=10, limit_train_batches=4, enable_checkpointing=True,
-                           callbacks=[checkpoints], logger=CSVLogger(root, name="logs", version=0),
-                           log_every_n_steps=1, **trainer_args)
+    trainer_args = {"max_epochs": 10, **trainer_args}
+    trainer = tiny_trainer(root, limit_train_batches=4, enable_checkpointing=True, callbacks=[*callbacks, checkpoints],
+                           logger=CSVLogger(root, name="logs", version=0), log_every_n_steps=1, **trainer_args)
     trainer.fit(model, digits(batch_size=16, on_device=True), ckpt_path=ckpt_path)
     return trainer
 
@@ -85,8 +86,12 @@ def test_a_checkpoint_that_counted_optimizer_steps_resumes_at_its_iteration(tmp_
     torch.save(old, path)
     model = tiny_bigan(width=16)
     started = []
-    model.on_train_start = lambda: started.append((model.iteration, model.trainer.global_step))
-    trainer = fit(tmp_path, model, ckpt_path=path, max_steps=5)
+
+    class Started(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            started.append((pl_module.iteration, trainer.global_step))
+
+    trainer = fit(tmp_path, model, Started(), ckpt_path=path, max_steps=5)
     assert started == [(3, 3)]
     assert (model.iteration, trainer.global_step) == (5, 5)
 
@@ -94,7 +99,31 @@ def test_a_checkpoint_that_counted_optimizer_steps_resumes_at_its_iteration(tmp_
 def test_the_progress_bar_counts_iterations(tmp_path):
     from gan_lightning.callbacks import GANProgressBar
 
-    bar = GANProgressBar()
-    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=3, enable_progress_bar=True, callbacks=[bar])
+    class Shown(L.Callback):  # after the bar's own on_train_batch_end: what it shows after each batch
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.seen.append((bar.train_progress_bar.n, bar.train_progress_bar.total))
+
+    bar, shown = GANProgressBar(refresh_rate=1), Shown()
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=3, enable_progress_bar=True,
+                           callbacks=[bar, shown])
     trainer.fit(tiny_bigan(width=16), digits(batch_size=16, on_device=True, iterations_per_batch=2))
-    assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (6, 6)  # 3 of Lightning's batches of 2
+    assert shown.seen == [(2, 6), (4, 6), (6, 6)]  # 3 of Lightning's batches of 2 iterations
+
+
+def test_a_run_bounded_by_steps_alone_shows_the_iterations_left_after_a_resume(tmp_path):
+    from gan_lightning.callbacks import GANProgressBar
+
+    fit(tmp_path, tiny_bigan(width=16), max_steps=3)  # stops inside the first epoch of 4
+    bar = GANProgressBar(refresh_rate=1)
+    totals = []
+
+    class Total(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            totals.append((bar.train_progress_bar.n, bar.train_progress_bar.total))
+
+    fit(tmp_path, tiny_bigan(width=16), bar, Total(), ckpt_path=tmp_path / "checkpoints" / "last.ckpt",
+        max_steps=4, max_epochs=-1, enable_progress_bar=True)
+    assert totals == [(4, 4)]  # the epoch's 4th iteration of 4, not 4 of the 1 left

@@ -292,14 +292,14 @@ def test_compare_tables_each_runs_best_and_last_and_plots_their_curves(tmp_path,
         compare_main([str(tmp_path / "missing")])
 
 
-def write_protocol(run: Path, **record) -> None:
+def write_protocol(run: Path, version: int = 0, **record) -> None:
     """The record ImageMetrics writes beside a run's metrics.csv (``eval_protocol`` in ``hparams.yaml``)."""
     import yaml
 
     base = {"name": "trainsplit10k", "n_samples": 10000, "dataset": "fashion_mnist", "reference": "train",
             "reference_size": 10000, "extractor": "fashion_classifier (sha256 1a2b3c)", "data_resize": "none",
             "extractor_resize": "none"}
-    (run / "logs/version_0/hparams.yaml").write_text(yaml.dump({"latent_dim": 64, "data_shape": (1, 28, 28),
+    (run / f"logs/version_{version}/hparams.yaml").write_text(yaml.dump({"latent_dim": 64, "data_shape": (1, 28, 28),
                                                                  "eval_protocol": {**base, **record}}))
 
 
@@ -315,7 +315,7 @@ def test_compare_never_ranks_scores_of_different_protocols_together(tmp_path, ca
     compare_main([str(tmp_path / n) for n in ("small", "full", "small_too")] + ["--out", str(tmp_path / "c.png")])
     out = capsys.readouterr().out
     error, fd = out.split("val/fd_fashion_classifier", 1)
-    assert fd.startswith("  measured under 2 protocols, not ranked against each other (they differ in name, "
+    assert fd.startswith("  2 blocks, one per protocol, not ranked against each other (they differ in name, "
                          "n_samples, reference, reference_size)")
     small, full = fd.split("[trainsplit10k, fashion_classifier (sha256 1a2b3c)]")[1].split("[train50k")
     # within trainsplit10k the better of its two runs is marked; the train50k run (lower FD) is alone in its block
@@ -326,12 +326,31 @@ def test_compare_never_ranks_scores_of_different_protocols_together(tmp_path, ca
     assert (tmp_path / "c.png").stat().st_size > 10_000
 
 
-def test_a_run_without_a_protocol_record_is_not_ranked_with_recorded_ones(tmp_path, capsys):
-    for name in ("recorded", "unrecorded"):
+def test_runs_without_a_protocol_record_are_ranked_with_no_run(tmp_path, capsys):
+    """Two runs without a record may have used any two protocols: each is a block of its own."""
+    for name, fid in (("recorded", 12.0), ("unrecorded", 10.0), ("unrecorded_too", 11.0)):
         write_csv(tmp_path / name / "logs/version_0/metrics.csv",
-                  [{"epoch": 0, "iteration": 10, "val/fid_inception": 12.0}])
+                  [{"epoch": 0, "iteration": 10, "val/fid_inception": fid}])
     write_protocol(tmp_path / "recorded", name="train50k")
-    compare_main([str(tmp_path / "recorded"), str(tmp_path / "unrecorded"), "--out", str(tmp_path / "c.png")])
+    compare_main([str(tmp_path / n) for n in ("recorded", "unrecorded", "unrecorded_too")]
+                 + ["--out", str(tmp_path / "c.png")])
     out = capsys.readouterr().out
-    assert "not ranked against each other (a run did not record its protocol)" in out
-    assert "val/fid_inception [protocol not recorded]" in out and "<- best" not in out
+    assert "3 blocks, one per protocol, not ranked against each other (a run did not record its protocol)" in out
+    assert out.count("val/fid_inception [protocol not recorded]") == 2 and "<- best" not in out
+
+
+def test_a_run_resumed_under_another_protocol_is_ranked_with_no_run(tmp_path, capsys):
+    """Its best may come from one protocol and its last from another: shown on its own, never ranked."""
+    for name in ("resumed", "steady"):
+        for version in (0, 1):
+            write_csv(tmp_path / name / f"logs/version_{version}/metrics.csv", [
+                {"epoch": version, "iteration": 10 * (version + 1), "val/fd_fashion_classifier": 30.0 - version}])
+    write_protocol(tmp_path / "resumed")
+    for name, version, protocol in (("resumed", 1, "train50k"), ("steady", 0, "trainsplit10k"),
+                                    ("steady", 1, "trainsplit10k")):
+        write_protocol(tmp_path / name, version, name=protocol)
+    compare_main([str(tmp_path / "resumed"), str(tmp_path / "steady"), "--out", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out
+    assert "(a run changed its protocol while it ran)" in out
+    assert "[changed during the run: trainsplit10k, fashion_classifier (sha256 1a2b3c), then train50k, " in out
+    assert "<- best" not in out

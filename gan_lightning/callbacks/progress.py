@@ -41,13 +41,28 @@ class GANProgressBar(TQDMProgressBar):
 
     @property
     def total_train_batches(self) -> int | float:
-        """Iterations in an epoch (Lightning's batches times ``iterations_per_batch``), or those left before
-        ``max_steps`` when the run is bounded by steps only."""
+        """Iterations in an epoch (Lightning's batches times ``iterations_per_batch``), or, when the run is bounded by
+        steps only, up to ``max_steps`` (from the epoch's iterations already done, where a run resumes inside one)."""
         trainer = self.trainer
-        total = trainer.num_training_batches * self.iterations_per_batch(trainer)
+        k = self.iterations_per_batch(trainer)
+        total = trainer.num_training_batches * k
         if trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0:
-            total = min(total, trainer.max_steps - trainer.global_step)
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed * k
+            total = min(total, done + trainer.max_steps - trainer.global_step)
         return total
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """A run resumed inside an epoch gets no ``on_train_epoch_start`` from Lightning: the bar starts here at the
+        epoch's iterations already done, with the epoch's total, rather than at ``0/?``."""
+        super().on_train_start(trainer, pl_module)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.iterations_per_batch(trainer)
+        bar = self._train_progress_bar
+        if done and bar is not None and not bar.disable:
+            total = self.total_train_batches
+            bar.reset(total=None if total == float("inf") else total)
+            bar.n = done
+            bar.set_description(f"Epoch {trainer.current_epoch}")
+            bar.refresh()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         k = self.iterations_per_batch(trainer)
