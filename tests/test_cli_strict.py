@@ -20,7 +20,7 @@ from tests.helpers import refused
 
 REPO = Path(__file__).resolve().parents[1]
 BIGAN = str(REPO / "configs" / "bigan.yaml")
-ALL_COMMANDS = ("fit", "validate", "test", "predict", "evaluate", "sample", "compare", "submit")
+ALL_COMMANDS = ("fit", "validate", "test", "predict", "evaluate", "sample", "export", "compare", "submit")
 
 
 def stopped(capsys, *args: str) -> tuple[int, str, str]:
