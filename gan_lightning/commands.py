@@ -627,8 +627,9 @@ def run(command: str, argv: list[str]) -> dict:
         from gan_lightning.pretrained import UPLOAD
 
         folder = export(args.ckpt_path, args.out, args.model_class)
-        print(f"wrote {folder}: model.safetensors, config.json, README.md, samples.png. Load it with "
-              f"gan_lightning.load_pretrained({str(folder)!r}); upload it with {UPLOAD.format(folder=folder)}")
+        files = ", ".join(sorted(path.name for path in folder.iterdir()))
+        print(f"wrote {folder}: {files}. Load it with gan_lightning.load_pretrained({str(folder)!r}); upload it with "
+              f"{UPLOAD.format(folder=folder)}")
         return {"folder": str(folder)}
     if command == "sample" and args.n < 1:
         sys.exit(f"gan_lightning: error: --n must be >= 1, got {args.n}")

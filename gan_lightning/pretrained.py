@@ -371,11 +371,12 @@ def model_card(config: dict, card: dict) -> str:
               "`python -m gan_lightning sample --ckpt_path THIS_FOLDER`.", "", "## Scores", ""]
     scores = card.get("scores") or []
     if scores:
-        lines += ["Each score with the protocol it was measured under: scores of different protocols are not "
-                  "comparable.", "", "| metric | value | source | protocol |", "|---|---|---|---|"]
+        lines += ["Each image score (FD, FID, KID, IS, precision, recall) with the protocol it was measured under: "
+                  "scores of different protocols are not comparable. The other figures (probes, mode coverage, "
+                  "reconstruction errors) are measured as the training config above sets them.", "",
+                  "| metric | value | source | protocol |", "|---|---|---|---|"]
         for score in scores:
-            protocol = "; ".join(f"{k} {v}" for k, v in score.get("protocol", {}).items()) \
-                or "none (not an image score)"
+            protocol = "; ".join(f"{k} {v}" for k, v in score.get("protocol", {}).items()) or "-"
             lines.append(f"| {score['metric']} | {score['value']:.6g} | {score['source']} | {protocol} |")
     else:
         lines.append("No score was recorded at this iteration: `python -m gan_lightning evaluate` measures them.")
