@@ -265,20 +265,26 @@ def module_limit(tensors: int) -> int:
     return 8 * tensors + 1000
 
 
-def check_weights(cls: type, settings: dict, state_dict: dict, file: str | Path) -> None:
-    """Build ``cls(**settings)`` on the ``meta`` device (no memory, and a bounded number of modules) and compare its
-    weights' names, shapes and kinds with the checkpoint's before anything is allocated: a setting that would build
-    other or larger networks than the file holds (``width: 10**7``, ``steps_per_level: 10**7``) is refused in one
-    line, and nothing is built for real."""
+def build_on_meta(cls: type, settings: dict, tensors: int, source: str, fix: str = "use another checkpoint"):
+    """``cls(**settings)`` on the ``meta`` device: no tensor memory, and at most ``module_limit(tensors)`` modules for
+    a file that holds ``tensors`` tensors (``modules_bounded``). A failure is one line naming ``source``."""
     try:
-        with torch.device("meta"), modules_bounded(module_limit(len(state_dict)), f"checkpoint {file}"):
-            model = cls(**settings)
+        with torch.device("meta"), modules_bounded(module_limit(tensors), source):
+            return cls(**settings)
     except CheckpointError:
         raise
     except Exception as err:
-        raise CheckpointError(f"checkpoint {file}: its settings do not build a {cls.__name__} "
-                              f"({type(err).__name__}: {first_line(err)}): it was not written by this version of "
-                              "gan_lightning, or was edited; use another checkpoint") from None
+        raise CheckpointError(f"{source}: its settings do not build a {cls.__name__} ({type(err).__name__}: "
+                              f"{first_line(err)}): it was not written by this version of gan_lightning, or was "
+                              f"edited; {fix}") from None
+
+
+def check_weights(cls: type, settings: dict, state_dict: dict, file: str | Path) -> None:
+    """Build ``cls(**settings)`` on the ``meta`` device (``build_on_meta``) and compare its weights' names, shapes
+    and kinds with the checkpoint's before anything is allocated: a setting that would build other or larger
+    networks than the file holds (``width: 10**7``, ``steps_per_level: 10**7``) is refused in one line, and nothing
+    is built for real."""
+    model = build_on_meta(cls, settings, len(state_dict), f"checkpoint {file}")
     refuse_other_weights(model.state_dict(), state_dict, f"checkpoint {file}", cls.__name__)
 
 

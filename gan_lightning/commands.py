@@ -67,17 +67,7 @@ def load_model(path: str, device: str = "cpu", data_dir: str | None = None, chos
                               f"{first_line(err)}); use another checkpoint") from None
     model.on_load_checkpoint(ckpt)  # its counters, and its weights' names and shapes checked once more
     model.load_state_dict(ckpt["state_dict"])
-    datamodule = None
-    if data_hp:
-        datamodule = GANDataModule(**{**data_hp, "on_device": False, "num_workers": 0, "download": download,
-                                      **({"data_dir": data_dir} if data_dir else {})})
-        # The data's shape must be the one the weights were trained on: a forged image_size would make every image
-        # be resized to whatever the file says.
-        trained = tuple(model.hparams.get("data_shape") or datamodule.data_shape)
-        if tuple(datamodule.data_shape) != trained:
-            raise CheckpointError(f"checkpoint {path}: its data settings give examples of shape "
-                                  f"{tuple(datamodule.data_shape)}, its model was trained on {trained}: it was edited; "
-                                  "use another checkpoint")
+    datamodule = data_module(model, data_hp, f"checkpoint {path}", data_dir, download, "use another checkpoint")
     return model.to(device).eval(), datamodule
 
 
@@ -86,21 +76,32 @@ def load_folder_and_data(path: str, device: str, data_dir: str | None, chosen_cl
     settings describe (checked as a checkpoint's are)."""
     from gan_lightning.checkpoints import check_settings
     from gan_lightning.data import GANDataModule
-    from gan_lightning.pretrained import PretrainedError, load_folder
+    from gan_lightning.pretrained import load_folder
 
     model, config = load_folder(path, chosen_class)
     data_hp = data_settings(config["data"], path)
-    datamodule = None
     if data_hp:
         check_settings(GANDataModule, data_hp, path, group="data")
-        datamodule = GANDataModule(**{**data_hp, "on_device": False, "num_workers": 0, "download": download,
-                                      **({"data_dir": data_dir} if data_dir else {})})
-        trained = tuple(model.hparams.get("data_shape") or datamodule.data_shape)
-        if tuple(datamodule.data_shape) != trained:
-            raise PretrainedError(f"model folder {path}: its data settings give examples of shape "
-                                  f"{tuple(datamodule.data_shape)}, its model was trained on {trained}: it was edited; "
-                                  "export the checkpoint again")
+    datamodule = data_module(model, data_hp, f"model folder {path}", data_dir, download, "export the checkpoint again")
     return model.to(device).eval(), datamodule
+
+
+def data_module(model, data_hp: dict, source: str, data_dir: str | None, download: bool, fix: str):
+    """The data module of a file's checked data settings (None without any), reading where the user says
+    (``data_dir``, ``download``), never where the file says; its examples must have the shape the model was
+    trained on: a forged ``image_size`` would make every image be resized to whatever the file says."""
+    from gan_lightning.checkpoints import CheckpointError
+    from gan_lightning.data import GANDataModule
+
+    if not data_hp:
+        return None
+    datamodule = GANDataModule(**{**data_hp, "on_device": False, "num_workers": 0, "download": download,
+                                  **({"data_dir": data_dir} if data_dir else {})})
+    trained = tuple(model.hparams.get("data_shape") or datamodule.data_shape)
+    if tuple(datamodule.data_shape) != trained:
+        raise CheckpointError(f"{source}: its data settings give examples of shape {tuple(datamodule.data_shape)}, "
+                              f"its model was trained on {trained}: it was edited; {fix}")
+    return datamodule
 
 
 # Data settings a checkpoint does not choose: where files are read and written, and whether anything is downloaded,
@@ -215,6 +216,7 @@ def export(checkpoint: str | Path, out: str | Path, chosen_class: str | None = N
         with torch.no_grad():
             grid = to_unit_range(model.sample(64, generator=torch.Generator().manual_seed(0)).float())
     card = {"paper": pretrained.PAPERS.get(name, "see the model class's docstring"), "grid": grid,
+            "encoder": hasattr(model, "encode") and hasattr(model, "reconstruct"),
             "scores": pretrained.run_scores(checkpoint, model.iteration), "checkpoint": checkpoint.name,
             "config": pretrained.training_config(checkpoint)}
     return pretrained.write_folder(model, config, card, out)
@@ -552,7 +554,7 @@ def parser(command: str) -> argparse.ArgumentParser:
     if command == "export":
         p.add_argument("--out", required=True,
                        help="the model folder to write (new or empty): model.safetensors, config.json, README.md (the "
-                            "model card) and samples.png; upload it with `huggingface-cli upload USER/REPO DIR .`")
+                            "model card) and samples.png; upload it with `hf upload USER/REPO DIR .`")
         return p
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples' noise")

@@ -16,6 +16,7 @@ its own, and the table says what differs; a run without a record is a block of i
 """
 import argparse
 import csv
+import functools
 import math
 import os
 import re
@@ -73,6 +74,19 @@ def metrics_files(run: Path) -> list[Path]:
     return sorted((f for f in files if stat.S_ISREG(f.lstat().st_mode)), key=_version)
 
 
+@functools.cache
+def plain_loader() -> type:
+    """YAML's safe loader, with Lightning's tuples read as lists and any other tag as nothing (never built)."""
+    import yaml
+
+    class PlainLoader(yaml.SafeLoader):
+        pass
+
+    PlainLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
+    PlainLoader.add_multi_constructor("", lambda loader, suffix, node: None)
+    return PlainLoader
+
+
 def protocol_record(metrics_csv: Path) -> dict | None:
     """The evaluation protocol that ``ImageMetrics`` recorded beside ``metrics_csv`` (``eval_protocol`` in the
     ``hparams.yaml`` of the same folder), its ``PROTOCOL_FIELDS`` only; None where there is none. The file is
@@ -80,16 +94,11 @@ def protocol_record(metrics_csv: Path) -> dict | None:
     unreadable or of another shape counts as no record."""
     import yaml
 
-    class PlainLoader(yaml.SafeLoader):
-        """YAML's safe loader, with Lightning's tuples as lists and any other tag as nothing (never built)."""
-
-    PlainLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
-    PlainLoader.add_multi_constructor("", lambda loader, suffix, node: None)
     file = metrics_csv.with_name("hparams.yaml")
     try:
         if not file.is_file() or file.is_symlink() or file.stat().st_size > HPARAMS_LIMIT:
             return None
-        hparams = yaml.load(file.read_text(encoding="utf-8"), PlainLoader)  # noqa: S506 (the safe loader above)
+        hparams = yaml.load(file.read_text(encoding="utf-8"), plain_loader())
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, TypeError, RecursionError):
         return None
     record = hparams.get("eval_protocol") if isinstance(hparams, dict) else None

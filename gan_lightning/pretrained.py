@@ -31,9 +31,8 @@ from torch import nn
 from gan_lightning.checkpoints import (
     CheckpointError,
     _short,
+    build_on_meta,
     check_settings,
-    module_limit,
-    modules_bounded,
     plain,
     refuse_other_weights,
 )
@@ -57,7 +56,7 @@ PAPERS = {  # model class -> the paper it implements, as the model card cites it
     "VAE": "Kingma & Welling 2014, Auto-Encoding Variational Bayes, https://arxiv.org/abs/1312.6114",
     "RealNVP": "Dinh, Sohl-Dickstein & Bengio 2017, Density estimation using Real NVP, https://arxiv.org/abs/1605.08803",
 }
-UPLOAD = "huggingface-cli upload USER/REPO {folder} .  (after `huggingface-cli login`)"
+UPLOAD = "hf upload USER/REPO {folder} .  (after `hf auth login`; huggingface_hub's command line)"
 
 
 class PretrainedError(CheckpointError):
@@ -175,6 +174,11 @@ def read_config(folder: Path) -> dict:
     return config
 
 
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,  # safetensors'
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}                                                                   # names of them
+
+
 def weights_header(file: Path) -> dict[str, torch.Tensor]:
     """The names, shapes and dtypes of ``model.safetensors``'s tensors, as meta tensors (nothing allocated), from
     its header: a file that is cut, or whose header does not cover it exactly, is refused in one line."""
@@ -201,11 +205,6 @@ def weights_header(file: Path) -> dict[str, torch.Tensor]:
     return found
 
 
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,  # safetensors'
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}                                                                   # names of them
-
-
 def load_folder(folder: str | Path, chosen_class: str | None = None):
     """(model in eval mode on the CPU, config.json's values) of a model folder, checked before anything is built:
     the class looked up by name, its settings typed as its signature says, the model built on the meta device
@@ -227,14 +226,7 @@ def load_folder(folder: str | Path, chosen_class: str | None = None):
     check_settings(cls, settings, folder / CONFIG)
     settings = {**settings, "ema_decay": None, "compile": False}  # the averaged weights are the folder's own
     header = weights_header(folder / WEIGHTS)
-    try:
-        with torch.device("meta"), modules_bounded(module_limit(len(header)), source):
-            meta = cls(**settings)
-    except CheckpointError:
-        raise
-    except Exception as err:
-        raise PretrainedError(f"{source}: its settings do not build a {cls.__name__} ({type(err).__name__}: "
-                              f"{first_line(err)}): it was edited; export the checkpoint again") from None
+    meta = build_on_meta(cls, settings, len(header), source, "export the checkpoint again")
     leave = left_out(meta)
     ours = {key: value for key, value in meta.state_dict().items() if key.split(".")[0] not in leave}
     refuse_other_weights(ours, header, source, cls.__name__, "it was edited or written for other settings; export "
@@ -364,7 +356,7 @@ def model_card(config: dict, card: dict) -> str:
              "## Use", "", "```python", "import gan_lightning", "",
              'model = gan_lightning.load_pretrained("THIS_FOLDER_OR_USER/REPO")',
              "x = model.sample(16)              # samples in the data's range", ]
-    if name != "GAN":
+    if card.get("encoder"):
         lines += ["z = model.encode(x)               # the encoder's codes",
                   "x_hat = model.reconstruct(x)      # G(E(x))"]
     lines += ["```", "", "Scores with `python -m gan_lightning evaluate --ckpt_path THIS_FOLDER`; samples with "
@@ -373,7 +365,7 @@ def model_card(config: dict, card: dict) -> str:
     if scores:
         lines += ["Each image score (FD, FID, KID, IS, precision, recall) with the protocol it was measured under: "
                   "scores of different protocols are not comparable. The other figures (probes, mode coverage, "
-                  "reconstruction errors) are measured as the training config above sets them.", "",
+                  "reconstruction errors) are measured as the training config below sets them.", "",
                   "| metric | value | source | protocol |", "|---|---|---|---|"]
         for score in scores:
             protocol = "; ".join(f"{k} {v}" for k, v in score.get("protocol", {}).items()) or "-"

@@ -75,7 +75,7 @@ def test_a_shipped_config_round_trips_through_the_commands_and_the_folder_holds_
     out = subprocess.run([sys.executable, "-m", "gan_lightning", "export", "--ckpt_path", str(ckpt), "--out",
                           str(folder)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"gan_lightning.load_pretrained('{folder}')" in out.stdout and "huggingface-cli upload" in out.stdout
+    assert f"gan_lightning.load_pretrained('{folder}')" in out.stdout and "hf upload USER/REPO" in out.stdout
     assert sorted(p.name for p in folder.iterdir()) == sorted(FOLDER_FILES)
     for path in folder.iterdir():  # neither a torch.save zip archive nor a pickle stream
         head = path.read_bytes()[:2]
@@ -310,3 +310,18 @@ def test_the_card_takes_scores_only_from_the_checkpoints_own_run(exported, tmp_p
                                                                                "0,3,1.5\n")
     card = (export(elsewhere, tmp_path / "out") / "README.md").read_text()
     assert "No score was recorded at this iteration" in card and "fid_inception" not in card
+
+
+def test_the_upload_command_the_docs_give_is_installed():
+    """`hf upload` (README, docs/tracking.md, export's last line) is huggingface_hub's command line, installed with
+    the package; the upload itself needs the network, so only its help runs here."""
+    import shlex
+
+    from gan_lightning.pretrained import UPLOAD
+
+    words = shlex.split(UPLOAD.split("  (")[0].format(folder="DIR"))
+    hf = Path(sys.executable).parent / words[0]
+    out = subprocess.run([str(hf), *words[1:2], "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "REPO_ID" in out.stdout and "LOCAL_PATH" in out.stdout, out.stderr[-1000:]
+    for page in (REPO / "README.md", REPO / "docs" / "tracking.md"):
+        assert "hf upload USER/bigan-fashion-mnist exported/bigan ." in page.read_text()

@@ -6,6 +6,8 @@ import time
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from gan_lightning.data.loader import iterations_per_batch
+
 
 class GANProgressBar(TQDMProgressBar):
     """TQDM bar with ``iteration`` and ``images_seen`` as integers, ``img/s`` since the last refresh of the
@@ -15,6 +17,7 @@ class GANProgressBar(TQDMProgressBar):
         super().__init__(*args, **kwargs)
         self._last: tuple[float, float] | None = None  # (time, images_seen) when the counters last changed
         self._rate: float | None = None
+        self._per_batch = 1  # iterations in each of Lightning's batches, read when training starts
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
@@ -33,18 +36,12 @@ class GANProgressBar(TQDMProgressBar):
                 metrics["img/s"] = int(self._rate)
         return metrics
 
-    @staticmethod
-    def iterations_per_batch(trainer) -> int:
-        """Iterations in each of Lightning's training batches (``data.iterations_per_batch``; 1 without it)."""
-        hparams = getattr(getattr(trainer, "datamodule", None), "hparams", None) or {}
-        return int(hparams.get("iterations_per_batch", 1))
-
     @property
     def total_train_batches(self) -> int | float:
         """Iterations in an epoch (Lightning's batches times ``iterations_per_batch``), or, when the run is bounded by
         steps only, up to ``max_steps`` (from the epoch's iterations already done, where a run resumes inside one)."""
         trainer = self.trainer
-        k = self.iterations_per_batch(trainer)
+        k = self._per_batch
         total = trainer.num_training_batches * k
         if trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0:
             done = trainer.fit_loop.epoch_loop.batch_progress.current.processed * k
@@ -54,8 +51,9 @@ class GANProgressBar(TQDMProgressBar):
     def on_train_start(self, trainer, pl_module) -> None:
         """A run resumed inside an epoch gets no ``on_train_epoch_start`` from Lightning: the bar starts here at the
         epoch's iterations already done, with the epoch's total, rather than at ``0/?``."""
+        self._per_batch = iterations_per_batch(trainer)
         super().on_train_start(trainer, pl_module)
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.iterations_per_batch(trainer)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed * self._per_batch
         bar = self._train_progress_bar
         if done and bar is not None and not bar.disable:
             total = self.total_train_batches
@@ -65,8 +63,7 @@ class GANProgressBar(TQDMProgressBar):
             bar.refresh()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        k = self.iterations_per_batch(trainer)
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, (batch_idx + 1) * k - 1)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, (batch_idx + 1) * self._per_batch - 1)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._show_done(trainer)
@@ -80,7 +77,7 @@ class GANProgressBar(TQDMProgressBar):
         """The bar at the batches this epoch processed: a stop by ``max_steps`` or ``max_time`` between two of the
         bar's refreshes would leave it at an earlier count (``0/421`` after 5 iterations with ``refresh_rate`` 20)."""
         bar = self._train_progress_bar
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.iterations_per_batch(trainer)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed * self._per_batch
         if bar is not None and not bar.disable and done and bar.n != done:
             bar.n = done
             bar.refresh()

@@ -134,6 +134,13 @@ class Batches:
         return Batches([fn(self.tensors[0]), *self.tensors[1:]], self.batch_size)
 
 
+def iterations_per_batch(trainer) -> int:
+    """Iterations in each of Lightning's training batches: the data module's ``iterations_per_batch`` (1 for any
+    other data module). Steps, the progress bar and ``max_steps`` count iterations (docs/configs.md)."""
+    hparams = getattr(getattr(trainer, "datamodule", None), "hparams", None) or {}
+    return int(hparams.get("iterations_per_batch", 1))
+
+
 class DeviceTensorLoader:
     """Batches of tensors held in device memory, one index-gather each, in ``ResumableSampler`` order.
 

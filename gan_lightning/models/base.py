@@ -28,7 +28,7 @@ from torch import nn
 
 from gan_lightning.checkpoints import CheckpointError, SafeCheckpointIO
 from gan_lightning.console import say
-from gan_lightning.data.loader import Batches
+from gan_lightning.data.loader import Batches, iterations_per_batch
 from gan_lightning.distributed import GLOBAL_VALUE, PlayerDDPStrategy
 from gan_lightning.errors import ConfigError
 from gan_lightning.models.checkpointing import CheckpointState, guard_restore
@@ -189,8 +189,7 @@ class AdversarialModule(Players, NonFiniteGuard, IterationNoise, MovingAverages,
             raise ConfigError("model.update simultaneous steps two players after one loss scale, which fp16's "
                               "scaler may change between their steps: set trainer.precision bf16-mixed (or 32), or "
                               "model.update alternating")
-        hparams = getattr(getattr(self.trainer, "datamodule", None), "hparams", None) or {}
-        per_batch, max_steps = int(hparams.get("iterations_per_batch", 1)), self.trainer.max_steps
+        per_batch, max_steps = iterations_per_batch(self.trainer), self.trainer.max_steps
         if stage == "fit" and per_batch > 1 and max_steps is not None and max_steps > 0 and max_steps % per_batch:
             raise ConfigError(f"trainer.max_steps {max_steps} is not a multiple of data.iterations_per_batch "
                               f"{per_batch}: a run stops between Lightning's batches, each {per_batch} iterations; "
