@@ -305,9 +305,9 @@ def test_the_card_takes_scores_only_from_the_checkpoints_own_run(exported, tmp_p
     elsewhere = tmp_path / "downloads" / "model.ckpt"
     elsewhere.parent.mkdir()
     shutil.copy(exported[0], elsewhere)
-    (tmp_path / "downloads" / "logs" / "version_0").mkdir(parents=True)  # another run's log beside it, at iteration 3
-    (tmp_path / "downloads" / "logs" / "version_0" / "metrics.csv").write_text("epoch,iteration,val/fid_inception\n"
-                                                                               "0,3,1.5\n")
+    # another run's log where a run's would be (the checkpoint folder's parent), at the same iteration
+    (tmp_path / "logs" / "version_0").mkdir(parents=True)
+    (tmp_path / "logs" / "version_0" / "metrics.csv").write_text("epoch,iteration,val/fid_inception\n0,3,1.5\n")
     card = (export(elsewhere, tmp_path / "out") / "README.md").read_text()
     assert "No score was recorded at this iteration" in card and "fid_inception" not in card
 
